@@ -1,0 +1,180 @@
+"""The `agent` command.
+
+  agent [--snapshot DIR] [--listen HOST:PORT]       serve /metrics and /healthz (default port 9847)
+  agent --once [--json] [-v] [--snapshot DIR]       one-shot diagnosis; exit 0/1/2 (DESIGN §4)
+  agent snapshot DIR                                capture this node into the replay format
+  agent demo                                        --once on the embedded fixture node, then serve it
+Exit codes: 0 healthy, 1 unhealthy, 2 unknown, 64 bad usage, 78 bad configuration.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from . import __version__
+from .collectors import REGISTRY
+from .collectors.base import Context
+from .config import DEFAULT_PORT, Config, ConfigError, load, parse_listen
+from .core import Agent, build_collectors, collector_schemas, run_all_once
+from .diagnose import report_json, report_table
+from .findings import EXIT_CONFIG, EXIT_USAGE, exit_code, node_status
+from .node import Roots, merge_expectations, read_node_file
+from .runner import CollectorRunner
+
+log = logging.getLogger("agent")
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "nodes"
+DEMO_NODE = "mi300x-faulty"
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on bad usage; DESIGN §4 reserves 2 for "unknown", so bad usage is 64 (EX_USAGE)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="agent", description="Vigil GPU node health agent.",
+                epilog="exit status: 0 healthy, 1 unhealthy, 2 unknown, 64 bad usage, 78 bad configuration")
+    p.add_argument("command", nargs="?", choices=["run", "snapshot", "demo"], default="run",
+                   help="run (default): serve metrics; snapshot DIR: capture this node; demo: embedded node")
+    p.add_argument("path", nargs="?", help="snapshot: the directory to write")
+    p.add_argument("--config", "-c", metavar="FILE", help="YAML configuration file")
+    p.add_argument("--once", action="store_true", help="run every check once, print a report, exit")
+    p.add_argument("--json", action="store_true", help="with --once: one JSON object instead of a table")
+    p.add_argument("--verbose", "-v", action="store_true", help="with --once: list passing checks too")
+    p.add_argument("--snapshot", metavar="DIR",
+                   help="read the node from a snapshot directory (or a fixture name under fixtures/nodes)")
+    p.add_argument("--sysfs", metavar="PATH", default=None, help="sysfs root (default /sys; /host/sys in a pod)")
+    p.add_argument("--procfs", metavar="PATH", default=None, help="procfs root (default /proc)")
+    p.add_argument("--listen", metavar="HOST:PORT", default=None, help=f"default 0.0.0.0:{DEFAULT_PORT}")
+    p.add_argument("--node-name", metavar="NAME", default=None, help="default $NODE_NAME, else the host name")
+    p.add_argument("--only", metavar="NAMES", default=None,
+                   help=f"comma-separated collectors to run (of {', '.join(REGISTRY)})")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--version", action="version", version=f"vigil agent {__version__}")
+    return p
+
+
+def resolve_snapshot(value: str) -> Path:
+    path = Path(value)
+    if path.is_dir():
+        return path
+    if (FIXTURES / value).is_dir():
+        return FIXTURES / value
+    raise UsageError(f"--snapshot: {value} is neither a directory nor a fixture under {FIXTURES}")
+
+
+def setup(args: argparse.Namespace) -> tuple[Config, Context]:
+    config = load(args.config, collector_schemas())
+    if args.snapshot:
+        roots = Roots.from_snapshot(resolve_snapshot(args.snapshot))
+    else:
+        roots = Roots(Path(args.sysfs or "/sys"), Path(args.procfs or "/proc"))
+    node_file = read_node_file(roots.snapshot / "node.json") if roots.snapshot else None
+    node = args.node_name or config.agent.node_name or (node_file.node if node_file else None) or config.node_name
+    expect = merge_expectations(config.agent.expect, node_file.expect) if node_file else config.agent.expect
+    return config, Context(roots=roots, node=node, expect=expect)
+
+
+def only(args: argparse.Namespace) -> list[str] | None:
+    if not args.only:
+        return None
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    for n in names:
+        if n not in REGISTRY:
+            raise UsageError(f"--only: unknown collector {n!r} (known: {', '.join(REGISTRY)})")
+    return names
+
+
+def cmd_once(args: argparse.Namespace) -> int:
+    config, ctx = setup(args)
+    collectors = build_collectors(config, ctx, only(args))
+    results = run_all_once([CollectorRunner(c) for c in collectors])
+    for c in collectors:
+        c.close()
+    findings = [f for r in results for f in r.output.findings]
+    if args.json:
+        print(report_json(ctx.node, findings))
+    else:
+        sys.stdout.write(report_table(ctx.node, findings, args.verbose))
+        failed = [r.collector for r in results if not r.success]
+        if failed:
+            print(f"\ncollectors that failed: {', '.join(failed)}")
+    return exit_code(node_status(findings))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .exporter import MetricsServer
+
+    config, ctx = setup(args)
+    host, port = parse_listen(args.listen or config.agent.listen, "--listen" if args.listen else "agent.listen")
+    agent = Agent(build_collectors(config, ctx, only(args)), ctx.node)
+    agent.start()
+    server = MetricsServer(host, port, agent.metrics, agent.alive)
+    server.start()
+    log.info("vigil agent %s on node %s: serving http://%s:%d/metrics", __version__, ctx.node, host, server.port)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.stop()
+    agent.stop()
+    return 0
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    from .snapshot import capture
+
+    if not args.path:
+        raise UsageError("snapshot: give the directory to write, e.g. agent snapshot /tmp/node-snap")
+    config = load(args.config, collector_schemas())
+    notes = capture(Path(args.path), args.node_name or config.node_name,
+                    Path(args.sysfs or "/sys"), Path(args.procfs or "/proc"))
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr)
+    print(f"snapshot written to {args.path}; replay with: agent --once --snapshot {args.path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.json and not args.once:
+            raise UsageError("--json only makes sense with --once")
+        if args.command == "snapshot":
+            return cmd_snapshot(args)
+        if args.command == "demo":
+            args.snapshot = args.snapshot or DEMO_NODE
+            args.once, args.json = True, False
+            code = cmd_once(args)
+            print(f"\n(demo: the report above exits {code}; now serving its /metrics, Ctrl-C to stop)", flush=True)
+            args.once = False
+            return cmd_serve(args)
+        if args.path:
+            raise UsageError(f"unexpected argument {args.path!r}")
+        return cmd_once(args) if args.once else cmd_serve(args)
+    except UsageError as e:
+        print(f"agent: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except ConfigError as e:
+        print(f"agent: bad configuration: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except FileNotFoundError as e:
+        print(f"agent: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

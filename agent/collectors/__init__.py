@@ -1,0 +1,14 @@
+"""Registry of collectors: name -> "module:Class". Imported lazily, so a missing optional dependency
+(BCC, grpc stubs) disables only that source. Add one line per new collector."""
+from __future__ import annotations
+
+import importlib
+
+REGISTRY: dict[str, str] = {
+    "gpu": "agent.collectors.gpu:GpuCollector",
+}
+
+
+def load(name: str) -> type:
+    module, _, cls = REGISTRY[name].partition(":")
+    return getattr(importlib.import_module(module), cls)

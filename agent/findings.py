@@ -1,0 +1,73 @@
+"""Findings: what health rules conclude, the one currency shared by `--once`, metrics and the stream."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+OK, UNHEALTHY, UNKNOWN = "ok", "unhealthy", "unknown"
+FATAL, WARNING, INFO = "fatal", "warning", "info"
+STATUSES = (OK, UNHEALTHY, UNKNOWN)
+SEVERITIES = (FATAL, WARNING, INFO)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One check on one entity. `status` says whether the check passed; `severity` says how much a failure
+    matters (a warning that fires is status=unhealthy, severity=warning; only fatal ones make a node
+    unhealthy)."""
+
+    check: str  # dotted, stable: "gpu.ecc.uncorrectable"
+    component: str  # gpu, rdma, container, netflow, sysctl, agent
+    entity: str  # gpu3, mlx5_0/1, node ...
+    status: str
+    severity: str
+    message: str
+    value: Any = None
+    threshold: Any = None
+    action: str | None = None  # recommended action, NVSentinel-style: "reset the GPU", "drain the node" ...
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"bad status {self.status!r}")
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"bad severity {self.severity!r}")
+
+    @property
+    def is_fatal(self) -> bool:
+        return self.status == UNHEALTHY and self.severity == FATAL
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if d["action"] is None:
+            del d["action"]
+        return d
+
+
+def ok(check: str, component: str, entity: str, message: str, severity: str = FATAL, **kw: Any) -> Finding:
+    return Finding(check, component, entity, OK, severity, message, **kw)
+
+
+def bad(check: str, component: str, entity: str, message: str, severity: str = FATAL, **kw: Any) -> Finding:
+    return Finding(check, component, entity, UNHEALTHY, severity, message, **kw)
+
+
+def unknown(check: str, component: str, entity: str, message: str, severity: str = FATAL, **kw: Any) -> Finding:
+    return Finding(check, component, entity, UNKNOWN, severity, message, **kw)
+
+
+def node_status(findings: Iterable[Finding]) -> str:
+    """healthy | unhealthy | unknown, as DESIGN §4: a fatal failure wins, then any check that could not run."""
+    findings = list(findings)
+    if any(f.is_fatal for f in findings):
+        return "unhealthy"
+    if any(f.status == UNKNOWN for f in findings):
+        return "unknown"
+    return "healthy"
+
+
+EXIT_HEALTHY, EXIT_UNHEALTHY, EXIT_UNKNOWN, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 64, 78
+
+
+def exit_code(status: str) -> int:
+    return {"healthy": EXIT_HEALTHY, "unhealthy": EXIT_UNHEALTHY, "unknown": EXIT_UNKNOWN}[status]

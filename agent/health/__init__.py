@@ -1,0 +1,1 @@
+"""Health rules: pure functions from readings (and thresholds) to findings."""

@@ -1,0 +1,63 @@
+"""Where the agent reads a node from: the live host, the host mounted under a prefix (the DaemonSet mounts
+/sys at /host/sys), or a node snapshot directory (DESIGN §3) replayed for tests and bug reports."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import ConfigError, Expectations
+
+
+@dataclass(frozen=True)
+class Roots:
+    sysfs: Path = Path("/sys")
+    procfs: Path = Path("/proc")
+    snapshot: Path | None = None  # a snapshot dir: GPU backends replay DIR/amd-smi and DIR/nvidia-smi
+
+    @classmethod
+    def from_snapshot(cls, directory: str | Path) -> "Roots":
+        d = Path(directory)
+        if not d.is_dir():
+            raise FileNotFoundError(f"snapshot directory {d} does not exist")
+        return cls(sysfs=d / "sys", procfs=d / "proc", snapshot=d)
+
+    def sys(self, *parts: str) -> Path:
+        return self.sysfs.joinpath(*parts)
+
+    def proc(self, *parts: str) -> Path:
+        return self.procfs.joinpath(*parts)
+
+
+@dataclass(frozen=True)
+class NodeFile:
+    """DIR/node.json: {"node": "gpu-07", "expect": {"gpus": 8, "rdma_ports": 8}} (all optional)."""
+
+    node: str | None
+    expect: Expectations
+
+
+def read_node_file(path: Path) -> NodeFile:
+    if not path.exists():
+        return NodeFile(None, Expectations())
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: not readable JSON: {e}") from None
+    from .config import build
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected an object")
+    unknown = set(raw) - {"node", "expect"}
+    if unknown:
+        raise ConfigError(f"{path}: {sorted(unknown)[0]}: unknown key (known: expect, node)")
+    expect = build(Expectations, raw.get("expect") or {}, f"{path.name}.expect")
+    return NodeFile(raw.get("node"), expect)
+
+
+def merge_expectations(config: Expectations, node_file: Expectations) -> Expectations:
+    """Config wins over node.json, key by key."""
+    return Expectations(
+        gpus=config.gpus if config.gpus is not None else node_file.gpus,
+        rdma_ports=config.rdma_ports if config.rdma_ports is not None else node_file.rdma_ports,
+    )

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs everything Vigil's tests need on a fresh Debian 12 machine (root): apt packages, then a venv
+# at .venv made from Debian's python3 (BCC's bindings are built for it) with the pip dependencies.
+# Idempotent: re-running it only checks what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  python3-venv python3-dev              # the venv's interpreter: Debian's, the one python3-bpfcc targets
+  prometheus                            # promtool, and a real Prometheus server for end-to-end scrapes
+  prometheus-node-exporter              # the peer in the scrape benchmark
+  containerd runc busybox-static        # a real containerd for the container source's tests
+  python3-bpfcc linux-headers-cloud-amd64 # BCC for the netflow source (headers: see scripts/setup-bpf.sh)
+  iperf3 iproute2                       # netflow benchmark, network namespaces
+)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  /usr/bin/python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[test]'
+
+# BCC's bindings live in Debian's dist-packages; expose only that package to the venv (not all of Debian's).
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+mkdir -p .venv/bcc-shim
+ln -sfn /usr/lib/python3/dist-packages/bcc .venv/bcc-shim/bcc
+echo "$PWD/.venv/bcc-shim" > "$site/vigil-bcc.pth"
+
+for hook in scripts/setup-*.sh; do
+  [ -e "$hook" ] && bash "$hook"
+done
+echo "install-deps: ok"
