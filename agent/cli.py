@@ -61,6 +61,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--node-name", metavar="NAME", default=None, help="default $NODE_NAME, else the host name")
     p.add_argument("--only", metavar="NAMES", default=None,
                    help=f"comma-separated collectors to run (of {', '.join(REGISTRY)})")
+    p.add_argument("--tuner-mode", choices=["enforce", "dry-run", "report"], default=None,
+                   help="node tuner: write the profile (enforce), say what would change (dry-run), or only report;"
+                        " default from the config")
+    p.add_argument("--tune", action="store_true", help="with --once: let the tuner write (--once never writes "
+                   "otherwise)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--version", action="version", version=f"vigil agent {__version__}")
     return p
@@ -84,7 +89,11 @@ def setup(args: argparse.Namespace) -> tuple[Config, Context]:
     node_file = read_node_file(roots.snapshot / "node.json") if roots.snapshot else None
     node = args.node_name or config.agent.node_name or (node_file.node if node_file else None) or config.node_name
     expect = merge_expectations(config.agent.expect, node_file.expect) if node_file else config.agent.expect
-    return config, Context(roots=roots, node=node, expect=expect)
+    ctx = Context(roots=roots, node=node, expect=expect)
+    # Run-mode facts some collectors need: the tuner never writes in --once unless --tune asks it to.
+    ctx.shared.update(once=bool(args.once), tune=bool(getattr(args, "tune", False)),
+                      tuner_mode=getattr(args, "tuner_mode", None))
+    return config, ctx
 
 
 def only(args: argparse.Namespace) -> list[str] | None:
@@ -153,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.json and not args.once:
             raise UsageError("--json only makes sense with --once")
+        if args.tune and not args.once:
+            raise UsageError("--tune only makes sense with --once (the running agent follows --tuner-mode)")
         if args.command == "snapshot":
             return cmd_snapshot(args)
         if args.command == "demo":
