@@ -5,13 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-out=agent/_proto
+out=$(realpath -m "${OUT:-agent/_proto}")
+case "$PY" in */*) PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")";; esac  # absolute, venv kept
 rm -rf "$out"
 mkdir -p "$out"
 mapfile -t protos < <(cd proto && find . -name '*.proto' | sed 's|^\./||' | sort)
 if [ ${#protos[@]} -eq 0 ]; then echo "no protos"; exit 0; fi
-(cd proto && "$OLDPWD/$PY" -m grpc_tools.protoc -I. --python_out="$OLDPWD/$out" --pyi_out="$OLDPWD/$out" \
-   --grpc_python_out="$OLDPWD/$out" "${protos[@]}")
+(cd proto && "$PY" -m grpc_tools.protoc -I. --python_out="$out" --pyi_out="$out" --grpc_python_out="$out" \
+   "${protos[@]}")
 # Make packages, and rewrite absolute imports of sibling protos ("from containerd.events import x_pb2")
 # to live under agent._proto.
 find "$out" -type d -exec sh -c 'touch "$1/__init__.py"' _ {} \;

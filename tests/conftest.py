@@ -1,0 +1,32 @@
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures" / "nodes"
+AGENT = str(Path(sys.executable).parent / "agent")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-golden", action="store_true",
+                     help="rewrite fixtures/nodes/*/golden/ from the current code instead of comparing")
+
+
+@pytest.fixture
+def update_golden(request):
+    return request.config.getoption("--update-golden")
+
+
+@pytest.fixture(scope="session")
+def promtool():
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.fail("promtool is missing: scripts/install-deps.sh installs Debian's prometheus package")
+    return path
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0

@@ -1,0 +1,129 @@
+"""The collector framework: deadlines, failure isolation, /metrics and /healthz while a source hangs.
+
+A hanging fake GPU backend stands in for an SMI call stuck in the driver (no GPU here)."""
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from agent.collectors.base import Collector, Context, NoData, Output
+from agent.collectors.gpu import GpuCollector, GpuSettings, _Chain
+from agent.collectors.gpu_model import GpuInventory, GpuReading
+from agent.config import CollectorSettings, Expectations
+from agent.core import Agent, exposition
+from agent.exporter import MetricsServer
+from agent.node import Roots
+from agent.runner import CollectorRunner
+
+
+def ctx(expect_gpus=None):
+    return Context(roots=Roots(Path("/nonexistent/sys"), Path("/nonexistent/proc")), node="n1",
+                   expect=Expectations(gpus=expect_gpus))
+
+
+class HangingBackend:
+    """Blocks in read() until released, like amdsmi_get_gpu_metrics_info stuck in D-state."""
+
+    name, vendor = "amdsmi", "amd"
+
+    def __init__(self):
+        self.release = threading.Event()
+        self.calls = 0
+
+    def read(self):
+        self.calls += 1
+        self.release.wait()
+        return GpuInventory("amdsmi", "amd", [GpuReading(index=0, vendor="amd", uuid="u0")])
+
+    def close(self):
+        pass
+
+
+def test_hung_smi_call_is_abandoned_at_the_deadline_and_reported():
+    backend = HangingBackend()
+    settings = GpuSettings(timeout_seconds=0.3)
+    runner = CollectorRunner(GpuCollector(settings, ctx(), chains=[_Chain("amd", [lambda: backend])]))
+    t0 = time.monotonic()
+    result = runner.run_once()
+    assert time.monotonic() - t0 < 1.0
+    assert not result.success
+    [f] = result.output.findings
+    assert (f.check, f.status, f.severity) == ("gpu.smi_unresponsive", "unhealthy", "fatal")
+
+    # While the call is stuck no second call starts: at most one outstanding per source.
+    again = runner.run_once()
+    assert backend.calls == 1
+    assert again.output.findings[0].check == "gpu.smi_unresponsive"
+
+    backend.release.set()  # the driver comes back
+    deadline = time.monotonic() + 2
+    while runner._stuck is not None and runner._stuck.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    ok = runner.run_once()
+    assert ok.success and backend.calls == 2
+    assert not any(f.check == "gpu.smi_unresponsive" for f in ok.output.findings)
+
+
+class Boom(Collector):
+    name, component = "boom", "test"
+    Settings = CollectorSettings
+
+    def read(self):
+        raise OSError(5, "Input/output error")
+
+
+class Absent(Collector):
+    name, component = "absent", "test"
+    Settings = CollectorSettings
+
+    def read(self):
+        raise NoData("no such hardware")
+
+
+def test_a_failing_collector_is_isolated_and_absent_hardware_is_not_a_failure():
+    boom = CollectorRunner(Boom(CollectorSettings(), ctx())).run_once()
+    absent = CollectorRunner(Absent(CollectorSettings(), ctx())).run_once()
+    assert not boom.success and boom.output.findings[0].status == "unknown"
+    assert "Input/output error" in boom.output.findings[0].message
+    assert absent.success and absent.output.findings == []
+    text = exposition([boom, absent], "n1").decode()
+    assert 'vigil_collector_success{collector="boom"} 0.0' in text
+    assert 'vigil_collector_success{collector="absent"} 1.0' in text
+    assert 'vigil_check_status{check="test.collector",entity="n1"} -1.0' in text
+
+
+def test_healthz_stays_ok_and_metrics_keep_serving_while_an_smi_call_hangs():
+    backend = HangingBackend()
+    settings = GpuSettings(timeout_seconds=0.2, interval_seconds=0.3)
+    agent = Agent([GpuCollector(settings, ctx(), chains=[_Chain("amd", [lambda: backend])]),
+                   Absent(CollectorSettings(interval_seconds=0.3), ctx())], "n1")
+    agent.start()
+    server = MetricsServer("127.0.0.1", 0, agent.metrics, agent.alive)
+    server.start()
+    try:
+        time.sleep(1.0)  # several cycles with the read stuck
+        base = f"http://127.0.0.1:{server.port}"
+        with urllib.request.urlopen(base + "/healthz", timeout=2) as r:
+            assert r.status == 200
+        with urllib.request.urlopen(base + "/metrics", timeout=2) as r:
+            body = r.read().decode()
+        assert 'vigil_check_status{check="gpu.smi_unresponsive",entity="n1"} 0.0' in body
+        assert 'vigil_collector_success{collector="gpu"} 0.0' in body
+        assert backend.calls == 1
+    finally:
+        backend.release.set()
+        server.stop()
+        agent.stop()
+
+
+def test_healthz_fails_when_a_collector_loop_is_dead():
+    agent = Agent([Absent(CollectorSettings(interval_seconds=0.1, timeout_seconds=0.1), ctx())], "n1")
+    agent.start()
+    try:
+        assert agent.alive()[0]
+        agent._stop.set()  # the loop ends, as if its thread had died
+        for t in agent._threads:
+            t.join()
+        assert agent.alive() == (False, "a collector loop thread died")
+    finally:
+        agent.stop()
