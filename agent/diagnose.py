@@ -38,8 +38,10 @@ def report_table(node: str, findings: Iterable[Finding], verbose: bool = False) 
         by_entity: dict[tuple[str, str], list[Finding]] = defaultdict(list)
         for f in passing:
             by_entity[(f.component, f.entity)].append(f)
+        with_problems = {(f.component, f.entity) for f in problems}
         for (component, entity), fs in sorted(by_entity.items(), key=lambda kv: _natural(kv[0])):
-            detail = fs[0].message if len(fs) == 1 else f"{len(fs)} checks ok"
+            other = " other" if (component, entity) in with_problems else ""
+            detail = fs[0].message if len(fs) == 1 else f"{len(fs)}{other} checks ok"
             rows.append((fs[0].check if len(fs) == 1 else f"{component}.*", entity, "ok", detail))
     header = ("CHECK", "ENTITY", "STATUS", "DETAIL")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]

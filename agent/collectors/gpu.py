@@ -155,10 +155,10 @@ def gpu_metrics(r: GpuReadings, expected: int | None) -> MetricSet:
     for vendor, n in sorted(r.pci_gpus.items()):
         ms.gauge("vigil_gpu_pci_devices", "GPU PCI functions on the bus.", {"vendor": vendor}, n)
     if r.inventories:
-        ms.gauge("vigil_gpu_count", "GPUs the SMI reports (whole devices).", {},
+        ms.gauge("vigil_gpu_devices", "GPUs the SMI reports (whole devices).", {},
                  sum(1 for g in r.gpus if not g.partition))
     if expected is not None:
-        ms.gauge("vigil_gpu_expected", "GPUs this node should have (config or node.json).", {}, expected)
+        ms.gauge("vigil_gpu_devices_expected", "GPUs this node should have (config or node.json).", {}, expected)
     for g in r.gpus:
         _one_gpu(ms, g)
     return ms
