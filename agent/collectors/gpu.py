@@ -119,6 +119,10 @@ class GpuCollector(Collector):
         if self._chains is None:
             self._chains = self._build_chains()
         inventories, unavailable = [], {}
+        if self.ctx.roots.snapshot is not None:
+            # GPUs on the bus but no SMI output captured: the SMI was broken when the snapshot was taken.
+            for vendor in sorted(set(self._pci or {}) - {c.vendor for c in self._chains}):
+                unavailable[vendor] = "no SMI output in the snapshot"
         for chain in self._chains:
             try:
                 inventories.append(chain.read())

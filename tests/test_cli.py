@@ -1,0 +1,97 @@
+"""`agent --once` as an operator runs it at 3 a.m.: the table, the JSON, and the exit status, on fixture nodes
+replayed from real captures (no GPU on this machine)."""
+import json
+import subprocess
+
+import pytest
+
+from conftest import AGENT, FIXTURES
+
+
+def once(*args):
+    return subprocess.run([AGENT, "--once", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_faulty_node_table_names_the_broken_gpus_and_exits_1():
+    p = once("--snapshot", "mi300x-faulty")
+    assert p.returncode == 1
+    lines = p.stdout.splitlines()
+    assert lines[0].startswith("node mi300x-c14-faulty: UNHEALTHY")
+    fatal = [line for line in lines if " FATAL " in line]
+    assert len(fatal) == 1 and "gpu.ecc.uncorrectable" in fatal[0] and "gpu3" in fatal[0]
+    warn = [line for line in lines if " WARNING " in line]
+    assert len(warn) == 1 and "gpu.pcie.width" in warn[0] and "gpu5" in warn[0] and "x8 of x16" in warn[0]
+    # problems come before the passing rows
+    assert lines.index(fatal[0]) < min(i for i, line in enumerate(lines) if line.split()[2:3] == ["ok"])
+
+
+def test_json_report_matches_design_contract():
+    p = once("--json", "--snapshot", "mi300x-faulty")
+    doc = json.loads(p.stdout)
+    assert set(doc) == {"node", "status", "findings"} and doc["status"] == "unhealthy"
+    f = next(f for f in doc["findings"] if f["status"] == "unhealthy" and f["severity"] == "fatal")
+    assert {k: f[k] for k in ("check", "component", "entity", "value", "threshold")} == {
+        "check": "gpu.ecc.uncorrectable", "component": "gpu", "entity": "gpu3", "value": 2, "threshold": 0}
+
+
+@pytest.mark.parametrize("node, code, expect_row", [
+    ("mi300x-rocm71-healthy", 0, None),
+    ("mi300x-rocm62-healthy", 0, None),
+    ("mi300x-rocm71-busy", 0, None),
+    ("mi300x-gpu-missing", 1, "7 of 8 GPUs visible"),
+    ("mi300x-rocm71-ecc-correctable", 1, "xgmi6 to gpu7"),
+    ("mi300x-smi-broken", 2, "GPU backend unavailable"),
+])
+def test_exit_status_per_node(node, code, expect_row):
+    p = once("--snapshot", node)
+    assert p.returncode == code, p.stdout + p.stderr
+    if expect_row:
+        assert expect_row in p.stdout
+
+
+def test_warnings_alone_exit_0(tmp_path):
+    """Correctable ECC on GPU 1 is a warning: without the XGMI fault the node is healthy and exits 0.
+    Same capture minus its xgmi output, so the link check has nothing to judge and the ECC warning remains."""
+    snap = tmp_path / "snap"
+    src = FIXTURES / "mi300x-rocm71-ecc-correctable"
+    (snap / "amd-smi").mkdir(parents=True)
+    for f in (src / "amd-smi").iterdir():
+        if f.name != "xgmi.json":
+            (snap / "amd-smi" / f.name).write_bytes(f.read_bytes())
+    p = once("--snapshot", str(snap))
+    assert p.returncode == 0, p.stdout
+    assert "WARNING" in p.stdout and "12 correctable ECC errors" in p.stdout
+    assert p.stdout.startswith("node ") and ": HEALTHY" in p.stdout.splitlines()[0]
+
+
+def test_thresholds_come_from_config(tmp_path):
+    cfg = tmp_path / "vigil.yaml"
+    cfg.write_text("gpu:\n  ecc_uncorrectable_max: 5\n  temperature_warning_celsius: {junction: 40}\n")
+    p = once("--json", "--config", str(cfg), "--snapshot", "mi300x-faulty")
+    doc = json.loads(p.stdout)
+    ecc = next(f for f in doc["findings"] if f["check"] == "gpu.ecc.uncorrectable" and f["entity"] == "gpu3")
+    assert ecc["status"] == "ok" and ecc["threshold"] == 5
+    hot = [f for f in doc["findings"] if f["check"] == "gpu.temperature.junction" and f["status"] == "unhealthy"]
+    assert hot and all(f["severity"] == "warning" and f["value"] > 40 for f in hot)
+
+
+def test_expectation_in_config_overrides_node_json(tmp_path):
+    cfg = tmp_path / "vigil.yaml"
+    cfg.write_text("agent:\n  expect: {gpus: 7}\n")
+    p = once("--config", str(cfg), "--snapshot", "mi300x-gpu-missing")
+    assert p.returncode == 0, p.stdout
+
+
+def test_snapshot_capture_then_replay(tmp_path):
+    """`agent snapshot DIR` on this (GPU-less) machine writes the replay format, and replaying it agrees with
+    the live run."""
+    snap = tmp_path / "snap"
+    p = subprocess.run([AGENT, "snapshot", str(snap), "--node-name", "ci-node"], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert json.loads((snap / "node.json").read_text()) == {"node": "ci-node"}
+    assert (snap / "proc" / "sys" / "vm" / "max_map_count").read_text().strip().isdigit()
+    assert (snap / "sys" / "bus" / "pci" / "devices").is_dir()
+    live = json.loads(once("--json", "--only", "gpu", "--node-name", "ci-node").stdout)
+    replay = json.loads(once("--json", "--only", "gpu", "--snapshot", str(snap)).stdout)
+    assert live == replay
