@@ -127,3 +127,35 @@ def test_healthz_fails_when_a_collector_loop_is_dead():
         assert agent.alive() == (False, "a collector loop thread died")
     finally:
         agent.stop()
+
+
+def test_a_hanging_amdsmi_library_call_trips_the_deadline():
+    """The amdsmi backend over the faithful library fake, with one getter stuck as a call in D-state would be."""
+    from agent.collectors.gpu_amd import AmdSmiLibBackend
+    from gpu import fake_amdsmi as fake
+
+    release = threading.Event()
+
+    class StuckLib(fake.FakeAmdSmi):
+        def amdsmi_get_processor_handles(self):
+            release.wait()
+            return super().amdsmi_get_processor_handles()
+
+    lib = StuckLib([fake.mi300x(0), fake.mi300x(1)])
+    collector = GpuCollector(GpuSettings(timeout_seconds=0.3), ctx(expect_gpus=2),
+                             chains=[_Chain("amd", [lambda: AmdSmiLibBackend(lib=lib)])])
+    runner = CollectorRunner(collector)
+    t0 = time.monotonic()
+    stuck = runner.run_once()
+    assert time.monotonic() - t0 < 1.0
+    assert [f.check for f in stuck.output.findings] == ["gpu.smi_unresponsive"]
+    assert "amd" in stuck.output.findings[0].message
+    release.set()
+    deadline = time.monotonic() + 2
+    while runner._stuck.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    healthy = runner.run_once()
+    assert healthy.success
+    count = next(f for f in healthy.output.findings if f.check == "gpu.count")
+    assert (count.status, count.value) == ("ok", 2)
+    assert lib.init_calls == 1  # the library was initialised once, not once per attempt
