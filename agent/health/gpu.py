@@ -32,6 +32,8 @@ def evaluate(readings: GpuReadings, expected: int | None, t: GpuThresholds, node
     out = count_check(readings, expected, node)
     prev = {(g.vendor, g.uuid or g.pci_bus_id or g.name): g for g in (previous.gpus if previous else [])}
     for g in readings.gpus:
+        if g.partition:  # MIG/CPX instances carry identity and memory; health is judged on the whole GPU
+            continue
         p = prev.get((g.vendor, g.uuid or g.pci_bus_id or g.name))
         out += ecc_checks(g, t, p, elapsed)
         out += page_checks(g, t)
