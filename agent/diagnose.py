@@ -32,6 +32,9 @@ def report_table(node: str, findings: Iterable[Finding], verbose: bool = False) 
         detail = f.message + (f"  -> {f.action}" if f.action and f.status == UNHEALTHY else "")
         rows.append((f.check, f.entity, label, detail))
     passing = [f for f in findings if f.status == OK]
+    # Info events (a sysctl changed, a container exited) are news, not passing checks: never folded.
+    rows += [(f.check, f.entity, "info", f.message) for f in passing if f.severity == "info"]
+    passing = [f for f in passing if f.severity != "info"]
     if verbose:
         rows += [(f.check, f.entity, "ok", f.message) for f in passing]
     else:

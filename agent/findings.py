@@ -57,11 +57,13 @@ def unknown(check: str, component: str, entity: str, message: str, severity: str
 
 
 def node_status(findings: Iterable[Finding]) -> str:
-    """healthy | unhealthy | unknown, as DESIGN §4: a fatal failure wins, then any check that could not run."""
+    """healthy | unhealthy | unknown, as DESIGN §4: a fatal failure wins, then a fatal check that could not
+    run. A warning check that could not run (a sysctl this kernel lacks) shows in the report but leaves the
+    node's status alone, as a warning that fires does."""
     findings = list(findings)
     if any(f.is_fatal for f in findings):
         return "unhealthy"
-    if any(f.status == UNKNOWN for f in findings):
+    if any(f.status == UNKNOWN and f.severity == FATAL for f in findings):
         return "unknown"
     return "healthy"
 

@@ -24,7 +24,8 @@ SYS_GLOBS = [
 PROC_GLOBS = [
     "sys/vm/max_map_count", "sys/fs/file-max", "sys/fs/nr_open", "sys/fs/inotify/max_user_watches",
     "sys/fs/inotify/max_user_instances", "sys/net/core/*", "sys/net/ipv4/tcp_rmem", "sys/net/ipv4/tcp_wmem",
-    "sys/kernel/random/boot_id",
+    "sys/net/ipv4/tcp_congestion_control", "sys/net/ipv4/neigh/default/gc_thresh*", "sys/fs/aio-max-nr",
+    "sys/kernel/pid_max", "sys/kernel/numa_balancing", "sys/kernel/random/boot_id",
 ]
 
 
