@@ -1,13 +1,8 @@
-import os
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "fixtures" / "nodes"
-AGENT = str(Path(sys.executable).parent / "agent")
+from support import AGENT, FIXTURES, ROOT, is_root  # noqa: F401  (re-exported for older imports)
 
 
 def pytest_addoption(parser):
@@ -27,6 +22,3 @@ def promtool():
         pytest.fail("promtool is missing: scripts/install-deps.sh installs Debian's prometheus package")
     return path
 
-
-def is_root() -> bool:
-    return os.geteuid() == 0

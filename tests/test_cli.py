@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from conftest import AGENT, FIXTURES
+from support import AGENT, FIXTURES
 
 
 def once(*args):

@@ -5,7 +5,7 @@ import pytest
 
 from agent.config import ConfigError, load
 from agent.core import collector_schemas
-from conftest import AGENT
+from support import AGENT
 
 
 @pytest.mark.parametrize("text, key", [

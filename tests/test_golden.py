@@ -13,7 +13,7 @@ from agent.config import load
 from agent.core import build_collectors, collector_schemas, exposition, run_all_once
 from agent.node import Roots, merge_expectations, read_node_file
 from agent.runner import CollectorRunner
-from conftest import AGENT, FIXTURES
+from support import AGENT, FIXTURES
 
 NODES = sorted(p.name for p in FIXTURES.iterdir()
                if p.is_dir() and any((p / d).exists() for d in ("amd-smi", "nvidia-smi", "sys", "proc")))

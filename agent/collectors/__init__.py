@@ -6,6 +6,8 @@ import importlib
 
 REGISTRY: dict[str, str] = {
     "gpu": "agent.collectors.gpu:GpuCollector",
+    "sysctl": "agent.collectors.sysctl:SysctlCollector",
+    "rdma": "agent.collectors.rdma:RdmaCollector",
 }
 
 

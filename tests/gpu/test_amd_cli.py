@@ -14,7 +14,7 @@ import pytest
 from agent.collectors.gpu_amd_cli import (AmdSmiCliBackend, decode_json, parse_links, parse_outputs, value_of)
 from agent.collectors.gpu_backend import BackendUnavailable
 from agent.collectors.gpu_model import EccCount
-from conftest import FIXTURES
+from support import FIXTURES
 
 AMD_NODES = {  # node -> GPUs amd-smi reports
     "mi300x-rocm71-healthy": 8, "mi300x-rocm62-healthy": 8, "mi300x-rocm71-ecc-correctable": 8,

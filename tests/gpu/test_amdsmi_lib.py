@@ -10,7 +10,7 @@ import pytest
 from agent.collectors.gpu_amd import AmdSmiLibBackend
 from agent.collectors.gpu_amd_cli import AmdSmiCliBackend
 from agent.collectors.gpu_backend import BackendUnavailable
-from conftest import FIXTURES
+from support import FIXTURES
 
 from . import fake_amdsmi as fake
 
