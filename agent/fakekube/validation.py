@@ -1,0 +1,275 @@
+"""The API server's validation rules that a client of these kinds can trip over (HTTP 422).
+
+Written from the API conventions and the documented validation messages: object names, label and
+annotation keys and values, node taints, Leases, and Events (core/v1 and the stricter
+events.k8s.io/v1).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+_DNS1123_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS1123_SUBDOMAIN = re.compile(rf"^{_DNS1123_LABEL}(\.{_DNS1123_LABEL})*$")
+_DNS1123_LABEL_RE = re.compile(rf"^{_DNS1123_LABEL}$")
+_QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+ANNOTATIONS_MAX_BYTES = 256 * 1024
+EVENT_NOTE_MAX = 1024
+EVENT_FIELD_MAX = 128
+
+
+@dataclass
+class FieldError:
+    type: str  # Required, Invalid, NotSupported, Duplicate, TooLong, Forbidden
+    field: str
+    value: object = None
+    detail: str = ""
+
+    _REASONS = {
+        "Required": ("FieldValueRequired", "Required value"),
+        "Invalid": ("FieldValueInvalid", "Invalid value"),
+        "NotSupported": ("FieldValueNotSupported", "Unsupported value"),
+        "Duplicate": ("FieldValueDuplicate", "Duplicate value"),
+        "TooLong": ("FieldValueTooLong", "Too long"),
+        "Forbidden": ("FieldValueForbidden", "Forbidden"),
+    }
+
+    @property
+    def reason(self) -> str:
+        return self._REASONS[self.type][0]
+
+    def message(self) -> str:
+        label = self._REASONS[self.type][1]
+        if self.type in ("Required", "Forbidden", "TooLong"):
+            body = label + (f": {self.detail}" if self.detail else "")
+        else:
+            body = f"{label}: {json.dumps(self.value)}" + (f": {self.detail}" if self.detail else "")
+        return body
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message()}"
+
+
+def dns_subdomain(value: str) -> list[str]:
+    errs = []
+    if len(value) > 253:
+        errs.append("must be no more than 253 characters")
+    if not _DNS1123_SUBDOMAIN.match(value):
+        errs.append("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
+                    "and must start and end with an alphanumeric character (e.g. 'example.com', regex used for "
+                    "validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')")
+    return errs
+
+
+def dns_label(value: str) -> list[str]:
+    errs = []
+    if len(value) > 63:
+        errs.append("must be no more than 63 characters")
+    if not _DNS1123_LABEL_RE.match(value):
+        errs.append("a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must "
+                    "start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for "
+                    "validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')")
+    return errs
+
+
+def qualified_name(value: str) -> list[str]:
+    errs = []
+    parts = value.split("/")
+    if len(parts) == 1:
+        name = parts[0]
+    elif len(parts) == 2:
+        prefix, name = parts
+        if not prefix:
+            errs.append("prefix part must be non-empty")
+        else:
+            errs.extend("prefix part " + e for e in dns_subdomain(prefix))
+    else:
+        return ["a qualified name must consist of alphanumeric characters, '-', '_' or '.', and must start and end "
+                "with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for "
+                "validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]') with an optional DNS subdomain prefix "
+                "and '/' (e.g. 'example.com/MyName')"]
+    if not name:
+        errs.append("name part must be non-empty")
+    elif len(name) > 63:
+        errs.append("name part must be no more than 63 characters")
+    elif not _QUALIFIED_NAME.match(name):
+        errs.append("name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end "
+                    "with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for "
+                    "validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')")
+    return errs
+
+
+def label_value(value: str) -> list[str]:
+    errs = []
+    if len(value) > 63:
+        errs.append("must be no more than 63 characters")
+    if not _LABEL_VALUE.match(value):
+        errs.append("a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', "
+                    "and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or "
+                    "'12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')")
+    return errs
+
+
+def path_segment_name(value: str) -> list[str]:
+    if value in (".", ".."):
+        return [f"may not be '{value}'"]
+    for bad in ("/", "%"):
+        if bad in value:
+            return [f"may not contain '{bad}'"]
+    return []
+
+
+def object_meta(meta: dict, namespaced: bool, name_rule=None) -> list[FieldError]:
+    errs: list[FieldError] = []
+    name = meta.get("name", "")
+    if not name:
+        if not meta.get("generateName"):
+            errs.append(FieldError("Required", "metadata.name", detail="name or generateName is required"))
+    else:
+        for rule in (name_rule, path_segment_name):
+            if rule is None:
+                continue
+            for msg in rule(name):
+                errs.append(FieldError("Invalid", "metadata.name", name, msg))
+    if namespaced and not meta.get("namespace"):
+        errs.append(FieldError("Required", "metadata.namespace"))
+    if not namespaced and meta.get("namespace"):
+        errs.append(FieldError("Forbidden", "metadata.namespace", detail="not allowed on this type"))
+    for key, value in (meta.get("labels") or {}).items():
+        for msg in qualified_name(key):
+            errs.append(FieldError("Invalid", "metadata.labels", key, msg))
+        for msg in label_value(value):
+            errs.append(FieldError("Invalid", "metadata.labels", value, msg))
+    total = 0
+    for key, value in (meta.get("annotations") or {}).items():
+        for msg in qualified_name(key.lower()):
+            errs.append(FieldError("Invalid", "metadata.annotations", key, msg))
+        total += len(key) + len(value)
+    if total > ANNOTATIONS_MAX_BYTES:
+        errs.append(FieldError("TooLong", "metadata.annotations",
+                               detail=f"may not be more than {ANNOTATIONS_MAX_BYTES} bytes"))
+    return errs
+
+
+def node(obj: dict) -> list[FieldError]:
+    errs: list[FieldError] = []
+    seen: dict[str, set[str]] = {}
+    for i, taint in enumerate((obj.get("spec") or {}).get("taints") or []):
+        path = f"spec.taints[{i}]"
+        key = taint.get("key", "")
+        for msg in qualified_name(key) if key else ["name part must be non-empty"]:
+            errs.append(FieldError("Invalid", f"{path}.key", key, msg))
+        for msg in label_value(taint.get("value", "")):
+            errs.append(FieldError("Invalid", f"{path}.value", taint.get("value", ""), msg))
+        effect = taint.get("effect", "")
+        if not effect:
+            errs.append(FieldError("Required", f"{path}.effect"))
+        elif effect not in TAINT_EFFECTS:
+            errs.append(FieldError("NotSupported", f"{path}.effect", effect,
+                                   "supported values: " + ", ".join(f'"{e}"' for e in TAINT_EFFECTS)))
+        if key in seen.get(effect, set()):
+            errs.append(FieldError("Duplicate", path, taint, "taints must be unique by key and effect pair"))
+        seen.setdefault(effect, set()).add(key)
+    return errs
+
+
+def node_update(new: dict, old: dict) -> list[FieldError]:
+    errs = []
+    old_spec, new_spec = old.get("spec") or {}, new.get("spec") or {}
+    if old_spec.get("providerID") and new_spec.get("providerID") != old_spec.get("providerID"):
+        errs.append(FieldError("Forbidden", "spec.providerID",
+                               detail='node updates may not change providerID except from "" to valid'))
+    if old_spec.get("podCIDRs") and new_spec.get("podCIDRs") != old_spec.get("podCIDRs"):
+        errs.append(FieldError("Forbidden", "spec.podCIDRs",
+                               detail='node updates may not change podCIDR except from "" to valid'))
+    return errs
+
+
+def lease(obj: dict) -> list[FieldError]:
+    errs = []
+    spec = obj.get("spec") or {}
+    duration = spec.get("leaseDurationSeconds")
+    if duration is not None and duration <= 0:
+        errs.append(FieldError("Invalid", "spec.leaseDurationSeconds", duration, "must be greater than 0"))
+    transitions = spec.get("leaseTransitions")
+    if transitions is not None and transitions < 0:
+        errs.append(FieldError("Invalid", "spec.leaseTransitions", transitions, "must be greater than or equal to 0"))
+    if spec.get("preferredHolder") and not spec.get("strategy"):
+        errs.append(FieldError("Forbidden", "spec.preferredHolder",
+                               detail="may only be specified if `strategy` is defined"))
+    return errs
+
+
+def core_event(obj: dict, strict_v1: bool = False) -> list[FieldError]:
+    """Validate an Event in its core/v1 storage form; ``strict_v1`` adds the events.k8s.io/v1 rules."""
+    errs: list[FieldError] = []
+    meta = obj.get("metadata") or {}
+    namespace = meta.get("namespace", "")
+    involved = obj.get("involvedObject") or {}
+    controller_field = "reportingController" if strict_v1 else "reportingComponent"
+    if not obj.get("eventTime"):
+        if not involved.get("namespace"):
+            if namespace not in ("", "default"):
+                errs.append(FieldError("Invalid", "involvedObject.namespace", involved.get("namespace", ""),
+                                       "does not match event.namespace"))
+        elif namespace != involved.get("namespace"):
+            errs.append(FieldError("Invalid", "involvedObject.namespace", involved.get("namespace", ""),
+                                   "does not match event.namespace"))
+    else:
+        if not involved.get("namespace") and namespace not in ("default", "kube-system"):
+            errs.append(FieldError("Invalid", "involvedObject.namespace", involved.get("namespace", ""),
+                                   "does not match event.namespace"))
+        controller = obj.get("reportingComponent", "")
+        if not controller:
+            errs.append(FieldError("Required", controller_field))
+        else:
+            for msg in qualified_name(controller):
+                errs.append(FieldError("Invalid", controller_field, controller, msg))
+        instance = obj.get("reportingInstance", "")
+        if not instance:
+            errs.append(FieldError("Required", "reportingInstance"))
+        elif len(instance) > EVENT_FIELD_MAX:
+            errs.append(FieldError("Invalid", "reportingInstance", "",
+                                   f"can have at most {EVENT_FIELD_MAX} characters"))
+        action = obj.get("action", "")
+        if not action:
+            errs.append(FieldError("Required", "action"))
+        elif len(action) > EVENT_FIELD_MAX:
+            errs.append(FieldError("Invalid", "action", "", f"can have at most {EVENT_FIELD_MAX} characters"))
+        reason = obj.get("reason", "")
+        if not reason:
+            errs.append(FieldError("Required", "reason"))
+        elif len(reason) > EVENT_FIELD_MAX:
+            errs.append(FieldError("Invalid", "reason", "", f"can have at most {EVENT_FIELD_MAX} characters"))
+        if len(obj.get("message", "")) > EVENT_NOTE_MAX:
+            errs.append(FieldError("TooLong", "note" if strict_v1 else "message",
+                                   detail=f"may not be more than {EVENT_NOTE_MAX} bytes"))
+    for msg in dns_subdomain(namespace) if namespace else []:
+        errs.append(FieldError("Invalid", "namespace", namespace, msg))
+    if strict_v1:
+        for msg in dns_subdomain(meta.get("name", "")) if meta.get("name") else []:
+            errs.append(FieldError("Invalid", "metadata.name", meta.get("name"), msg))
+        if not obj.get("eventTime"):
+            errs.append(FieldError("Required", "eventTime"))
+        if obj.get("type") not in ("Normal", "Warning"):
+            errs.append(FieldError("Invalid", "type", "", f"has invalid value: {obj.get('type', '')}"))
+        if obj.get("firstTimestamp"):
+            errs.append(FieldError("Invalid", "deprecatedFirstTimestamp", "", "needs to be unset"))
+        if obj.get("lastTimestamp"):
+            errs.append(FieldError("Invalid", "deprecatedLastTimestamp", "", "needs to be unset"))
+        if obj.get("count"):
+            errs.append(FieldError("Invalid", "deprecatedCount", "", "needs to be unset"))
+        if obj.get("source"):
+            errs.append(FieldError("Invalid", "deprecatedSource", "", "needs to be unset"))
+        series = obj.get("series")
+        if series is not None:
+            if (series.get("count") or 0) < 2:
+                errs.append(FieldError("Invalid", "series.count", "", "should be at least 2"))
+            if not series.get("lastObservedTime"):
+                errs.append(FieldError("Required", "series.lastObservedTime"))
+    return errs
