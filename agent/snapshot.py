@@ -26,6 +26,7 @@ PROC_GLOBS = [
     "sys/fs/inotify/max_user_instances", "sys/net/core/*", "sys/net/ipv4/tcp_rmem", "sys/net/ipv4/tcp_wmem",
     "sys/net/ipv4/tcp_congestion_control", "sys/net/ipv4/neigh/default/gc_thresh*", "sys/fs/aio-max-nr",
     "sys/kernel/pid_max", "sys/kernel/numa_balancing", "sys/kernel/random/boot_id",
+    "stat", "driver/nvidia/gpus/*/information",
 ]
 
 
@@ -42,6 +43,14 @@ def capture(dest: Path, node: str, sysfs: Path = Path("/sys"), procfs: Path = Pa
                 (dest / "amd-smi" / f"{cmd}.json").write_text(run_tool(["amd-smi", cmd, "--json"], timeout))
             except (BackendUnavailable, TimeoutError, RuntimeError, OSError) as e:
                 notes.append(f"amd-smi {cmd}: {e}")
+        # CPER records: amd-smi 26 prints a table and writes the records as files under --folder.
+        cper = dest / "amd-smi" / "cper"
+        cper.mkdir(exist_ok=True)
+        try:
+            out = run_tool(["amd-smi", "ras", "--cper", "--severity", "all", "--folder", str(cper), "--json"], timeout)
+            (cper / "stdout.txt").write_text(out)
+        except (BackendUnavailable, TimeoutError, RuntimeError, OSError) as e:
+            notes.append(f"amd-smi ras --cper: {e}")
     if shutil.which("nvidia-smi"):
         try:
             xml = run_tool(["nvidia-smi", "-q", "-x"], timeout)
@@ -49,11 +58,36 @@ def capture(dest: Path, node: str, sysfs: Path = Path("/sys"), procfs: Path = Pa
             (dest / "nvidia-smi" / "q.xml").write_text(xml)
         except (BackendUnavailable, TimeoutError, RuntimeError, OSError) as e:
             notes.append(f"nvidia-smi: {e}")
+    kmsg = read_kmsg()
+    if kmsg is not None:
+        (dest / "kmsg.txt").write_bytes(kmsg)
     for root, name, globs in ((sysfs, "sys", SYS_GLOBS), (procfs, "proc", PROC_GLOBS)):
         for pattern in globs:
             for src in glob.glob(str(root / pattern)):
                 _copy_file(Path(src), dest / name / os.path.relpath(src, root), notes)
     return notes
+
+
+def read_kmsg(path: str = "/dev/kmsg") -> bytes | None:
+    """The kernel ring buffer as /dev/kmsg records (one per read), without blocking for new ones."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    records = []
+    try:
+        while True:
+            try:
+                records.append(os.read(fd, 8192))
+            except BlockingIOError:
+                break
+            except OSError as e:
+                if e.errno == 32:  # EPIPE: the ring overwrote records we had not read yet; go on
+                    continue
+                break
+    finally:
+        os.close(fd)
+    return b"".join(r if r.endswith(b"\n") else r + b"\n" for r in records)
 
 
 def _copy_file(src: Path, dst: Path, notes: list[str]) -> None:

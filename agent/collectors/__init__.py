@@ -6,6 +6,7 @@ import importlib
 
 REGISTRY: dict[str, str] = {
     "gpu": "agent.collectors.gpu:GpuCollector",
+    "gpu_events": "agent.collectors.gpu_events:GpuEventsCollector",
     "sysctl": "agent.collectors.sysctl:SysctlCollector",
     "rdma": "agent.collectors.rdma:RdmaCollector",
 }

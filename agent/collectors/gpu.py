@@ -128,7 +128,10 @@ class GpuCollector(Collector):
                 inventories.append(chain.read())
             except BackendUnavailable as e:
                 unavailable[chain.vendor] = str(e)
-        return GpuReadings(inventories, self._pci or {}, unavailable)
+        readings = GpuReadings(inventories, self._pci or {}, unavailable)
+        # Other sources (GPU events, pod attribution) map PCI addresses and UUIDs to GPU indexes with this.
+        self.ctx.shared["gpus"] = [g for g in readings.gpus if not g.partition]
+        return readings
 
     def evaluate(self, reading: GpuReadings, previous: Observation | None, elapsed: float | None) -> Output:
         prev = previous.reading if previous else None

@@ -19,6 +19,7 @@ from support import FIXTURES
 AMD_NODES = {  # node -> GPUs amd-smi reports
     "mi300x-rocm71-healthy": 8, "mi300x-rocm62-healthy": 8, "mi300x-rocm71-ecc-correctable": 8,
     "mi300x-rocm71-busy": 8, "mi300x-faulty": 8, "mi300x-gpu-missing": 7, "mi300a-apu-na": 1,
+    "mi300x-cper": 8,
 }
 
 

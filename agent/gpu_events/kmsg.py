@@ -1,0 +1,184 @@
+"""Kernel log records and the GPU events in them.
+
+Record format. The live source is /dev/kmsg, one record per read (Documentation/ABI/testing/dev-kmsg):
+
+    <priority>,<sequence>,<usec since boot>,<flags>[,...];<message>\\n
+     SUBSYSTEM=pci\\n                      (continuation lines start with a space: device properties)
+
+Non-printable bytes in the message are escaped as \\xNN, so a multi-line printk (NVRM's "The NVIDIA GPU ...
+has fallen off the bus" paragraph) is one record. A snapshot's DIR/kmsg.txt holds the same records (capture:
+`dd if=/dev/kmsg iflag=nonblock of=kmsg.txt`, or what `agent snapshot` writes); the sequence number is what
+the cursor keys on. For replaying what a bug report pasted, lines in `dmesg` ("[ 1843.308145] msg",
+`dmesg -r`'s "<4>[ 1843.308145] msg") or journal form are accepted too: their sequence is the line number.
+
+Event formats, each from a real log (sources in tests/gpu_events/test_kmsg.py):
+  NVRM: Xid (PCI:0000:3b:00): 79, pid=1234, name=python3, GPU has fallen off the bus.
+  NVRM: Xid (PCI:0000:01:00 GPU-I:05): 94, pid=7194, Contained: CE User Channel (0x9). RST: No, D-RST: No
+  NVRM: Xid (0000:03:00): 14, Channel 00000001                                    (old drivers)
+  NVRM: Xid (PCI:0000:04:00): 154, GPU recovery action changed from 0x0 (None) to 0x1 (GPU Reset Required)
+  NVRM: GPU 0000:04:00.0: GPU has fallen off the bus.   /  NVRM: The NVIDIA GPU 0000:b3:00.0 ... fallen off the bus
+  amdgpu 0000:1c:00.0: {1}uncorrectable hardware error(ERREVENT_ATHUB_INTERRUPT) detected!
+  amdgpu 0000:01:00.0: amdgpu: 2 uncorrectable hardware errors detected in umc block
+  amdgpu 0000:xx:00.0: amdgpu: {3} socket: 0, die: 1, 1 new correctable hardware errors detected in gfx block
+  amdgpu 0000:83:00.0: amdgpu: GPU reset(1) succeeded!   /   amdgpu 0000:06:00.0: amdgpu: GPU reset(2) failed
+  vigil: gpu reset 0000:3b:00.0     (an operator's acknowledgement after `nvidia-smi -r`: echo it to /dev/kmsg)
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from . import xid as xids
+from .model import RAS, RESET, XID, GpuEvent, normalize_pci
+
+_RECORD = re.compile(r"^(\d+),(\d+),(\d+),([^;,]*)(?:,[^;]*)?;(.*)$")
+_DMESG = re.compile(r"^(?:<(\d+)>)?\s*\[\s*(\d+)\.(\d+)\]\s?(.*)$")
+_ESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})")
+_PROPERTY = re.compile(r"^\s+[A-Z][A-Z_]*=")
+
+_PCI = r"(?:[0-9a-fA-F]{4,8}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}(?:\.[0-7])?"
+_XID = re.compile(r"NVRM: Xid \((?:PCI:)?(?P<pci>" + _PCI + r")(?P<attr>[^)]*)\):? ?(?P<code>\d+)"
+                  r"(?:,\s*(?P<rest>.*))?$")
+_PID = re.compile(r"pid=(?:'([^']*)'|([^,\s]*))")
+_NAME = re.compile(r"name=(?:'([^']*)'|([^,\s]*))")
+_MIG = re.compile(r"GPU-I:\s*(\d+)")
+_FALLEN = re.compile(r"NVRM: (?:The NVIDIA GPU|GPU at|GPU) (?:PCI:)?(?P<pci>" + _PCI + r")\b.*?fallen off the bus",
+                     re.DOTALL)
+_AMDGPU = re.compile(r"amdgpu (?P<pci>[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]): (?P<body>.*)$")
+_AMD_UE_EVENT = re.compile(r"[Uu]ncorrectable hardware error\((?P<event>[A-Z0-9_]+)\) detected")
+_AMD_COUNT = re.compile(r"(?P<n>\d+) (?:new )?(?P<type>uncorrectable|correctable|deferred) hardware errors? "
+                        r"detected in (?P<block>\w+) block")
+_AMD_RESET_OK = re.compile(r"GPU reset(?:\((\d+)\))? succeeded")
+_AMD_RESET_FAIL = re.compile(r"GPU reset(?:\((\d+)\))? failed")
+_ACK = re.compile(r"^vigil: gpu reset (?P<target>all|(?:PCI:)?" + _PCI + r")\s*$", re.IGNORECASE)
+
+RAS_SEVERITY = {
+    "uncorrectable": (xids.FATAL, "drain the GPU and reset it; check its bad pages"),
+    "deferred": (xids.WARNING, "reset the GPU when it is idle; watch its bad pages"),
+    "correctable": (xids.INFO, "none (corrected by ECC)"),
+}
+
+
+@dataclass(frozen=True)
+class KmsgRecord:
+    seq: int
+    usec: int | None  # microseconds since boot (CLOCK_MONOTONIC), None when the line had no timestamp
+    priority: int | None
+    text: str
+
+
+def unescape(message: str) -> str:
+    return _ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), message)
+
+
+def parse_record(line: str) -> KmsgRecord | None:
+    """One /dev/kmsg record (its first line); None for a continuation line or anything else."""
+    line = line.rstrip("\n")
+    m = _RECORD.match(line)
+    if not m:
+        return None
+    return KmsgRecord(int(m.group(2)), int(m.group(3)), int(m.group(1)), unescape(m.group(5)))
+
+
+def parse_text(text: str) -> list[KmsgRecord]:
+    """Records from a kmsg.txt: /dev/kmsg records, or dmesg/journal lines (sequence = line number)."""
+    out: list[KmsgRecord] = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        if line[0] in " \t":
+            # A kmsg device property (" SUBSYSTEM=pci"), or the next line of a multi-line printk as dmesg
+            # prints it (indented): the latter belongs to the record before.
+            if out and not _PROPERTY.match(line):
+                last = out[-1]
+                out[-1] = KmsgRecord(last.seq, last.usec, last.priority, last.text + "\n" + line.strip())
+            continue
+        rec = parse_record(line)
+        if rec is None:
+            m = _DMESG.match(line)
+            if m:
+                usec = int(m.group(2)) * 1_000_000 + int(m.group(3).ljust(6, "0")[:6])
+                rec = KmsgRecord(n, usec, int(m.group(1)) if m.group(1) else None, unescape(m.group(4)))
+            else:
+                rec = KmsgRecord(n, None, None, unescape(line.strip()))
+        out.append(rec)
+    return out
+
+
+def _opt(m: re.Match | None) -> str | None:
+    if not m:
+        return None
+    v = m.group(1) if m.group(1) is not None else m.group(2)
+    return v if v not in (None, "", "<unknown>", "N/A") else None
+
+
+def events(rec: KmsgRecord, btime: float | None = None, overrides: dict[str, str] | None = None) -> list[GpuEvent]:
+    """The GPU events in one kernel record (usually none). `btime`: boot time (epoch seconds) to date them."""
+    text = rec.text
+    if "NVRM" not in text and "amdgpu" not in text and "vigil:" not in text:
+        return []
+    at = btime + rec.usec / 1e6 if btime is not None and rec.usec is not None else None
+    key = f"kmsg:{rec.seq}"
+    out: list[GpuEvent] = []
+    for line in text.split("\n"):
+        m = _XID.search(line)
+        if m:
+            out.append(_xid_event(m, line.strip(), key, at, overrides))
+    if out:
+        return out
+    m = _FALLEN.search(text)
+    if m:
+        info = xids.lookup(79, overrides=overrides)
+        return [GpuEvent(XID, "79", info.severity, "GPU has fallen off the bus (no Xid line)", info.action,
+                         "kmsg", " ".join(text.split()), key, pci=normalize_pci(m.group("pci")), at=at,
+                         fallen_off_bus=True)]
+    m = _AMDGPU.search(text)
+    if m:
+        return _amdgpu_events(normalize_pci(m.group("pci")), m.group("body"), " ".join(text.split()), key, at)
+    m = _ACK.match(text.strip())
+    if m:
+        target = m.group("target")
+        everyone = target.lower() == "all"
+        return [GpuEvent(RESET, "ok", xids.INFO, "GPU reset acknowledged by an operator", None, "kmsg", text.strip(),
+                         key, pci=None if everyone else normalize_pci(target), at=at, recovers=True,
+                         all_gpus=everyone)]
+    return []
+
+
+def _xid_event(m: re.Match, line: str, key: str, at: float | None, overrides: dict[str, str] | None) -> GpuEvent:
+    code = int(m.group("code"))
+    rest = m.group("rest") or ""
+    info = xids.lookup(code, rest, overrides)
+    mig = _MIG.search(m.group("attr") or "")
+    details = {k: v for k, v in (("pid", _opt(_PID.search(rest))), ("process", _opt(_NAME.search(rest)))) if v}
+    recovers = False
+    if code == xids.RECOVERY_ACTION_CHANGED:
+        change = xids.recovery_change(rest)
+        recovers = bool(change and change.recovered)
+        if change:
+            details["recovery_action"] = change.label
+    return GpuEvent(XID, str(code), info.severity, info.description, info.action, "kmsg", line[line.find("NVRM"):],
+                    key, pci=normalize_pci(m.group("pci")), at=at, recovers=recovers,
+                    partition=(mig.group(1).lstrip("0") or "0") if mig else "", details=details)
+
+
+def _amdgpu_events(pci: str | None, body: str, text: str, key: str, at: float | None) -> list[GpuEvent]:
+    m = _AMD_UE_EVENT.search(body)
+    if m:
+        return [GpuEvent(RAS, "uncorrectable", xids.FATAL, f"uncorrectable hardware error ({m.group('event')})",
+                         "drain the GPU and reset it; reboot the node if the reset fails", "kmsg", text, key,
+                         pci=pci, at=at)]
+    if "detected in total" not in body:
+        m = _AMD_COUNT.search(body)
+        if m and int(m.group("n")) > 0:
+            kind = m.group("type")
+            severity, action = RAS_SEVERITY[kind]
+            return [GpuEvent(RAS, kind, severity, f"{m.group('n')} {kind} error(s) in the {m.group('block')} block",
+                             action, "kmsg", text, key, pci=pci, at=at, details={"count": int(m.group("n"))})]
+    if _AMD_RESET_OK.search(body):
+        return [GpuEvent(RESET, "ok", xids.INFO, "GPU reset by the driver", None, "kmsg", text, key, pci=pci,
+                         at=at, recovers=True)]
+    if _AMD_RESET_FAIL.search(body):
+        return [GpuEvent(RESET, "failed", xids.FATAL, "GPU reset failed", "drain the node and reboot it", "kmsg",
+                         text, key, pci=pci, at=at)]
+    return []
