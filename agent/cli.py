@@ -66,6 +66,14 @@ def parser() -> argparse.ArgumentParser:
                         " default from the config")
     p.add_argument("--tune", action="store_true", help="with --once: let the tuner write (--once never writes "
                    "otherwise)")
+    p.add_argument("--aggregator", metavar="HOST:PORT", default=None,
+                   help="stream findings to the aggregator (a Service; or replicas, comma-separated)")
+    p.add_argument("--spool", metavar="PATH", default="/var/lib/vigil/spool.db",
+                   help="with --aggregator: the spool file on a host path (default /var/lib/vigil/spool.db)")
+    p.add_argument("--token-file", metavar="PATH", default=None,
+                   help="with --aggregator: the projected ServiceAccount token (audience vigil), re-read per connect")
+    p.add_argument("--tls-ca", metavar="FILE", default=None,
+                   help="with --aggregator: connect over TLS, trusting this CA bundle")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--version", action="version", version=f"vigil agent {__version__}")
     return p
@@ -113,10 +121,14 @@ def cmd_once(args: argparse.Namespace) -> int:
     for c in collectors:
         c.close()
     findings = [f for r in results for f in r.output.findings]
+    # Which pod holds which GPU: joined here, after both sources have read (they run concurrently).
+    from .containers.attribution import gpu_pod_table, rows_from_shared
     if args.json:
-        print(report_json(ctx.node, findings))
+        pods = {"gpu_pods": [r.to_json() for r in rows_from_shared(ctx.shared)]} if "pod_devices" in ctx.shared \
+            else None
+        print(report_json(ctx.node, findings, pods))
     else:
-        sys.stdout.write(report_table(ctx.node, findings, args.verbose))
+        sys.stdout.write(report_table(ctx.node, findings, args.verbose) + gpu_pod_table(ctx.shared))
         failed = [r.collector for r in results if not r.success]
         if failed:
             print(f"\ncollectors that failed: {', '.join(failed)}")
@@ -129,8 +141,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config, ctx = setup(args)
     host, port = parse_listen(args.listen or config.agent.listen, "--listen" if args.listen else "agent.listen")
     agent = Agent(build_collectors(config, ctx, only(args)), ctx.node)
+    stream = None
+    if args.aggregator:  # the health stream (DESIGN §6): findings -> spool -> aggregator
+        from .stream import StreamClient, StreamSettings, parse_targets, read_boot_id
+
+        try:
+            targets = parse_targets(args.aggregator)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        stream = StreamClient(StreamSettings(targets, args.spool, token_file=args.token_file, tls_ca=args.tls_ca),
+                              ctx.node, read_boot_id(ctx.roots))
+        agent.observers.append(stream.observe)  # before start(): the first cycle is reported too
     agent.start()
-    server = MetricsServer(host, port, agent.metrics, agent.alive)
+    if stream is not None:
+        stream.start()
+    metrics = agent.metrics if stream is None else (lambda: agent.metrics() + stream.exposition())
+    server = MetricsServer(host, port, metrics, agent.alive)
     server.start()
     log.info("vigil agent %s on node %s: serving http://%s:%d/metrics", __version__, ctx.node, host, server.port)
     stop = threading.Event()
@@ -138,6 +164,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     server.stop()
+    if stream is not None:
+        stream.stop()
     agent.stop()
     return 0
 

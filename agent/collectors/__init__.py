@@ -7,6 +7,7 @@ import importlib
 REGISTRY: dict[str, str] = {
     "gpu": "agent.collectors.gpu:GpuCollector",
     "gpu_events": "agent.collectors.gpu_events:GpuEventsCollector",
+    "containers": "agent.collectors.containers:ContainersCollector",
     "sysctl": "agent.collectors.sysctl:SysctlCollector",
     "rdma": "agent.collectors.rdma:RdmaCollector",
 }
