@@ -68,8 +68,9 @@ def parser() -> argparse.ArgumentParser:
                    "otherwise)")
     p.add_argument("--aggregator", metavar="HOST:PORT", default=None,
                    help="stream findings to the aggregator (a Service; or replicas, comma-separated)")
-    p.add_argument("--spool", metavar="PATH", default="/var/lib/vigil/spool.db",
-                   help="with --aggregator: the spool file on a host path (default /var/lib/vigil/spool.db)")
+    p.add_argument("--spool", metavar="PATH", default=None,
+                   help="with --aggregator: the spool file on a host path (default stream.spool_path, "
+                        "/var/lib/vigil/spool.db)")
     p.add_argument("--token-file", metavar="PATH", default=None,
                    help="with --aggregator: the projected ServiceAccount token (audience vigil), re-read per connect")
     p.add_argument("--tls-ca", metavar="FILE", default=None,
@@ -142,15 +143,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host, port = parse_listen(args.listen or config.agent.listen, "--listen" if args.listen else "agent.listen")
     agent = Agent(build_collectors(config, ctx, only(args)), ctx.node)
     stream = None
-    if args.aggregator:  # the health stream (DESIGN §6): findings -> spool -> aggregator
+    sc = config.stream
+    aggregator = args.aggregator or sc.aggregator
+    if aggregator:  # the health stream (DESIGN §6): findings -> spool -> aggregator
         from .stream import StreamClient, StreamSettings, parse_targets, read_boot_id
 
         try:
-            targets = parse_targets(args.aggregator)
+            targets = parse_targets(aggregator)
         except ValueError as e:
-            raise UsageError(str(e)) from None
-        stream = StreamClient(StreamSettings(targets, args.spool, token_file=args.token_file, tls_ca=args.tls_ca),
-                              ctx.node, read_boot_id(ctx.roots))
+            raise UsageError(str(e)) if args.aggregator else ConfigError(f"stream.aggregator: {e}") from None
+        settings = StreamSettings(
+            targets, args.spool or sc.spool_path, token_file=args.token_file or sc.token_file or None,
+            tls_ca=args.tls_ca or sc.tls_ca or None, batch_size=sc.batch_size, heartbeat_seconds=sc.heartbeat_seconds,
+            backoff_max=sc.backoff_max_seconds, raise_after=sc.raise_after, clear_after=sc.clear_after,
+            max_events=sc.max_events, max_info=sc.max_info)
+        stream = StreamClient(settings, ctx.node, read_boot_id(ctx.roots))
         agent.observers.append(stream.observe)  # before start(): the first cycle is reported too
     agent.start()
     if stream is not None:

@@ -57,6 +57,32 @@ class AgentSettings:
         parse_listen(self.listen, f"{prefix}.listen")
 
 
+@dataclass
+class StreamConfig:
+    """The health stream to the aggregator (DESIGN §6). The CLI flags --aggregator, --spool, --token-file and
+    --tls-ca override these."""
+
+    aggregator: str = ""  # HOST:PORT (the Service), or replicas comma-separated; "" = no stream
+    spool_path: str = "/var/lib/vigil/spool.db"  # on a host path: survives agent restarts
+    token_file: str = ""  # projected ServiceAccount token, audience vigil
+    tls_ca: str = ""
+    batch_size: int = 100
+    heartbeat_seconds: float = 10.0
+    raise_after: int = 1  # hysteresis: cycles a worse status must persist before it is sent
+    clear_after: int = 2  # cycles a better status must persist before it is sent
+    max_events: int = 10000  # spool bound; when full the oldest info events go first, never a fatal one
+    max_info: int = 1000
+    backoff_max_seconds: float = 30.0
+
+    def check(self, prefix: str) -> None:
+        for key in ("batch_size", "raise_after", "clear_after", "max_events", "max_info"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{prefix}.{key}: must be >= 1, got {getattr(self, key)}")
+        for key in ("heartbeat_seconds", "backoff_max_seconds"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{prefix}.{key}: must be > 0, got {getattr(self, key)}")
+
+
 def parse_listen(value: str, key: str = "listen") -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
@@ -68,6 +94,7 @@ def parse_listen(value: str, key: str = "listen") -> tuple[str, int]:
 class Config:
     agent: AgentSettings
     sections: dict[str, Any]  # collector name -> its settings dataclass
+    stream: StreamConfig = field(default_factory=StreamConfig)
 
     @property
     def node_name(self) -> str:
@@ -96,13 +123,13 @@ def load(path: str | os.PathLike | None, schemas: Mapping[str, type], text: str 
 def from_mapping(raw: Any, schemas: Mapping[str, type]) -> Config:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"<top>: expected a mapping, got {type(raw).__name__}")
-    known = {"agent", *schemas}
+    known = {"agent", "stream", *schemas}
     for key in raw:
         if key not in known:
             raise ConfigError(f"{key}: unknown section (known: {', '.join(sorted(known))})")
     agent = build(AgentSettings, raw.get("agent") or {}, "agent")
     sections = {name: build(cls, raw.get(name) or {}, name) for name, cls in schemas.items()}
-    return Config(agent, sections)
+    return Config(agent, sections, build(StreamConfig, raw.get("stream") or {}, "stream"))
 
 
 def build(cls: type, raw: Any, prefix: str) -> Any:

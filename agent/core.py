@@ -11,7 +11,7 @@ from . import __version__
 from .collectors import REGISTRY, load
 from .collectors.base import Collector, Context
 from .config import Config
-from .findings import UNHEALTHY, UNKNOWN, Finding
+from .findings import UNHEALTHY, UNKNOWN, Finding, is_event
 from .metrics import MetricSet, render
 from .runner import CollectorRunner, Result
 
@@ -45,8 +45,10 @@ def core_metrics(results: Iterable[Result], node: str) -> MetricSet:
         ms.gauge("vigil_collector_duration_seconds", "Duration of the collector's last read.",
                  {"collector": r.collector}, round(r.duration, 6))
         for f in r.output.findings:
+            if is_event(f):
+                continue
             ms.gauge("vigil_check_status", "Health check status: 1 ok, 0 unhealthy, -1 unknown.",
-                     {"check": f.check, "entity": f.entity}, CHECK_STATUS_VALUE[f.status])
+                     {"check": f.check, "entity": f.entity, "severity": f.severity}, CHECK_STATUS_VALUE[f.status])
     return ms
 
 

@@ -39,7 +39,7 @@ class _GzipCache:
 
     def get(self, body: bytes) -> bytes:
         with self._lock:
-            if body is not self._src:
+            if body != self._src:  # equal bytes (not only the same object): the stream's metrics are appended
                 self._src, self._gz = body, gzip.compress(body, 6)
             return self._gz
 

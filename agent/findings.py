@@ -68,6 +68,19 @@ def node_status(findings: Iterable[Finding]) -> str:
     return "healthy"
 
 
+# One-shot events rather than states: each appears in exactly one collection cycle's output. The stream sends
+# them as info events (not through hysteresis, which would merge two OOMs in a row into one state), and
+# vigil_check_status leaves them out (a series alive for one cycle is noise).
+EVENT_CHECKS = frozenset({
+    "container.oom_kill", "container.exit_nonzero", "container.events_dropped",
+    "sysctl.changed", "sysctl.rlimit.changed",
+})
+
+
+def is_event(f: Finding) -> bool:
+    return f.check in EVENT_CHECKS
+
+
 EXIT_HEALTHY, EXIT_UNHEALTHY, EXIT_UNKNOWN, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 64, 78
 
 

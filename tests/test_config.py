@@ -55,3 +55,14 @@ def test_bad_usage_exits_64(argv):
     p = subprocess.run([AGENT, *argv], capture_output=True, text=True)
     assert p.returncode == 64, p.stderr
     assert p.stderr.strip()
+
+
+@pytest.mark.parametrize("text, key", [
+    ("stream: {batch_size: 0}", "stream.batch_size: must be >= 1"),
+    ("stream: {spool: /x}", "stream.spool: unknown key"),
+    ("stream: {heartbeat_seconds: -1}", "stream.heartbeat_seconds: must be > 0"),
+])
+def test_bad_stream_config_names_the_key(text, key):
+    with pytest.raises(ConfigError) as e:
+        load(None, collector_schemas(), text=text)
+    assert str(e.value).startswith(key)

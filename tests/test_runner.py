@@ -89,7 +89,7 @@ def test_a_failing_collector_is_isolated_and_absent_hardware_is_not_a_failure():
     text = exposition([boom, absent], "n1").decode()
     assert 'vigil_collector_success{collector="boom"} 0.0' in text
     assert 'vigil_collector_success{collector="absent"} 1.0' in text
-    assert 'vigil_check_status{check="test.collector",entity="n1"} -1.0' in text
+    assert 'vigil_check_status{check="test.collector",entity="n1",severity="fatal"} -1.0' in text
 
 
 def test_healthz_stays_ok_and_metrics_keep_serving_while_an_smi_call_hangs():
@@ -107,7 +107,7 @@ def test_healthz_stays_ok_and_metrics_keep_serving_while_an_smi_call_hangs():
             assert r.status == 200
         with urllib.request.urlopen(base + "/metrics", timeout=2) as r:
             body = r.read().decode()
-        assert 'vigil_check_status{check="gpu.smi_unresponsive",entity="n1"} 0.0' in body
+        assert 'vigil_check_status{check="gpu.smi_unresponsive",entity="n1",severity="fatal"} 0.0' in body
         assert 'vigil_collector_success{collector="gpu"} 0.0' in body
         assert backend.calls == 1
     finally:

@@ -18,7 +18,9 @@ C = "container"
 # Checks whose findings are events (one per occurrence, reported in one cycle only), not states: the stream
 # sends them as info events (StreamClient.info), not through hysteresis, which would merge two OOM kills of
 # one container in consecutive cycles into one state and then report it "ok" when it stops being repeated.
-EVENT_CHECKS = frozenset({"container.oom_kill", "container.exit_nonzero", "container.events_dropped"})
+from ..findings import EVENT_CHECKS as _ALL_EVENTS
+
+EVENT_CHECKS = frozenset(c for c in _ALL_EVENTS if c.startswith("container."))
 
 
 def _when(at: float) -> str:

@@ -1,0 +1,222 @@
+"""The `vigil-aggregator` command.
+
+  vigil-aggregator [serve] [flags]          run one replica (2+ behind a Service; the Lease holder is Ready)
+  vigil-aggregator cleanup [--dry-run]      remove everything Vigil added to every node (condition, taint, its
+                                            own cordon, its annotations); a person's cordon stays
+  vigil-aggregator reset-breaker            close the cordon budget's breaker (deliberately; no replay)
+Exit codes: 0 ok, 1 failed, 64 bad usage.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from ..findings import EXIT_USAGE
+
+log = logging.getLogger("vigil-aggregator")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="vigil-aggregator", description="Vigil aggregator: judges node health from the agents' "
+                "streams and marks, taints and cordons unhealthy nodes, safely.")
+    p.add_argument("command", nargs="?", choices=["serve", "cleanup", "reset-breaker"], default="serve")
+    k = p.add_argument_group("Kubernetes")
+    k.add_argument("--kubeconfig", metavar="FILE", help="default: in-cluster, else ~/.kube/config")
+    k.add_argument("--context", help="kubeconfig context")
+    k.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "vigil"),
+                   help="where the Lease lives (default $POD_NAMESPACE or vigil)")
+    k.add_argument("--lease-name", default="vigil-aggregator")
+    k.add_argument("--identity", default=os.environ.get("POD_NAME") or socket.gethostname(),
+                   help="this replica's name on the Lease (default $POD_NAME, else the host name)")
+    k.add_argument("--event-namespace", default="default", help="namespace of the Node Events (default default)")
+    k.add_argument("--no-lease", action="store_true", help="a single replica that is always the leader")
+    s = p.add_argument_group("serving")
+    s.add_argument("--listen", default="0.0.0.0:50051", metavar="HOST:PORT", help="gRPC (default 0.0.0.0:50051)")
+    s.add_argument("--metrics-listen", default="0.0.0.0:9848", metavar="HOST:PORT",
+                   help="/metrics, /healthz, /readyz (default 0.0.0.0:9848; 'off' to disable)")
+    s.add_argument("--tls-cert", metavar="FILE", help="serve gRPC over TLS with this certificate (PEM)")
+    s.add_argument("--tls-key", metavar="FILE")
+    s.add_argument("--agent-serviceaccount", action="append", metavar="NS:NAME",
+                   help="the agents' ServiceAccount (repeatable; default vigil:vigil-agent)")
+    s.add_argument("--audience", default="vigil", help="the agents' token audience (default vigil)")
+    s.add_argument("--insecure-no-auth", action="store_true",
+                   help="trust the node an agent names (local demos and benchmarks only)")
+    s.add_argument("--journal", metavar="FILE", help="append one JSON line per applied batch (an audit)")
+    d = p.add_argument_group("decisions")
+    d.add_argument("--dry-run", action="store_true", help="decide and report, write nothing to nodes or Events")
+    d.add_argument("--healthy-delay", type=float, default=300.0, metavar="SECONDS",
+                   help="clean reports for this long before undoing anything (default 300)")
+    d.add_argument("--heartbeat-interval", type=int, default=10, metavar="SECONDS",
+                   help="asked of the agents (default 10)")
+    d.add_argument("--heartbeat-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="no report this long: condition Unknown, AgentSilent (default 60)")
+    d.add_argument("--startup-grace", type=float, default=None, metavar="SECONDS",
+                   help="after gaining the Lease, before judging silence (default and minimum: heartbeat timeout)")
+    d.add_argument("--budget-nodes", type=int, default=None, metavar="N",
+                   help="cordon at most N nodes per window (with --budget-percent: the smaller)")
+    d.add_argument("--budget-percent", type=float, default=None, metavar="P",
+                   help="cordon at most P%% of the nodes per window")
+    d.add_argument("--budget-window", type=float, default=3600.0, metavar="SECONDS", help="default 3600")
+    d.add_argument("--resync", type=float, default=300.0, metavar="SECONDS",
+                   help="re-check every node against its verdict this often (default 300)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def _kube(args: argparse.Namespace):  # noqa: ANN202
+    from .kube import Kube
+
+    return Kube.connect(args.kubeconfig, args.context)
+
+
+def _usernames(args: argparse.Namespace) -> set[str]:
+    out = set()
+    for item in args.agent_serviceaccount or ["vigil:vigil-agent"]:
+        ns, sep, name = item.partition(":")
+        if not sep or not ns or not name:
+            raise ValueError(f"--agent-serviceaccount: expected NS:NAME, got {item!r}")
+        out.add(f"system:serviceaccount:{ns}:{name}")
+    return out
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .app import Replica, ReplicaOptions
+    from .engine import AggregatorConfig
+    from .policy import BudgetConfig, PolicyConfig
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    cfg = AggregatorConfig(
+        policy=PolicyConfig(args.healthy_delay, args.heartbeat_timeout, args.startup_grace),
+        budget=BudgetConfig(args.budget_nodes, args.budget_percent, args.budget_window),
+        dry_run=args.dry_run, identity=args.identity, event_namespace=args.event_namespace,
+        heartbeat_seconds=args.heartbeat_interval, resync_seconds=args.resync)
+    tls = (Path(args.tls_key).read_bytes(), Path(args.tls_cert).read_bytes()) if args.tls_cert else None
+    opts = ReplicaOptions(listen=args.listen,
+                          metrics_listen=None if args.metrics_listen == "off" else args.metrics_listen,
+                          namespace=args.namespace, lease_name=args.lease_name, use_lease=not args.no_lease,
+                          auth=not args.insecure_no_auth, agent_usernames=_usernames(args), audience=args.audience,
+                          tls=tls, journal=args.journal)
+    replica = Replica(cfg, opts, _kube(args))
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, replica.request_stop)
+        await replica.start()
+        # Latency: a full collection walks every object (tens of ms with 1,000 streams). Freeze what start-up made
+        # and collect the young generation less often; measured in bench/aggregator.md.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 100)
+        await replica.serve_forever()
+        await replica.stop()
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    """Remove what Vigil added to every node: the condition, its taint, its own cordon, its annotations."""
+    from .kube import STRATEGIC
+    from .policy import CONDITION, LEDGER, observe, released
+
+    kube = _kube(args)
+    changed = 0
+    for obj in kube.list_nodes():
+        name = obj["metadata"]["name"]
+        obs = observe(obj)
+        did = []
+        if released(obj) is not None:
+            if not args.dry_run:
+                kube.update_node(name, released)
+            did.append("taint/cordon/record")
+        if obs.condition is not None:
+            if not args.dry_run:
+                kube._req("PATCH", "/api/v1/nodes/{name}/status", {"name": name},
+                          {"status": {"conditions": [{"type": CONDITION, "$patch": "delete"}]}}, STRATEGIC)
+            did.append("condition")
+        if did:
+            changed += 1
+            print(f"{'would clean' if args.dry_run else 'cleaned'} {name}: {', '.join(did)}")
+    lease = kube.get_lease(args.namespace, args.lease_name)
+    if lease is not None and LEDGER in ((lease.get("metadata") or {}).get("annotations") or {}):
+        if not args.dry_run:
+            def drop(lease_obj: dict) -> None:
+                del lease_obj["metadata"]["annotations"][LEDGER]
+            _update_lease(kube, args, drop)
+        print(f"{'would remove' if args.dry_run else 'removed'} the cordon ledger from lease "
+              f"{args.namespace}/{args.lease_name}")
+    print(f"{changed} node(s) {'to clean' if args.dry_run else 'cleaned'}")
+    return 0
+
+
+def _update_lease(kube, args: argparse.Namespace, change) -> dict | None:  # noqa: ANN001
+    from .kube import Conflict
+
+    for _ in range(8):
+        lease = kube.get_lease(args.namespace, args.lease_name)
+        if lease is None:
+            return None
+        lease["metadata"].setdefault("annotations", {})
+        change(lease)
+        try:
+            return kube.replace_lease(args.namespace, args.lease_name, lease)
+        except Conflict:
+            continue
+    raise RuntimeError("the Lease keeps changing; try again")
+
+
+def cmd_reset_breaker(args: argparse.Namespace) -> int:
+    from .policy import LEDGER, Ledger, reset
+
+    kube = _kube(args)
+    before: dict = {}
+
+    def change(lease: dict) -> None:
+        ann = lease["metadata"]["annotations"]
+        ledger = Ledger.from_json(ann.get(LEDGER))
+        before["ledger"] = ledger
+        ann[LEDGER] = reset(ledger).to_json()
+    if _update_lease(kube, args, change) is None:
+        print(f"no lease {args.namespace}/{args.lease_name}: nothing to reset", file=sys.stderr)
+        return 1
+    led = before["ledger"]
+    print(json.dumps({"breakerWasOpen": led.breaker_open, "cordonsInWindow": len(led.entries),
+                      "held": list(led.held), "resets": led.resets + 1}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "cleanup":
+            return cmd_cleanup(args)
+        if args.command == "reset-breaker":
+            return cmd_reset_breaker(args)
+        return cmd_serve(args)
+    except ValueError as e:
+        print(f"vigil-aggregator: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as e:  # noqa: BLE001 - one line, not a traceback, for an operator
+        print(f"vigil-aggregator: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,408 @@
+"""The aggregator's loop: stream input -> node state -> verdicts -> reconciles -> thin Kubernetes writes.
+
+Stream handlers call hello/batch/heartbeat synchronously on the event loop (cheap, no I/O); a node whose
+verdict changed is queued. Workers reconcile one node at a time each (never the same node twice at once):
+read the Node, plan (pure), then write through the budget. A ticker re-judges every node each second
+(healthy_delay and silence are functions of time). Reconciles are level-triggered: a retry, a resync or a
+new leader computes the writes from what the Node shows now, so an action is never applied twice.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from . import state as st
+from .kube import Conflict, Kube, node_event, now_iso
+from .lease import NotLeader
+from .metrics import AggregatorMetrics
+from .policy import (ADMIT, ALREADY, NONE, OPENED, UNHEALTHY, BudgetConfig, Ledger, PolicyConfig, Verdict,
+                     admit, condition_patch, judge, observe, plan, quarantined, released, unhold)
+
+log = logging.getLogger(__name__)
+
+STATUS = {0: "unknown", 1: "ok", 2: "unhealthy", 3: "unknown"}
+SEVERITY = {0: "fatal", 1: "fatal", 2: "warning", 3: "info"}
+KIND = {0: "state", 1: "state", 2: "info"}
+CONDITION_EVENT = {"False": ("VigilUnhealthy", "Warning"), "True": ("VigilHealthy", "Normal"),
+                   "Unknown": ("VigilAgentSilent", "Warning")}
+
+
+@dataclass
+class AggregatorConfig:
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    dry_run: bool = False
+    identity: str = "vigil-aggregator"
+    event_namespace: str = "default"  # where Node Events go (kubectl describe node looks there)
+    heartbeat_seconds: int = 10  # told to agents in the Welcome
+    workers: int = 16  # reconciles at once (each waits on the API server most of the time)
+    tick_seconds: float = 1.0
+    resync_seconds: float = 300.0
+    retry_seconds: float = 1.0  # first retry of a failed reconcile (doubles, up to 30 s)
+
+
+def problems(digest: Iterable[Any]) -> list[st.Problem]:
+    return [st.Problem(p.check, p.entity, STATUS.get(p.status, "unknown"), SEVERITY.get(p.severity, "fatal"),
+                       p.message) for p in digest]
+
+
+class Engine:
+    def __init__(self, cfg: AggregatorConfig, kube: Kube | None, leader: Any, metrics: AggregatorMetrics | None = None,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self.kube = kube
+        self.leader = leader
+        self.metrics = metrics or AggregatorMetrics()
+        self.metrics.nodes = self._node_counts
+        if kube is not None and kube.on_retry is None:
+            kube.on_retry = lambda reason: self.metrics.bump(self.metrics.kube_retries, reason)
+        self.clock, self.wall = clock, wall
+        self.nodes: dict[str, st.NodeState] = {}
+        self.leader_since = clock()
+        self._last: dict[str, Verdict] = {}
+        self._queue: asyncio.Queue[str] | None = None
+        self._queued: set[str] = set()
+        self._busy: set[str] = set()
+        self._again: set[str] = set()
+        self._failures: dict[str, int] = {}
+        self._since: dict[str, float] = {}  # when the input that changed the verdict arrived
+        self._executor = ThreadPoolExecutor(2 * max(4, cfg.workers), thread_name_prefix="kube")
+        self._reports: set[asyncio.Task] = set()  # Events being created, off the reconcile path
+        self._total_nodes = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.applied_hooks: list[Callable[[str, str, str, list[int]], None]] = []
+        self.latencies: list[float] = []  # quarantine latencies, for the benchmark
+        self.decisions: list[Any] = []  # recent (node, verdict, actions), for tests and the demo
+        leader.on_started.append(self._became_leader)
+        leader.on_stopped.append(self._lost_leadership)
+
+    async def _io(self, fn: Callable[[], Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn)
+
+    def _node_counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for v in list(self._last.values()):
+            out[v.kind] = out.get(v.kind, 0) + 1
+        return out
+
+    # -- leadership ---------------------------------------------------------------------------------------
+    def _became_leader(self) -> None:
+        self.leader_since = self.clock()
+        self.nodes.clear()
+        self._last.clear()
+        self.metrics.leader = True
+        self.metrics.breaker_open = self.leader.ledger().breaker_open
+        if self._loop is not None and self.kube is not None:
+            self._loop.create_task(self._seed())
+
+    def _lost_leadership(self) -> None:
+        self.metrics.leader = False
+        self.nodes.clear()
+        self._last.clear()
+
+    async def _seed(self) -> None:
+        """Nodes that carry Vigil's condition are known from the start: silent ones are found after the grace."""
+        try:
+            items = await self._io(lambda: self.kube.list_nodes())  # type: ignore[union-attr]
+        except Exception as e:  # noqa: BLE001
+            log.warning("seeding nodes: %s", e)
+            return
+        self._total_nodes = len(items)
+        now = self.clock()
+        for obj in items:
+            if observe(obj).condition is not None:
+                name = obj["metadata"]["name"]
+                st.seed(self.nodes.setdefault(name, st.NodeState(name)), now)
+
+    # -- stream input (synchronous, on the loop) ----------------------------------------------------------
+    def hello(self, node_name: str, boot_id: str, epoch: str, digest: Iterable[Any], digest_seq: int) -> int:
+        """Returns the highest seq of this (node, epoch) already applied."""
+        now = self.clock()
+        node = self.nodes.get(node_name)
+        if node is None:
+            node = self.nodes[node_name] = st.NodeState(node_name)
+        st.hello(node, boot_id, epoch, problems(digest), digest_seq, now)
+        self._touch(node, now)
+        return node.applied.get(epoch, 0)
+
+    def heartbeat(self, node_name: str, epoch: str, digest: Iterable[Any], digest_seq: int) -> None:
+        node = self.nodes.get(node_name)
+        if node is None:
+            return
+        now = self.clock()
+        st.heartbeat(node, epoch, problems(digest), digest_seq, now)
+        self._touch(node, now)
+
+    def batch(self, node_name: str, epoch: str, boot_id: str, events: Iterable[Any]) -> int:
+        """Apply a batch; returns the cumulative ack (highest applied seq of this epoch)."""
+        node = self.nodes.get(node_name)
+        if node is None:
+            return 0
+        now = self.clock()
+        m = self.metrics
+        m.batches += 1
+        incoming = [st.IncomingEvent(e.seq, KIND.get(e.kind, "state"), e.check, e.entity,
+                                     STATUS.get(e.status, "unknown"), SEVERITY.get(e.severity, "fatal"), e.message)
+                    for e in events]
+        res = st.apply_batch(node, boot_id, epoch, incoming, now)
+        if res.duplicates:
+            m.bump(m.events, "duplicate", res.duplicates)
+        if res.new:
+            n_info = sum(1 for e in incoming if e.kind == "info" and e.seq >= res.new[0])
+            m.bump(m.events, "state", len(res.new) - n_info)
+            m.bump(m.events, "info", n_info)
+            for hook in self.applied_hooks:
+                hook(node_name, boot_id, epoch, res.new)
+        if res.changed:
+            self._touch(node, now)
+        return res.ack
+
+    def _touch(self, node: st.NodeState, now: float) -> None:
+        v = judge(node, self.cfg.policy, now, self.leader_since)
+        if v != self._last.get(node.name):
+            self._since.setdefault(node.name, now)
+            self._enqueue(node.name)
+
+    def _enqueue(self, name: str) -> None:
+        if name in self._busy:
+            self._again.add(name)
+        elif name not in self._queued and self._queue is not None:
+            self._queued.add(name)
+            self._queue.put_nowait(name)
+
+    # -- the loops ----------------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue = asyncio.Queue()
+        if self.leader.is_leader():
+            self._became_leader()
+        tasks = [asyncio.create_task(self._worker()) for _ in range(self.cfg.workers)]
+        tasks.append(asyncio.create_task(self._ticker(stop)))
+        await stop.wait()
+        for t in tasks:
+            t.cancel()
+        try:
+            await asyncio.wait_for(self.drain_reports(), 2.0)
+        except asyncio.TimeoutError:
+            pass
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _ticker(self, stop: asyncio.Event) -> None:
+        last_resync = self.clock()
+        while not stop.is_set():
+            await asyncio.sleep(self.cfg.tick_seconds)
+            if not self.leader.is_leader():
+                continue
+            now = self.clock()
+            if now - last_resync >= self.cfg.resync_seconds:
+                last_resync = now
+                self._last.clear()
+            for node in list(self.nodes.values()):
+                self._touch(node, now)
+
+    async def _worker(self) -> None:
+        assert self._queue is not None
+        while True:
+            name = await self._queue.get()
+            self._queued.discard(name)
+            self._busy.add(name)
+            try:
+                await self.reconcile(name)
+                self._failures.pop(name, None)
+            except NotLeader:
+                pass
+            except Exception as e:  # noqa: BLE001 - retried with backoff, level-triggered
+                n = self._failures[name] = self._failures.get(name, 0) + 1
+                delay = min(30.0, self.cfg.retry_seconds * 2 ** (n - 1))
+                log.warning("reconcile %s failed (%s); retrying in %.1fs", name, e, delay)
+                asyncio.get_running_loop().call_later(delay, self._enqueue, name)
+            finally:
+                self._busy.discard(name)
+                if name in self._again:
+                    self._again.discard(name)
+                    self._enqueue(name)
+
+    # -- one reconcile ------------------------------------------------------------------------------------
+    async def reconcile(self, name: str) -> None:
+        node = self.nodes.get(name)
+        if node is None or not self.leader.is_leader():
+            return
+        now = self.clock()
+        verdict = judge(node, self.cfg.policy, now, self.leader_since)
+        m = self.metrics
+        m.bump(m.decisions, verdict.kind)
+        since = self._since.pop(name, None)
+        if verdict.kind == NONE:
+            self._last[name] = verdict
+            return
+        if self.kube is None:  # no API (unit tests of the stream): decide only
+            self._last[name] = verdict
+            self._remember(name, verdict, ["no-kube"])
+            return
+        obj = await self._io(lambda: self.kube.get_node(name))  # type: ignore[union-attr]
+        obs = observe(obj)
+        p = plan(verdict, obs)
+        done: list[str] = []
+        if p.skipped:
+            m.maintenance_skips += 1
+            done.append(f"skipped:{p.skipped}")
+        if self.cfg.dry_run:
+            for action, wanted in (("quarantine", p.quarantine), ("release", p.release),
+                                   ("condition", p.condition is not None)):
+                if wanted:
+                    m.bump(m.actions, (action, "dry_run"))
+                    done.append(f"would-{action}")
+            if done:
+                log.info("dry-run: node %s is %s: would %s", name, verdict.kind, ", ".join(done))
+            self._last[name] = verdict
+            self._remember(name, verdict, done)
+            return
+        if p.quarantine and verdict.kind == UNHEALTHY:
+            await self._quarantine(name, node, verdict, obj or {}, done, since)
+        if p.release:
+            await self._release(name, done)
+        if p.condition is not None:
+            status, reason, message = p.condition
+            self._check_leader()
+            await self._io(lambda: self.kube.patch_node_status(  # type: ignore[union-attr]
+                name, condition_patch(status, reason, message, now_iso(self.wall()), obs.condition)))
+            m.bump(m.actions, ("condition", "ok"))
+            done.append(f"condition={status}")
+            ev_reason, ev_type = CONDITION_EVENT[status]
+            rv = ((obj or {}).get("metadata") or {}).get("resourceVersion", "")
+            await self._event(obj or {"metadata": {"name": name}}, f"condition-{status}", f"{node.trigger}/{rv}",
+                              ev_reason, f"{reason}: {message}", ev_type)
+        if since is not None and done:
+            m.decision_latency.observe(self.clock() - since)
+        self._last[name] = verdict
+        self._remember(name, verdict, done)
+
+    def _remember(self, name: str, verdict: Verdict, done: list[str]) -> None:
+        self.decisions.append((name, verdict.kind, tuple(done)))
+        if len(self.decisions) > 10000:
+            del self.decisions[:5000]
+
+    def _check_leader(self) -> None:
+        if not self.leader.is_leader():
+            raise NotLeader(self.cfg.identity)
+
+    async def _quarantine(self, name: str, node: st.NodeState, verdict: Verdict, obj: dict[str, Any],
+                          done: list[str], since: float | None) -> None:
+        m = self.metrics
+        total = self._total_nodes or len(self.nodes)
+        wall = self.wall()
+        decision = await self.leader.update_ledger(
+            lambda ledger: _admit(ledger, name, wall, self.cfg.budget, total))
+        if decision not in (ADMIT, ALREADY):
+            m.bump(m.actions, ("quarantine", "refused_budget"))
+            done.append("held:budget")
+            if decision == OPENED:
+                m.breaker_open = True
+                log.warning("cordon budget exhausted: breaker open; node %s is not cordoned", name)
+                await self._breaker_event(obj, name)
+            return
+        episode = node.trigger or f"{name}/{node.boot_id}"
+        self._check_leader()
+        kube = self.kube
+        assert kube is not None
+
+        def change(n: dict[str, Any]) -> dict[str, Any] | None:
+            return quarantined(n, verdict.reason, now_iso(wall), episode)
+
+        def write() -> tuple[bool, dict[str, Any] | None]:
+            new = change(obj) if obj else None  # first with the Node just read (one request saved) ...
+            if new is None:
+                return kube.update_node(name, change)
+            new["metadata"]["resourceVersion"] = obj["metadata"]["resourceVersion"]
+            try:
+                return True, kube.replace_node(name, new)
+            except Conflict:  # ... then read-modify-write until it sticks
+                if kube.on_retry is not None:
+                    kube.on_retry("409")
+                return kube.update_node(name, change)
+        written, now_obj = await self._io(write)
+        if written and since is not None:
+            lat = self.clock() - since
+            m.cordon_latency.observe(lat)
+            self.latencies.append(lat)
+        if written:
+            m.bump(m.actions, ("quarantine", "ok"))
+            done.append("quarantine")
+            await self._event(now_obj or obj, "quarantine", episode, "VigilCordoned",
+                              f"Vigil tainted {name} vigil.dev/unhealthy:NoSchedule and cordoned it: "
+                              f"{verdict.message}", "Warning")
+
+    async def _release(self, name: str, done: list[str]) -> None:
+        m = self.metrics
+        self._check_leader()
+        before: dict[str, Any] = {}
+
+        def change(n: dict[str, Any]) -> dict[str, Any] | None:
+            before.clear()
+            before.update(n)
+            return released(n)
+        written, now_obj = await self._io(lambda: self.kube.update_node(name, change))  # type: ignore[union-attr]
+        if written:
+            m.bump(m.actions, ("release", "ok"))
+            done.append("release")
+            rec = observe(before).record or {}
+            kept = "" if rec.get("cordoned") or not (before.get("spec") or {}).get("unschedulable") else \
+                " (the node stays cordoned: it was cordoned before Vigil acted)"
+            await self._event(now_obj or before, "release", f"{rec.get('episode', '')}/{rec.get('since', '')}",
+                              "VigilUncordoned", f"Vigil removed its taint and cordon from {name}{kept}", "Normal")
+        if name in self.leader.ledger().held:
+            await self.leader.update_ledger(lambda ledger: (None, unhold(ledger, name)))
+
+    async def _event(self, obj: dict[str, Any], action: str, episode: str, reason: str, message: str,
+                     kind: str) -> None:
+        """Create the Event in the background: a report, so the worker goes on to the next node at once."""
+        body = node_event(obj, self.cfg.event_namespace, action, episode, reason, message, kind,
+                          self.cfg.identity, self.wall())
+        task = asyncio.get_running_loop().create_task(self._create_event(body, reason))
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
+
+    async def drain_reports(self) -> None:
+        """Wait for the Events still being created (tests; a clean stop)."""
+        while self._reports:
+            await asyncio.gather(*list(self._reports), return_exceptions=True)
+
+    async def _create_event(self, body: dict[str, Any], reason: str) -> None:
+        try:
+            created = await self._io(lambda: self.kube.create_event(self.cfg.event_namespace, body))  # type: ignore[union-attr]
+        except Exception as e:  # noqa: BLE001 - an Event is a report, never a reason to redo an action
+            log.warning("event %s for %s: %s", reason, body["involvedObject"]["name"], e)
+            return
+        self.metrics.bump(self.metrics.actions, ("event", "ok" if created else "exists"))
+
+    async def _breaker_event(self, obj: dict[str, Any], name: str) -> None:
+        ledger = self.leader.ledger()
+        await self._event(obj or {"metadata": {"name": name}}, "breaker", f"{ledger.opened_at}/{ledger.resets}",
+                          "VigilCordonBudgetExhausted",
+                          f"Vigil's cordon budget is exhausted; it cordons no more nodes until a person resets the "
+                          f"breaker (vigil-aggregator reset-breaker). {name} was not cordoned.", "Warning")
+
+
+def _admit(ledger: Ledger, name: str, wall: float, budget: BudgetConfig, total: int) -> tuple[str, Ledger | None]:
+    decision, new = admit(ledger, name, wall, budget, total)
+    return decision, (None if new == ledger else new)
+
+
+def journal_writer(path: str) -> Callable[[str, str, str, list[int]], None]:
+    """--journal FILE: one JSON line per applied batch (node, boot, epoch, seqs), flushed at once: an audit of
+    what was applied, and what the delivery tests count."""
+    f = open(path, "a", buffering=1)
+
+    def hook(node: str, boot: str, epoch: str, seqs: list[int]) -> None:
+        f.write(json.dumps({"node": node, "boot": boot, "epoch": epoch, "seqs": seqs}) + "\n")
+    return hook
+
+
+__all__ = ["AggregatorConfig", "Engine", "journal_writer"]

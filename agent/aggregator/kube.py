@@ -1,0 +1,268 @@
+"""Thin Kubernetes writes through the official `kubernetes` client (DESIGN §7). No decisions here.
+
+Objects travel as plain JSON dicts (`_preload_content=False` on reads, dict bodies on writes), so a
+read-modify-write never drops a field that the client's models do not know.
+- spec.taints has no merge key: taints, cordon and Vigil's record are written by read-modify-write of the whole
+  Node with its resourceVersion (the server answers 409 on a stale one), retried after a fresh read.
+- conditions merge by `type` through the nodes/status subresource (a strategic-merge patch).
+- Events get deterministic names: a retried create answers 409 instead of making a duplicate.
+- 5xx, 429 and timeouts are retried with jittered backoff (`retrying`); 409 is never retried blindly.
+All methods are blocking: the aggregator calls them through its executor.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+STRATEGIC = "application/strategic-merge-patch+json"
+MERGE = "application/merge-patch+json"
+
+
+class Conflict(Exception):
+    """409: the object changed since it was read (or, for a create, it exists)."""
+
+
+class NotFound(Exception):
+    pass
+
+
+class Transient(Exception):
+    """5xx, 429 or a timeout that outlived the retries."""
+
+
+def now_iso(wall: float | None = None) -> str:
+    t = datetime.fromtimestamp(wall if wall is not None else time.time(), timezone.utc)
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def micro_time(wall: float | None = None) -> str:
+    t = datetime.fromtimestamp(wall if wall is not None else time.time(), timezone.utc)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def event_name(node: str, action: str, episode: str) -> str:
+    """Deterministic, so a retried create is a 409, not a second Event."""
+    digest = hashlib.sha256(f"{node}\0{action}\0{episode}".encode()).hexdigest()[:16]
+    return f"{node[:200]}.vigil-{digest}"
+
+
+def _classify(e: BaseException) -> BaseException:
+    from kubernetes.client.exceptions import ApiException
+
+    if isinstance(e, ApiException):
+        if e.status == 409:
+            return Conflict(str(e.reason))
+        if e.status == 404:
+            return NotFound(str(e.reason))
+        if e.status == 429 or (e.status or 0) >= 500:
+            return Transient(f"{e.status} {e.reason}")
+        return e
+    try:
+        import urllib3
+
+        if isinstance(e, (urllib3.exceptions.HTTPError, TimeoutError, ConnectionError)):
+            return Transient(f"{type(e).__name__}: {e}")
+    except ImportError:  # pragma: no cover
+        pass
+    return e
+
+
+def retrying(fn: Callable[[], T], attempts: int = 5, base: float = 0.05, cap: float = 2.0,
+             on_retry: Callable[[str], None] | None = None) -> T:
+    """Call fn, retrying transient failures (5xx, 429, timeouts) with full-jitter backoff. Conflict and
+    NotFound pass through at once: the caller decides (re-read, or give up)."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except (Conflict, NotFound):
+            raise
+        except Exception as e:  # noqa: BLE001 - classified below
+            err = _classify(e)
+            if isinstance(err, (Conflict, NotFound)):
+                raise err from e
+            if not isinstance(err, Transient) or i == attempts - 1:
+                if isinstance(err, Transient):
+                    raise err from e
+                raise
+            if on_retry is not None:
+                on_retry(str(err).split(" ", 1)[0])
+            time.sleep(random.uniform(0, min(cap, base * 2 ** (i + 1))))
+    raise AssertionError("unreachable")
+
+
+class Kube:
+    """The few calls Vigil makes. `client`: a kubernetes.client.ApiClient."""
+
+    def __init__(self, client: Any, timeout: float = 5.0, on_retry: Callable[[str], None] | None = None) -> None:
+        self.api_client = client
+        self.timeout = timeout
+        self.on_retry = on_retry
+
+    @classmethod
+    def connect(cls, kubeconfig: str | None = None, context: str | None = None, **kw: Any) -> "Kube":
+        from kubernetes import client as k
+        from kubernetes import config
+
+        if kubeconfig:
+            cfg = k.Configuration()
+            config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
+        else:
+            try:
+                cfg = k.Configuration()
+                config.load_incluster_config(client_configuration=cfg)
+            except config.ConfigException:
+                cfg = k.Configuration()
+                config.load_kube_config(context=context, client_configuration=cfg)
+        cfg.retries = 0  # we retry ourselves, with backoff and classification
+        return cls(k.ApiClient(cfg), **kw)
+
+    def _req(self, method: str, path: str, params: dict[str, str] | None = None, body: Any = None,
+             content_type: str = "application/json") -> dict[str, Any]:
+        """One request through the official client's transport (its auth, TLS and proxy settings), with the
+        body as a plain dict: no model validation that would refuse or drop a field it does not know."""
+        def once() -> dict[str, Any]:
+            headers = {"Accept": "application/json"}
+            if body is not None:
+                headers["Content-Type"] = content_type
+            req = self.api_client.param_serialize(method=method, resource_path=path, path_params=params or {},
+                                                  header_params=headers, body=body,
+                                                  auth_settings=["BearerToken"])
+            resp = self.api_client.call_api(*req, _request_timeout=self.timeout)
+            data = resp.read()
+            if not 200 <= resp.status < 300:
+                raise _status_error(resp.status, data)
+            return json.loads(data) if data else {}
+        return retrying(once, on_retry=self.on_retry)
+
+    # -- nodes --------------------------------------------------------------------------------------------
+    def get_node(self, name: str) -> dict[str, Any] | None:
+        try:
+            return self._req("GET", "/api/v1/nodes/{name}", {"name": name})
+        except NotFound:
+            return None
+
+    def list_nodes(self) -> list[dict[str, Any]]:
+        return self._req("GET", "/api/v1/nodes").get("items") or []
+
+    def replace_node(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """PUT with body.metadata.resourceVersion: Conflict when the node changed since it was read."""
+        return self._req("PUT", "/api/v1/nodes/{name}", {"name": name}, body)
+
+    def patch_node_status(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        return self._req("PATCH", "/api/v1/nodes/{name}/status", {"name": name}, patch, STRATEGIC)
+
+    def update_node(self, name: str, change: Callable[[dict[str, Any]], dict[str, Any] | None],
+                    attempts: int = 8) -> tuple[bool, dict[str, Any] | None]:
+        """Read-modify-write: `change(node)` returns the new node or None (nothing to do). Retries on 409 with a
+        fresh read, so the change is computed from what is there now and never applied twice.
+        Returns (written, the node as it is now)."""
+        for _ in range(attempts):
+            node = self.get_node(name)
+            if node is None:
+                return False, None
+            new = change(node)
+            if new is None:
+                return False, node
+            new.setdefault("metadata", {})["resourceVersion"] = node["metadata"]["resourceVersion"]
+            try:
+                return True, self.replace_node(name, new)
+            except Conflict:
+                if self.on_retry is not None:
+                    self.on_retry("409")
+                continue
+        raise Conflict(f"node {name}: still conflicting after {attempts} attempts")
+
+    # -- events -------------------------------------------------------------------------------------------
+    def create_event(self, namespace: str, body: dict[str, Any]) -> bool:
+        """False when an Event of that name exists already (a retry of one that went through)."""
+        try:
+            self._req("POST", "/api/v1/namespaces/{namespace}/events", {"namespace": namespace}, body)
+            return True
+        except Conflict:
+            return False
+
+    def list_events(self, namespace: str) -> list[dict[str, Any]]:
+        return self._req("GET", "/api/v1/namespaces/{namespace}/events", {"namespace": namespace}).get("items") or []
+
+    # -- leases -------------------------------------------------------------------------------------------
+    LEASES = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+
+    def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._req("GET", self.LEASES + "/{name}", {"namespace": namespace, "name": name})
+        except NotFound:
+            return None
+
+    def create_lease(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._req("POST", self.LEASES, {"namespace": namespace}, body)
+
+    def replace_lease(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._req("PUT", self.LEASES + "/{name}", {"namespace": namespace, "name": name}, body)
+
+    # -- identity -----------------------------------------------------------------------------------------
+    def token_review(self, token: str, audiences: list[str]) -> dict[str, Any]:
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                "spec": {"token": token, "audiences": audiences}}
+        return self._req("POST", "/apis/authentication.k8s.io/v1/tokenreviews", None, body)
+
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._req("GET", "/api/v1/namespaces/{namespace}/pods/{name}",
+                             {"namespace": namespace, "name": name})
+        except NotFound:
+            return None
+
+
+def _status_error(status: int, data: bytes) -> Exception:
+    try:
+        reason = json.loads(data).get("message", "")
+    except (ValueError, AttributeError):
+        reason = data[:200].decode(errors="replace") if data else ""
+    if status == 409:
+        return Conflict(reason)
+    if status == 404:
+        return NotFound(reason)
+    if status == 429 or status >= 500:
+        return Transient(f"{status} {reason}")
+    return ApiError(status, reason)
+
+
+class ApiError(Exception):
+    """Any other refusal (400, 401, 403, 422): not retried."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+
+
+def node_event(node: dict[str, Any], namespace: str, action: str, episode: str, reason: str, message: str,
+               kind: str, instance: str, wall: float | None = None) -> dict[str, Any]:
+    meta = node.get("metadata") or {}
+    name = meta.get("name", "")
+    ts = now_iso(wall)
+    return {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": event_name(name, action, episode), "namespace": namespace},
+        "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": name, "uid": meta.get("uid", "")},
+        "reason": reason, "message": message[:1024], "type": kind,
+        "source": {"component": "vigil-aggregator"},
+        "reportingComponent": "vigil.dev/aggregator", "reportingInstance": instance[:128],
+        "firstTimestamp": ts, "lastTimestamp": ts, "count": 1,
+    }

@@ -1,0 +1,143 @@
+"""The aggregator's own /metrics, /healthz (the process is alive) and /readyz (this replica holds the Lease: the
+Service routes agents only to the Ready one). Counters are plain dicts bumped from the event loop; a scrape
+renders them with the agent's MetricSet (prometheus_client's exposition)."""
+from __future__ import annotations
+
+import bisect
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+from ..metrics import MetricSet, render
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass
+class Histogram:
+    bounds: tuple[float, ...] = LATENCY_BUCKETS
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    total: float = 0.0
+    n: int = 0
+
+    def observe(self, v: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, v)] += 1
+        self.total += v
+        self.n += 1
+
+    def cumulative(self) -> list[tuple[float, float]]:
+        out, acc = [], 0
+        for b, c in zip(self.bounds, self.counts):
+            acc += c
+            out.append((b, float(acc)))
+        return out
+
+
+@dataclass
+class AggregatorMetrics:
+    events: dict[str, int] = field(default_factory=dict)  # kind: state | info | duplicate
+    batches: int = 0
+    refused: dict[str, int] = field(default_factory=dict)  # reason
+    streams: int = 0
+    decisions: dict[str, int] = field(default_factory=dict)  # verdict
+    actions: dict[tuple[str, str], int] = field(default_factory=dict)  # (action, result)
+    kube_retries: dict[str, int] = field(default_factory=dict)  # reason: 409, 500, timeout...
+    decision_latency: Histogram = field(default_factory=Histogram)
+    cordon_latency: Histogram = field(default_factory=Histogram)
+    maintenance_skips: int = 0
+    breaker_open: bool = False
+    leader: bool = False
+    nodes: Callable[[], dict[str, int]] = lambda: {}
+
+    def bump(self, d: dict, key: object, n: int = 1) -> None:
+        d[key] = d.get(key, 0) + n
+
+    def metric_set(self) -> MetricSet:
+        ms = MetricSet()
+        for kind in sorted(set(self.events) | {"state", "info", "duplicate"}):
+            ms.counter("vigil_aggregator_events_received_total", "Events received from agents, by kind "
+                       "(duplicate: already applied, acknowledged again).", {"kind": kind}, self.events.get(kind, 0))
+        ms.counter("vigil_aggregator_batches_received_total", "Event batches received.", {}, self.batches)
+        ms.declare("vigil_aggregator_streams_refused_total", "counter", "Agent streams refused, by reason.")
+        for reason, n in sorted(self.refused.items()):
+            ms.counter("vigil_aggregator_streams_refused_total", "Agent streams refused, by reason.",
+                       {"reason": reason}, n)
+        ms.gauge("vigil_aggregator_streams", "Agent streams open now.", {}, self.streams)
+        ms.declare("vigil_aggregator_decisions_total", "counter", "Reconciles of a node, by verdict.")
+        for verdict, n in sorted(self.decisions.items()):
+            ms.counter("vigil_aggregator_decisions_total", "Reconciles of a node, by verdict.",
+                       {"verdict": verdict}, n)
+        ms.declare("vigil_aggregator_actions_total", "counter",
+                   "Actions on nodes, by action and result (ok, dry_run, refused_budget, error).")
+        for (action, result), n in sorted(self.actions.items()):
+            ms.counter("vigil_aggregator_actions_total",
+                       "Actions on nodes, by action and result (ok, dry_run, refused_budget, error).",
+                       {"action": action, "result": result}, n)
+        ms.declare("vigil_aggregator_kube_retries_total", "counter", "Kubernetes calls retried, by cause.")
+        for reason, n in sorted(self.kube_retries.items()):
+            ms.counter("vigil_aggregator_kube_retries_total", "Kubernetes calls retried, by cause.",
+                       {"reason": reason}, n)
+        ms.counter("vigil_aggregator_maintenance_skips_total",
+                   "Decisions not acted on because the node is annotated vigil.dev/maintenance.", {},
+                   self.maintenance_skips)
+        ms.gauge("vigil_aggregator_breaker_open", "1 while the cordon budget's breaker is open.", {},
+                 1 if self.breaker_open else 0)
+        ms.gauge("vigil_aggregator_leader", "1 while this replica holds the Lease (and is Ready).", {},
+                 1 if self.leader else 0)
+        ms.declare("vigil_aggregator_nodes", "gauge", "Nodes known to this replica, by verdict.")
+        for verdict, n in sorted(self.nodes().items()):
+            ms.gauge("vigil_aggregator_nodes", "Nodes known to this replica, by verdict.", {"verdict": verdict}, n)
+        h = self.decision_latency
+        ms.histogram("vigil_aggregator_decision_latency_seconds",
+                     "From the report that changed a node's verdict to the end of its Kubernetes writes.", {},
+                     h.cumulative(), h.n, h.total)
+        h = self.cordon_latency
+        ms.histogram("vigil_aggregator_cordon_latency_seconds",
+                     "From the report that made a node unhealthy to Vigil's taint and cordon written.", {},
+                     h.cumulative(), h.n, h.total)
+        return ms
+
+    def render(self) -> bytes:
+        return render(self.metric_set())
+
+
+class MetricsHTTP:
+    def __init__(self, host: str, port: int, body: Callable[[], bytes], ready: Callable[[], bool]) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:  # noqa: N802
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, body(), "text/plain; version=0.0.4; charset=utf-8")
+                elif path == "/healthz":
+                    self._send(200, b"ok\n")
+                elif path == "/readyz":
+                    ok = ready()
+                    self._send(200 if ok else 503, b"leader\n" if ok else b"standby\n")
+                else:
+                    self._send(404, b"not found\n")
+
+            def _send(self, code: int, data: bytes, ctype: str = "text/plain") -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="metrics", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -1,0 +1,93 @@
+"""Shared pieces of the end-to-end tests: the fake API with nodes, agent pods and their tokens; aggregator
+replicas (each on its own event loop, real gRPC on loopback); agents as real processes."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from agent.aggregator.app import Replica, ReplicaOptions, ReplicaThread
+from agent.aggregator.engine import AggregatorConfig
+from agent.aggregator.kube import Kube
+from agent.aggregator.policy import BudgetConfig, PolicyConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def wait_for(cond, timeout=20.0, every=0.05, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def agent_pod(fk, node, tmp_path):
+    """A node, the agent pod scheduled on it, and its projected token (audience vigil) in a file."""
+    if fk.get("nodes", node) is None:
+        fk.add_node(node)
+    pod = f"vigil-agent-{node}"
+    fk.add_pod("vigil", pod, node_name=node, service_account="vigil-agent")
+    token = fk.issue_service_account_token("vigil", "vigil-agent", pod=pod)
+    path = tmp_path / f"token-{node}"
+    path.write_text(token)
+    return path
+
+
+def replica(fk, ident, *, dry_run=False, budget=None, healthy_delay=5.0, journal=None, lease=True):
+    cfg = AggregatorConfig(policy=PolicyConfig(healthy_delay=healthy_delay, heartbeat_timeout=10),
+                           budget=budget or BudgetConfig(), dry_run=dry_run, identity=ident,
+                           heartbeat_seconds=1, tick_seconds=0.2)
+    opts = ReplicaOptions(listen="127.0.0.1:0", namespace="vigil", lease_duration=3, renew_deadline=2,
+                          retry_period=0.3, use_lease=lease, journal=journal)
+    return ReplicaThread(Replica(cfg, opts, Kube(fk.api_client())))
+
+
+def leader_of(replicas):
+    return next((r for r in replicas if r.replica.leader.is_leader()), None)
+
+
+def start_agent(fixture, node, targets, spool, token, log):
+    cmd = [sys.executable, "-m", "agent.cli", "--snapshot", str(ROOT / "fixtures" / "nodes" / fixture),
+           "--node-name", node, "--only", "gpu", "--listen", "127.0.0.1:0", "--aggregator", targets,
+           "--spool", str(spool), "--token-file", str(token), "--log-level", "info"]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+
+def start_emitter(node, targets, spool, token, log, every=0.002):
+    """A process that runs the real StreamClient and spools info events as fast as it can (tests count them)."""
+    code = (
+        "import sys, time, logging\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        "from agent.stream import StreamClient, StreamSettings\n"
+        f"c = StreamClient(StreamSettings({targets.split(',')!r}, {str(spool)!r}, token_file={str(token)!r},"
+        " heartbeat_seconds=1, max_info=100000, max_events=200000, batch_size=50), "
+        f"{node!r}, 'boot-1')\n"
+        "c.start()\n"
+        "i = 0\n"
+        "while True:\n"
+        "    i += 1\n"
+        f"    c.info('container.oom_kill', 'containers', f'pod-{{i}}', 'OOM kill')\n"
+        f"    time.sleep({every})\n"
+    )
+    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+
+def kill(proc):
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            kill(proc)

@@ -1,0 +1,62 @@
+"""`vigil-aggregator cleanup` and `reset-breaker` against the fake API (through a kubeconfig, as an operator
+runs them), and the local demo end to end."""
+import json
+import subprocess
+import sys
+
+from agg_e2e import ROOT
+
+from agent.aggregator import policy as P
+from agent.aggregator.cli import main
+from agent.aggregator.kube import Kube
+
+
+def test_cleanup_removes_only_what_vigil_added(fake, tmp_path, capsys):
+    kc = fake.write_kubeconfig(str(tmp_path / "kc"))
+    other = {"key": "dedicated", "value": "ml", "effect": "NoSchedule"}
+    fake.add_node("mine", taints=[other])
+    fake.add_node("human", unschedulable=True)
+    fake.add_node("clean")
+    k = Kube(fake.api_client())
+    for n in ("mine", "human"):
+        k.update_node(n, lambda obj: P.quarantined(obj, "gpu.ecc", "t", "ep"))
+        k.patch_node_status(n, P.condition_patch("False", "gpu.ecc", "m", "2026-01-01T00:00:00Z", None))
+    assert main(["cleanup", "--kubeconfig", kc, "--dry-run"]) == 0
+    assert "would clean mine" in capsys.readouterr().out
+    assert fake.get("nodes", "mine")["spec"]["unschedulable"]
+    assert main(["cleanup", "--kubeconfig", kc]) == 0
+    mine, human = fake.get("nodes", "mine"), fake.get("nodes", "human")
+    assert mine["spec"]["taints"] == [other] and not mine["spec"].get("unschedulable")
+    assert human["spec"]["unschedulable"] is True  # a person's cordon stays
+    for node in (mine, human):
+        assert not any(c["type"] == P.CONDITION for c in node["status"]["conditions"])
+        assert P.RECORD not in (node["metadata"].get("annotations") or {})
+    assert any(c["type"] == "Ready" for c in mine["status"]["conditions"])
+
+
+def test_reset_breaker_closes_it_and_keeps_held_nodes(fake, tmp_path, capsys):
+    kc = fake.write_kubeconfig(str(tmp_path / "kc"))
+    led = P.Ledger((("a", 1.0),), True, 2.0, ("b",), 0)
+    fake.create("leases", {"metadata": {"name": "vigil-aggregator", "namespace": "vigil",
+                                        "annotations": {P.LEDGER: led.to_json()}},
+                           "spec": {"holderIdentity": "agg-0", "leaseDurationSeconds": 15}}, namespace="vigil")
+    assert main(["reset-breaker", "--kubeconfig", kc, "--namespace", "vigil"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["breakerWasOpen"] is True
+    after = P.Ledger.from_json(fake.get("leases", "vigil-aggregator", "vigil")["metadata"]["annotations"][P.LEDGER])
+    assert not after.breaker_open and after.entries == () and after.held == ("b",) and after.resets == 1
+
+
+def test_bad_usage_exits_64():
+    assert subprocess.run([sys.executable, "-m", "agent.aggregator.cli", "--budget-nodes", "x"], cwd=ROOT,
+                          capture_output=True).returncode == 64
+
+
+def test_demo_cordons_the_faulty_node():
+    out = subprocess.run([sys.executable, "-m", "agent.demo"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    line = next(x for x in out.stdout.splitlines() if x.startswith("gpu-node-3"))
+    assert "False" in line and "gpu.ecc.uncorrectable" in line and " no " in line
+    for healthy in ("gpu-node-1", "gpu-node-2"):
+        row = next(x for x in out.stdout.splitlines() if x.startswith(healthy))
+        assert "True" in row and " yes " in row

@@ -1,0 +1,236 @@
+"""The agent's stream client (agent/stream.py) against a real aggregator replica over gRPC on loopback (no
+Kubernetes API: the replica decides without acting). Delivery, resume, reconnect, the digest, metrics."""
+import subprocess
+import time
+
+import pytest
+
+from agent.aggregator.app import Replica, ReplicaOptions, ReplicaThread
+from agent.aggregator.engine import AggregatorConfig
+from agent.collectors.base import Output
+from agent.findings import bad, ok
+from agent.runner import Result
+from agent.stream import StreamClient, StreamSettings, parse_targets, read_boot_id
+
+
+def wait_for(cond, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    raise AssertionError("timed out")
+
+
+def replica(port=0):
+    r = ReplicaThread(Replica(AggregatorConfig(identity="t", heartbeat_seconds=1),
+                              ReplicaOptions(listen=f"127.0.0.1:{port}", use_lease=False, auth=False), None))
+    applied = []
+    r.replica.engine.applied_hooks.append(lambda node, boot, epoch, seqs: applied.extend((epoch, s) for s in seqs))
+    return r, applied
+
+
+def client(tmp_path, port, **kw):
+    s = StreamSettings([f"127.0.0.1:{port}"], str(tmp_path / "spool.db"), heartbeat_seconds=1,
+                       backoff_base=0.05, backoff_max=0.2, **kw)
+    return StreamClient(s, "n1", "boot-1")
+
+
+def gpu(*findings, success=True):
+    return Result("gpu", Output(findings=list(findings)), success, 0.01)
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_events_delivered_in_order_and_acked(tmp_path):
+    r, applied = replica()
+    c = client(tmp_path, r.port)
+    try:
+        c.start()
+        c.observe(gpu(bad("gpu.ecc", "gpu", "gpu3", "2 errors"), ok("gpu.count", "gpu", "n1", "8")))
+        for i in range(300):
+            c.info("tuner.write", "sysctl", f"k{i}", "wrote")
+        wait_for(lambda: len(applied) == 301)
+        assert [s for _, s in applied] == list(range(1, 302))
+        wait_for(lambda: c.spool.stats()["pending_info"] == 0)
+        problems = r.run(lambda: r.replica.engine.nodes["n1"].fatal_problems())
+        assert [(p.check, p.entity) for p in problems] == [("gpu.ecc", "gpu3")]
+        text = c.exposition().decode()
+        assert "vigil_stream_connected 1.0" in text and "vigil_stream_events_acked_total 301.0" in text
+    finally:
+        c.stop()
+        r.stop()
+
+
+def test_spools_while_the_aggregator_is_down_then_delivers_everything_once(tmp_path):
+    port = free_port()
+    c = client(tmp_path, port)
+    c.start()
+    try:
+        for i in range(50):
+            c.info("oom", "containers", f"p{i}", "OOM")
+        time.sleep(0.5)
+        assert c.metrics().value("vigil_stream_connected") == 0
+        assert c.metrics().value("vigil_spool_pending_events", kind="info") == 50
+        r, applied = replica(port)
+        try:
+            wait_for(lambda: len(applied) == 50)
+            wait_for(lambda: c.metrics().value("vigil_spool_pending_events", kind="info") == 0)
+            assert c.metrics().value("vigil_stream_failures_total", code="UNAVAILABLE") >= 1
+            # the aggregator restarts (state lost); the agent reconnects and resends only what is unacked
+            r.stop(kill=True)
+            for i in range(50, 80):
+                c.info("oom", "containers", f"p{i}", "OOM")
+            r2, applied2 = replica(port)
+            try:
+                wait_for(lambda: len(applied2) == 30)
+                assert [s for _, s in applied2] == list(range(51, 81))
+            finally:
+                r2.stop()
+        finally:
+            r.stop()
+    finally:
+        c.stop()
+
+
+def test_a_restarted_agent_resumes_its_spool_without_duplicates(tmp_path):
+    r, applied = replica()
+    try:
+        c = client(tmp_path, r.port)
+        c.start()
+        c.observe(gpu(bad("gpu.ecc", "gpu", "gpu3", "2 errors")))
+        wait_for(lambda: len(applied) == 1)
+        epoch = c.spool.epoch
+        c.stop()
+        c = client(tmp_path, r.port)  # same spool file: same epoch, and the state is already reported
+        c.start()
+        c.observe(gpu(bad("gpu.ecc", "gpu", "gpu3", "3 errors")))
+        c.observe(gpu(ok("gpu.ecc", "gpu", "gpu3", "fine")))
+        c.observe(gpu(ok("gpu.ecc", "gpu", "gpu3", "fine")))  # clear_after=2
+        wait_for(lambda: len(applied) == 2)
+        assert applied == [(epoch, 1), (epoch, 2)]
+        wait_for(lambda: r.run(lambda: r.replica.engine.nodes["n1"].fatal_problems()) == [])
+        c.stop()
+    finally:
+        r.stop()
+
+
+def test_the_digest_alone_rebuilds_state_on_a_new_aggregator(tmp_path):
+    """Level-triggered: the events were acked by an aggregator that is gone; the next one learns the node's
+    problems from the Hello's digest alone."""
+    port = free_port()
+    r, applied = replica(port)
+    c = client(tmp_path, port)
+    try:
+        c.start()
+        c.observe(gpu(bad("gpu.ecc", "gpu", "gpu3", "2 errors")))
+        wait_for(lambda: len(applied) == 1 and c.spool.stats()["pending_state"] == 0)
+        r.stop(kill=True)
+        r2, applied2 = replica(port)
+        try:
+            wait_for(lambda: "n1" in r2.run(lambda: dict(r2.replica.engine.nodes)))
+            problems = r2.run(lambda: r2.replica.engine.nodes["n1"].fatal_problems())
+            assert [(p.check, p.entity, p.message) for p in problems] == [("gpu.ecc", "gpu3", "2 errors")]
+            assert applied2 == []
+        finally:
+            r2.stop()
+    finally:
+        c.stop()
+        r.stop()
+
+
+def test_a_failed_collector_does_not_clear_its_findings(tmp_path):
+    r, applied = replica()
+    c = client(tmp_path, r.port, clear_after=1)
+    try:
+        c.start()
+        c.observe(gpu(bad("gpu.ecc", "gpu", "gpu3", "2 errors")))
+        c.observe(Result("gpu", Output(findings=[]), False, 0.01))  # SMI broken: gpu3 is not healed
+        c.observe(gpu(ok("gpu.count", "gpu", "n1", "8")))  # a successful read that no longer lists gpu3
+        wait_for(lambda: len(applied) == 2)
+        assert [r.status for r in c.spool.states() if r.check == "gpu.ecc"] == ["ok"]
+    finally:
+        c.stop()
+        r.stop()
+
+
+def test_targets_and_boot_id(tmp_path):
+    assert parse_targets("a:1, b:2") == ["a:1", "b:2"]
+    with pytest.raises(ValueError):
+        parse_targets("nohost")
+
+    class Roots:
+        def proc(self, *parts):
+            return tmp_path.joinpath(*parts)
+    assert read_boot_id(Roots()) == "unknown-boot"
+    (tmp_path / "sys" / "kernel" / "random").mkdir(parents=True)
+    (tmp_path / "sys" / "kernel" / "random" / "boot_id").write_text("abc\n")
+    assert read_boot_id(Roots()) == "abc"
+
+
+def test_stream_metrics_pass_promtool(tmp_path, promtool):
+    c = client(tmp_path, free_port())
+    c.start()
+    try:
+        c.info("oom", "containers", "p", "OOM")
+        out = subprocess.run([promtool, "check", "metrics"], input=c.exposition(), capture_output=True)
+        assert out.returncode == 0, out.stdout + out.stderr
+    finally:
+        c.stop()
+
+
+def test_tls(tmp_path):
+    """TLS on the stream: the aggregator serves a certificate, the agent trusts its CA (--tls-ca)."""
+    from pathlib import Path
+
+    from agent.fakekube.server import make_self_signed_cert
+
+    cert, key = make_self_signed_cert(str(tmp_path))
+    r = ReplicaThread(Replica(AggregatorConfig(identity="t", heartbeat_seconds=1),
+                              ReplicaOptions(listen="127.0.0.1:0", use_lease=False, auth=False,
+                                             tls=(Path(key).read_bytes(), Path(cert).read_bytes())), None))
+    applied = []
+    r.replica.engine.applied_hooks.append(lambda node, boot, epoch, seqs: applied.extend(seqs))
+    c = client(tmp_path, r.port, tls_ca=cert)
+    plain = client(tmp_path / "plain", r.port)
+    try:
+        c.start()
+        c.info("oom", "containers", "p", "OOM")
+        wait_for(lambda: applied == [1])
+        plain.start()  # no TLS against a TLS server: never connects
+        time.sleep(0.5)
+        assert plain.metrics().value("vigil_stream_connected") == 0
+    finally:
+        plain.stop()
+        c.stop()
+        r.stop()
+
+
+def test_two_oom_kills_in_a_row_are_two_events_not_one_state(tmp_path):
+    """One-shot findings (an OOM kill, a sysctl change) become info events, one per occurrence; hysteresis
+    would otherwise merge the second OOM of the same container into the first and later report it ok."""
+    from agent.findings import WARNING
+
+    r, applied = replica()
+    c = client(tmp_path, r.port)
+    try:
+        c.start()
+        oom = bad("container.oom_kill", "container", "ml/train-a/worker", "OOM-killed on gpu3", severity=WARNING)
+        c.observe(Result("containers", Output(findings=[oom]), True, 0.01))
+        c.observe(Result("containers", Output(findings=[oom]), True, 0.01))
+        c.observe(Result("containers", Output(findings=[]), True, 0.01))
+        changed = ok("sysctl.changed", "sysctl", "vm.max_map_count", "65530 -> 262144", severity="info",
+                     value={"old": 65530, "new": 262144})
+        c.observe(Result("sysctl", Output(findings=[changed]), True, 0.01))
+        wait_for(lambda: len(applied) == 3)
+        wait_for(lambda: c.spool.stats()["pending_info"] == 0)
+        assert c.spool.states("containers") == []  # nothing kept as state, so nothing to "recover"
+    finally:
+        c.stop()
+        r.stop()
