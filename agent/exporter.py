@@ -10,10 +10,15 @@ from typing import Callable
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+Route = Callable[[], tuple[int, bytes]]  # extra plain-text endpoint: (status, body)
+
+
 class MetricsServer:
+    """Serves the agent's (and the aggregator's) /metrics, /healthz, and any `extra` plain-text routes."""
+
     def __init__(self, host: str, port: int, metrics: Callable[[], bytes],
-                 alive: Callable[[], tuple[bool, str]]) -> None:
-        handler = _handler(metrics, alive)
+                 alive: Callable[[], tuple[bool, str]], extra: dict[str, Route] | None = None) -> None:
+        handler = _handler(metrics, alive, extra or {})
         family_host = host
         ThreadingHTTPServer.allow_reuse_address = True
         self.httpd = ThreadingHTTPServer((family_host, port), handler)
@@ -44,7 +49,7 @@ class _GzipCache:
             return self._gz
 
 
-def _handler(metrics: Callable[[], bytes], alive: Callable[[], tuple[bool, str]]) -> type:
+def _handler(metrics: Callable[[], bytes], alive: Callable[[], tuple[bool, str]], extra: dict[str, Route]) -> type:
     gz = _GzipCache()
 
     class Handler(BaseHTTPRequestHandler):
@@ -62,6 +67,9 @@ def _handler(metrics: Callable[[], bytes], alive: Callable[[], tuple[bool, str]]
             elif path == "/healthz":
                 ok, why = alive()
                 self._send(200 if ok else 503, (why + "\n").encode(), {"Content-Type": "text/plain"})
+            elif path in extra:
+                code, body = extra[path]()
+                self._send(code, body, {"Content-Type": "text/plain"})
             elif path == "/":
                 self._send(200, b'<html><body><a href="/metrics">metrics</a> <a href="/healthz">healthz</a>'
                                 b'</body></html>\n', {"Content-Type": "text/html"})

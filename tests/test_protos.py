@@ -3,7 +3,6 @@ import filecmp
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 from support import ROOT
 

@@ -6,7 +6,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from agent.collectors.base import Collector, Context, NoData, Output
+from agent.collectors.base import Collector, Context, NoData
 from agent.collectors.gpu import GpuCollector, GpuSettings, _Chain
 from agent.collectors.gpu_model import GpuInventory, GpuReading
 from agent.config import CollectorSettings, Expectations

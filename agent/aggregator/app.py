@@ -12,7 +12,8 @@ from .auth import AllowAll, TokenReviewer
 from .engine import AggregatorConfig, Engine
 from .kube import Kube
 from .lease import LeaderElector, StaticLeader
-from .metrics import AggregatorMetrics, MetricsHTTP
+from ..exporter import MetricsServer
+from .metrics import AggregatorMetrics, metrics_http
 from .server import HealthService, make_server
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class Replica:
         self.service = HealthService(self.engine, auth)
         self.server: Any = None
         self.port = 0
-        self.http: MetricsHTTP | None = None
+        self.http: MetricsServer | None = None
         self._stop: asyncio.Event | None = None
         self._tasks: list[asyncio.Task] = []
 
@@ -69,7 +70,7 @@ class Replica:
         await self.server.start()
         if self.opts.metrics_listen:
             host, _, port = self.opts.metrics_listen.rpartition(":")
-            self.http = MetricsHTTP(host or "0.0.0.0", int(port), self.metrics.render, self.leader.is_leader)
+            self.http = metrics_http(host or "0.0.0.0", int(port), self.metrics.render, self.leader.is_leader)
             self.http.start()
         self._tasks = [asyncio.create_task(self.engine.run(self._stop)),
                        asyncio.create_task(self.leader.run(self._stop))]

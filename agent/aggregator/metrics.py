@@ -4,9 +4,7 @@ renders them with the agent's MetricSet (prometheus_client's exposition)."""
 from __future__ import annotations
 
 import bisect
-import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
 from ..metrics import MetricSet, render
@@ -102,42 +100,11 @@ class AggregatorMetrics:
         return render(self.metric_set())
 
 
-class MetricsHTTP:
-    def __init__(self, host: str, port: int, body: Callable[[], bytes], ready: Callable[[], bool]) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+def metrics_http(host: str, port: int, body: Callable[[], bytes], ready: Callable[[], bool]):
+    """/metrics, /healthz (the process is alive) and /readyz (200 only on the Lease holder)."""
+    from ..exporter import MetricsServer
 
-            def do_GET(self) -> None:  # noqa: N802
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    self._send(200, body(), "text/plain; version=0.0.4; charset=utf-8")
-                elif path == "/healthz":
-                    self._send(200, b"ok\n")
-                elif path == "/readyz":
-                    ok = ready()
-                    self._send(200 if ok else 503, b"leader\n" if ok else b"standby\n")
-                else:
-                    self._send(404, b"not found\n")
+    def readyz() -> tuple[int, bytes]:
+        return (200, b"leader\n") if ready() else (503, b"standby\n")
 
-            def _send(self, code: int, data: bytes, ctype: str = "text/plain") -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        ThreadingHTTPServer.allow_reuse_address = True
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="metrics", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    return MetricsServer(host, port, body, lambda: (True, "ok"), {"/readyz": readyz})

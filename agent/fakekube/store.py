@@ -701,9 +701,9 @@ class Store:
                                    {})
                 else:
                     raise ApiError(415, "UnsupportedMediaType",
-                                   f'the body of the request was in an unknown format - accepted media types '
-                                   f'include: application/json-patch+json, application/merge-patch+json, '
-                                   f'application/apply-patch+yaml, application/strategic-merge-patch+json', {})
+                                   'the body of the request was in an unknown format - accepted media types '
+                                   'include: application/json-patch+json, application/merge-patch+json, '
+                                   'application/apply-patch+yaml, application/strategic-merge-patch+json', {})
             except patchlib.PatchError as exc:
                 raise bad_request(str(exc)) from None
             except patchlib.PatchApplyError as exc:

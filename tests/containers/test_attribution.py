@@ -17,7 +17,7 @@ from agent.collectors.gpu_amd_cli import AmdSmiCliBackend
 from agent.collectors.gpu_model import GpuReading
 from agent.containers.attribution import gpu_pod_table, keys_for_id, rows_from_shared
 from agent.containers.model import PodRef
-from conftest import AGENT, FIXTURES
+from support import AGENT, FIXTURES
 
 from .helpers import dra, extract_rootfs
 
