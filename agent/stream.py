@@ -324,16 +324,19 @@ class StreamClient:
         import grpc
 
         attempt = 0
+        standby_streak = 0
         i = 0
         while not self._stop.is_set():  # type: ignore[union-attr]
             target = self.settings.targets[i % len(self.settings.targets)]
             code = "OK"
+            standby = False
             try:
                 established = await self._session(target)
                 if established:
-                    attempt = 0
+                    attempt = standby_streak = 0
             except grpc.aio.AioRpcError as e:
                 code = e.code().name
+                standby = code == "UNAVAILABLE" and "standby" in (e.details() or "")
                 log.info("stream to %s: %s %s", target, code, e.details())
             except (OSError, asyncio.TimeoutError, _StreamBroken) as e:
                 code = "UNAVAILABLE" if not isinstance(e, _StreamBroken) else e.code
@@ -344,7 +347,14 @@ class StreamClient:
                 break
             self._c.failures[code] = self._c.failures.get(code, 0) + 1
             i += 1
-            if i % len(self.settings.targets) == 0 or code != "UNAVAILABLE":
+            if standby:
+                # Behind one Service address a new connection may reach the other replica (each session has
+                # its own channel, so kube-proxy picks again): retry soon, slowing only if no leader answers
+                # for a while (a failover in progress), instead of backing off as from a failure.
+                standby_streak += 1
+                delay = random.uniform(0, min(self.settings.backoff_max,
+                                              self.settings.backoff_base * 2 ** (standby_streak // 4)))
+            elif i % len(self.settings.targets) == 0 or code != "UNAVAILABLE":
                 attempt += 1
                 delay = random.uniform(0, min(self.settings.backoff_max, self.settings.backoff_base * 2 ** attempt))
             else:  # a standby or a dead replica: the next one may be the leader, try it at once

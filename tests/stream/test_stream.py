@@ -234,3 +234,35 @@ def test_two_oom_kills_in_a_row_are_two_events_not_one_state(tmp_path):
     finally:
         c.stop()
         r.stop()
+
+
+def test_a_standby_refusal_is_retried_soon_not_backed_off(tmp_path):
+    """Behind one Service address, half the connections may reach the standby: the agent must come back within
+    backoff_base, not back off exponentially as from a failure, and still slow down during a long failover."""
+    import asyncio
+
+    import grpc
+    from grpc.aio import AioRpcError, Metadata
+
+    c = StreamClient(StreamSettings(["127.0.0.1:1"], str(tmp_path / "spool.db"), backoff_base=0.5,
+                                    backoff_max=30.0), "n1", "boot-1")
+    delays, calls = [], []
+
+    async def session(target):
+        calls.append(target)
+        if len(calls) > 12:
+            c._stop.set()
+        raise AioRpcError(grpc.StatusCode.UNAVAILABLE, Metadata(), Metadata(),
+                          details="standby replica: not the Lease holder")
+
+    async def sleep(d):
+        delays.append(d)
+
+    async def run():
+        c._stop = asyncio.Event()
+        c._session, c._sleep = session, sleep
+        await c._connect_loop()
+
+    asyncio.run(run())
+    assert all(d <= 0.5 for d in delays[:3])  # the first refusals: retried within backoff_base
+    assert max(delays) <= 0.5 * 2 ** 3  # 12 refusals in a row: slowed, but far below backoff_max
