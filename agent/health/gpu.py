@@ -85,7 +85,9 @@ def ecc_checks(g: GpuReading, t: GpuThresholds, prev: GpuReading | None, elapsed
     out: list[Finding] = []
     unc = _sum(g, "uncorrectable")
     if unc is None:
-        out.append(unknown("gpu.ecc.uncorrectable", C, g.entity, "ECC counts not reported"))
+        # "N/A" / not supported (an APU, a consumer part): nothing to judge, as for an absent sensor. A query
+        # that failed shows as a gpu.backend finding instead.
+        pass
     elif unc > t.ecc_uncorrectable_max:
         out.append(bad("gpu.ecc.uncorrectable", C, g.entity,
                        f"{unc} uncorrectable ECC errors{_blocks(g, 'uncorrectable')}", value=unc,
