@@ -64,6 +64,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tuner-mode", choices=["enforce", "dry-run", "report"], default=None,
                    help="node tuner: write the profile (enforce), say what would change (dry-run), or only report;"
                         " default from the config")
+    p.add_argument("--flows", nargs="?", type=int, const=20, default=None, metavar="N",
+                   help="print the N (20) heaviest live TCP flows on this node, with peer class, process and "
+                        "cgroup, and exit (a debug view: unlike the metrics it names peers)")
     p.add_argument("--tune", action="store_true", help="with --once: let the tuner write (--once never writes "
                    "otherwise)")
     p.add_argument("--aggregator", metavar="HOST:PORT", default=None,
@@ -199,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("--json only makes sense with --once")
         if args.tune and not args.once:
             raise UsageError("--tune only makes sense with --once (the running agent follows --tuner-mode)")
+        if args.flows is not None:
+            from .netflow import top
+
+            return top.main(["-n", str(args.flows)] + (["--config", args.config] if args.config else []))
         if args.command == "snapshot":
             return cmd_snapshot(args)
         if args.command == "demo":

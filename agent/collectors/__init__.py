@@ -10,6 +10,7 @@ REGISTRY: dict[str, str] = {
     "containers": "agent.collectors.containers:ContainersCollector",
     "sysctl": "agent.collectors.sysctl:SysctlCollector",
     "rdma": "agent.collectors.rdma:RdmaCollector",
+    "netflow": "agent.collectors.netflow:NetflowCollector",
 }
 
 

@@ -151,6 +151,10 @@ class ContainersCollector(Collector):
         attribution = attribute(allocations or [], runtime.containers if runtime else [], resolver, gpus,
                                 s.gpu_resource_prefixes, s.rdma_resource_prefixes, s.spec_fallback)
         self.ctx.shared["pod_devices"] = attribution.pod_devices()
+        if runtime is not None:
+            # For the netflow source: a running container's init pid -> its pod (it maps the pid's cgroup).
+            self.ctx.shared["pid_pods"] = {c.pid: c.pod for c in runtime.containers
+                                           if c.pid and c.pod and c.status == "running"}
         event_keys = {e.seq: spec_gpu_keys(e.spec, resolver) for e in runtime.recent} if runtime else {}
         return ContainersReading(runtime, runtime_error, allocations, pr_error, attribution, gpus,
                                  join=not self.ctx.shared.get("once"), event_gpu_keys=event_keys)
