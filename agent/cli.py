@@ -162,6 +162,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             max_events=sc.max_events, max_info=sc.max_info)
         stream = StreamClient(settings, ctx.node, read_boot_id(ctx.roots))
         agent.observers.append(stream.observe)  # before start(): the first cycle is reported too
+    if stream is not None:
+        stream.open_spool()  # before the first cycle: hysteresis continues from the spool's states
     agent.start()
     if stream is not None:
         stream.start()

@@ -52,6 +52,15 @@ class Hysteresis:
         known |= seen
         return out, gone
 
+    def seed(self, collector: str, prior: Finding) -> None:
+        """A key's stable state from before this process (the spool). A key already observed keeps its track;
+        a seeded key that the collector's next successful result does not report is gone."""
+        key = (prior.check, prior.entity)
+        if key in self._tracks:
+            return
+        self._tracks[key] = _Track(prior)
+        self._by_collector.setdefault(collector, set()).add(key)
+
     def _observe(self, key: Key, f: Finding) -> Finding:
         t = self._tracks.get(key)
         if t is None:

@@ -169,12 +169,14 @@ class Spool:
                                  (row.message, row.check, row.entity))
             return None
         seq = self._next_seq()
-        # Coalesce: a pending, non-fatal state event of this key is superseded by this one.
-        n = self._db.execute('DELETE FROM outbox WHERE kind=\'state\' AND "check"=? AND entity=? AND fatal=0',
-                             (row.check, row.entity)).rowcount
+        fatal = int((row.status, row.severity) == FATAL_UNHEALTHY)
+        # Coalesce: this event supersedes the pending non-fatal state events of its key, and a fatal one also
+        # an older pending fatal of its key. A pending fatal survives a later ok (the aggregator must learn
+        # it happened), so a key holds at most two pending events and a flapping check cannot grow the spool.
+        n = self._db.execute('DELETE FROM outbox WHERE kind=\'state\' AND "check"=? AND entity=? AND fatal<=?',
+                             (row.check, row.entity, fatal)).rowcount
         if n:
             self._bump("coalesced", n)
-        fatal = int((row.status, row.severity) == FATAL_UNHEALTHY)
         self._db.execute("INSERT INTO outbox VALUES (?, 'state', ?, ?, ?, ?, ?)",
                          (seq, row.check, row.entity, fatal, boot_id, make_payload(seq)))
         self._db.execute('INSERT OR REPLACE INTO state VALUES (?, ?, ?, ?, ?, ?, ?, ?)',

@@ -166,7 +166,7 @@ class StreamClient:
         assert spool is not None
         for f in stable:
             self._record(spool, collector, f)
-        if gone is None:
+        if not gone:  # None: a failed result clears nothing
             return
         known = {(r.check, r.entity): r for r in spool.states(collector)}
         for key in gone:
@@ -186,12 +186,8 @@ class StreamClient:
         with self._lock:
             spool = self.spool
             assert spool is not None
-            by_collector: dict[str, list[Finding]] = {}
             for collector, f in self._current.values():
-                by_collector.setdefault(collector, []).append(f)
-            for collector, fs in by_collector.items():
-                for f in fs:
-                    self._record(spool, collector, f)
+                self._record(spool, collector, f)
             for r in spool.states():
                 if r.collector in self._succeeded and (r.check, r.entity) not in self._current and r.status != OK:
                     self._record(spool, r.collector, Finding(r.check, r.component, r.entity, OK, r.severity,
@@ -240,14 +236,22 @@ class StreamClient:
         return body
 
     # -- lifecycle ----------------------------------------------------------------------------------------
-    def start(self) -> None:
-        """Open the spool now if it is free (so events from the first cycle on are kept), then run the network
-        side in its own thread."""
+    def open_spool(self) -> bool:
+        """Open the spool now if it is free. Call it before the agent's first cycle: hysteresis then starts
+        from what the spool remembers (a check fatal before a restart is not reported ok, then fatal again)."""
+        if self.spool is not None:
+            return True
         try:
             self._adopt(Spool(self.settings.spool_path, max_events=self.settings.max_events,
                               max_info=self.settings.max_info, lock_timeout=0))
+            return True
         except SpoolLocked:
             log.warning("spool %s is held by another agent; waiting", self.settings.spool_path)
+            return False
+
+    def start(self) -> None:
+        """Open the spool if it is free and not yet open, then run the network side in its own thread."""
+        self.open_spool()
         ready = threading.Event()
         self._thread = threading.Thread(target=self._thread_main, args=(ready,), name="stream", daemon=True)
         self._thread.start()
@@ -310,6 +314,11 @@ class StreamClient:
     def _adopt(self, spool: Spool) -> None:
         spool.on_change = self._poke
         with self._lock:
+            # What the spool remembers is each key's prior stable state: hysteresis continues from it, and a
+            # key no successful read reports any more (a GPU gone, a check renamed by an upgrade) is "gone".
+            for r in spool.states():
+                self.hysteresis.seed(r.collector, Finding(r.check, r.component, r.entity, r.status, r.severity,
+                                                          r.message))
             self.spool = spool
         self._sync_opened_spool()
         log.info("spool %s open (epoch %s)", self.settings.spool_path, spool.epoch)

@@ -266,3 +266,54 @@ def test_a_standby_refusal_is_retried_soon_not_backed_off(tmp_path):
     asyncio.run(run())
     assert all(d <= 0.5 for d in delays[:3])  # the first refusals: retried within backoff_base
     assert max(delays) <= 0.5 * 2 ** 3  # 12 refusals in a row: slowed, but far below backoff_max
+
+
+# Found in review: restarts and flapping checks against the spool.
+from agent.spool import Spool, StateRow  # noqa: E402
+from agent.stream import event_payload  # noqa: E402
+
+
+def _settings(tmp_path, **kw):
+    return StreamSettings(["127.0.0.1:1"], str(tmp_path / "spool.db"), **kw)
+
+
+def _fatal(sp, check, entity):
+    sp.record_state(StateRow(check, entity, "gpu", "gpu", "unhealthy", "fatal", "2 errors"), "b0",
+                    lambda seq: event_payload(seq, 1, check, "gpu", entity, "unhealthy", "fatal", "2 errors"))
+
+
+def test_a_stale_fatal_key_from_the_previous_run_is_cleared_when_the_spool_opens_first(tmp_path):
+    """A key fatal in the spool from the previous run that no successful read reports any more (a GPU gone, a
+    check renamed across an upgrade) must leave the digest, not keep the node fatal for ever."""
+    sp = Spool(tmp_path / "spool.db")
+    _fatal(sp, "gpu.ecc", "gpu9")
+    sp.close()
+    c = StreamClient(_settings(tmp_path), "n1", "b1")
+    c._adopt(Spool(tmp_path / "spool.db"))  # what start() does when the lock is free
+    c.observe(gpu(ok("gpu.count", "gpu", "n1", "8 of 8")))  # successful reads: gpu9 is gone
+    c.observe(gpu(ok("gpu.count", "gpu", "n1", "8 of 8")))
+    rows, _ = c.spool.digest()
+    assert [(r.check, r.entity) for r in rows] == []
+
+
+def test_a_flapping_fatal_check_cannot_grow_the_outbox_without_bound(tmp_path):
+    """DESIGN §6: 'nothing else can grow without bound': a check flapping fatal/ok while the aggregator is away
+    keeps at most its latest fatal and latest ok pending."""
+    sp = Spool(tmp_path / "spool.db", max_events=10, max_info=5)
+    for _ in range(100):
+        for status in ("unhealthy", "ok"):
+            sp.record_state(StateRow("gpu.xid", "gpu0", "gpu", "gpu", status, "fatal", "m"), "b", lambda seq: b"x")
+    assert sp.stats()["pending_state"] <= 10
+
+
+def test_a_restart_with_raise_after_2_does_not_report_a_persisting_fatal_as_ok(tmp_path):
+    """Hysteresis continues from the spool's state: with raise_after=2 a check still fatal after a restart is
+    not reported ok and then fatal again."""
+    sp = Spool(tmp_path / "spool.db")
+    _fatal(sp, "gpu.ecc", "gpu3")
+    last = sp.stats()["last_seq"]
+    sp.close()
+    c = StreamClient(_settings(tmp_path, raise_after=2), "n1", "b1")
+    c._adopt(Spool(tmp_path / "spool.db"))
+    c.observe(gpu(bad("gpu.ecc", "gpu", "gpu3", "2 errors")))  # still fatal after the restart
+    assert c.spool.stats()["last_seq"] == last
