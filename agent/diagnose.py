@@ -48,10 +48,12 @@ def report_table(node: str, findings: Iterable[Finding], verbose: bool = False) 
             rows.append((fs[0].check if len(fs) == 1 else f"{component}.*", entity, "ok", detail))
     header = ("CHECK", "ENTITY", "STATUS", "DETAIL")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    fired = [f for f in findings if f.status == UNHEALTHY]
+    info = sum(f.severity == "info" for f in fired) + sum(f.severity == "info" for f in findings if f.status == OK)
     lines = [f"node {node}: {status.upper()}"
-             f"  ({sum(f.is_fatal for f in findings)} fatal, "
-             f"{sum(f.status == UNHEALTHY and not f.is_fatal for f in findings)} warning, "
-             f"{sum(f.status == UNKNOWN for f in findings)} unknown, {len(passing)} ok)", ""]
+             f"  ({sum(f.is_fatal for f in fired)} fatal, {sum(f.severity == 'warning' for f in fired)} warning, "
+             f"{sum(f.status == UNKNOWN for f in findings)} unknown, {len(passing)} ok"
+             + (f", {info} info" if info else "") + ")", ""]
     for r in [header, *rows]:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3])
     return "\n".join(lines) + "\n"

@@ -52,6 +52,8 @@ def check(path, actual: str, update: bool) -> None:
 @pytest.mark.parametrize("node", NODES)
 def test_metrics_golden_and_promtool(node, update_golden, promtool):
     text = render_node(node)
+    series = [line.rsplit(" ", 1)[0] for line in text.splitlines() if line and not line.startswith("#")]
+    assert len(series) == len(set(series)), "a series appears twice (promtool does not catch it)"
     check(FIXTURES / node / "golden" / "metrics.prom", text, update_golden)
     p = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr

@@ -159,3 +159,29 @@ def test_a_hanging_amdsmi_library_call_trips_the_deadline():
     count = next(f for f in healthy.output.findings if f.check == "gpu.count")
     assert (count.status, count.value) == ("ok", 2)
     assert lib.init_calls == 1  # the library was initialised once, not once per attempt
+
+
+def test_two_backend_errors_make_one_check_status_series():
+    """Every (check, entity) appears once per cycle: two failed amd-smi commands are one gpu.backend row."""
+    from agent.collectors.gpu_model import GpuReadings
+    from agent.runner import Result
+
+    c = GpuCollector(GpuSettings(), ctx(), chains=[])
+    inv = GpuInventory("amd-smi", "amd", [GpuReading(0, "amd")],
+                       errors=["amd-smi metric: no JSON in output", "amd-smi process: no JSON in output"])
+    out = c.evaluate(GpuReadings([inv], {"amd": 1}), None, None)
+    [backend] = [f for f in out.findings if f.check == "gpu.backend"]
+    assert "metric" in backend.message and "process" in backend.message
+    body = exposition([Result("gpu", out, True, 0.1)], "n1").decode()
+    series = [line.rsplit(" ", 1)[0] for line in body.splitlines() if line and not line.startswith("#")]
+    assert len(series) == len(set(series))
+
+
+def test_once_header_counts_info_events_apart_from_warnings():
+    from agent.diagnose import report_table
+    from agent.findings import INFO, bad, ok
+
+    findings = [bad("gpu.xid", "gpu", "gpu0", "Xid 13: application fault", INFO),
+                ok("gpu.count", "gpu", "n1", "1 of 1 GPUs visible")]
+    header = report_table("n1", findings).splitlines()[0]
+    assert "(0 fatal, 0 warning, 0 unknown, 1 ok, 1 info)" in header, header

@@ -137,8 +137,9 @@ class GpuCollector(Collector):
         prev = previous.reading if previous else None
         findings = rules.evaluate(reading, self.ctx.expect.gpus, self.settings, self.ctx.node, prev, elapsed)
         for inv in reading.inventories:
-            for err in inv.errors:
-                findings.append(Finding("gpu.backend", "gpu", inv.backend, "unknown", "warning", err))
+            if inv.errors:  # one finding per backend: (check, entity) must be unique in a cycle
+                findings.append(Finding("gpu.backend", "gpu", inv.backend, "unknown", "warning",
+                                        "; ".join(inv.errors)))
         return Output(gpu_metrics(reading, self.ctx.expect.gpus), findings)
 
     def unresponsive(self, stuck_seconds: float) -> list[Finding]:
