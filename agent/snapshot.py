@@ -8,9 +8,8 @@ import os
 import shutil
 from pathlib import Path
 
+from .collectors.gpu_amd_cli import COMMANDS as AMD_SMI_COMMANDS  # what the amd-smi replay reads
 from .collectors.gpu_backend import BackendUnavailable, run_tool
-
-AMD_SMI_COMMANDS = ("list", "static", "metric", "process", "bad-pages", "xgmi", "firmware")
 
 # Relative to the sysfs / procfs roots. Regular files are copied; unreadable ones are skipped (procfs does the
 # same: a counter that reads EINVAL is not an error).

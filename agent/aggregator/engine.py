@@ -154,9 +154,8 @@ class Engine:
         if res.duplicates:
             m.bump(m.events, "duplicate", res.duplicates)
         if res.new:
-            n_info = sum(1 for e in incoming if e.kind == "info" and e.seq >= res.new[0])
-            m.bump(m.events, "state", len(res.new) - n_info)
-            m.bump(m.events, "info", n_info)
+            m.bump(m.events, "state", len(res.new) - res.info)
+            m.bump(m.events, "info", res.info)
             for hook in self.applied_hooks:
                 hook(node_name, boot_id, epoch, res.new)
         if res.changed:

@@ -95,12 +95,12 @@ def retrying(fn: Callable[[], T], attempts: int = 5, base: float = 0.05, cap: fl
             raise
         except Exception as e:  # noqa: BLE001 - classified below
             err = _classify(e)
-            if isinstance(err, (Conflict, NotFound)):
-                raise err from e
-            if not isinstance(err, Transient) or i == attempts - 1:
-                if isinstance(err, Transient):
+            if not isinstance(err, Transient):
+                if isinstance(err, (Conflict, NotFound)):
                     raise err from e
                 raise
+            if i == attempts - 1:
+                raise err from e
             if on_retry is not None:
                 on_retry(str(err).split(" ", 1)[0])
             time.sleep(random.uniform(0, min(cap, base * 2 ** (i + 1))))

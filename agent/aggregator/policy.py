@@ -14,7 +14,7 @@ Vocabulary:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .state import NodeState
@@ -282,13 +282,3 @@ def reset(ledger: Ledger) -> Ledger:
     """A person's deliberate reset: the breaker closes and the window starts empty. Held nodes stay held until
     they recover (a reset does not replay old events)."""
     return Ledger(entries=(), breaker_open=False, opened_at=None, held=ledger.held, resets=ledger.resets + 1)
-
-
-@dataclass
-class Decision:
-    """One reconcile's outcome, for metrics and logs."""
-
-    node: str
-    verdict: Verdict
-    plan: Plan
-    actions: list[str] = field(default_factory=list)  # condition, quarantine, release, held, ...

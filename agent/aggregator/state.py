@@ -67,7 +67,7 @@ class NodeState:
         return sorted((p for p in self.problems.values() if p.fatal), key=lambda p: (p.check, p.entity))
 
     def _settle(self, now: float, trigger: str) -> None:
-        if self.fatal_problems():
+        if any(p.fatal for p in self.problems.values()):
             self.clean_since = None
             if self.unhealthy_since is None:
                 self.unhealthy_since = now
@@ -85,6 +85,7 @@ class Applied:
     new: list[int] = field(default_factory=list)
     duplicates: int = 0
     stale: int = 0  # applied (acked) but no effect on state: older boot, or covered by the digest
+    info: int = 0  # of `new`, the info events
     changed: bool = False
     ack: int = 0
 
@@ -131,6 +132,8 @@ def apply_batch(node: NodeState, boot_id: str, epoch: str, events: Iterable[Inco
             continue
         high = e.seq
         out.new.append(e.seq)
+        if e.kind == "info":
+            out.info += 1
         if e.kind != "state" or boot_id != node.boot_id or (epoch == d_epoch and e.seq <= d_seq):
             out.stale += 1
             continue

@@ -30,6 +30,7 @@ reads nor writes it.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import shutil
@@ -194,6 +195,7 @@ class GpuEventsCollector(Collector):
         self._cper_retry_at = 0.0
         self._pci: dict[str, int] | None = None
         self._save_error: str | None = None
+        self._saved: dict | None = None  # the document last written: an unchanged state is not rewritten
 
     # -- where things are --------------------------------------------------------------------------------
     @property
@@ -293,9 +295,7 @@ class GpuEventsCollector(Collector):
         if self._watcher is not None:
             self._watcher.close()
             self._watcher = None
-        if self._kmsg is not None:
-            self._kmsg.close()
-            self._kmsg = None
+        self.close_kmsg()
 
     # -- state ------------------------------------------------------------------------------------------
     def _load_state(self) -> EventState:
@@ -307,8 +307,12 @@ class GpuEventsCollector(Collector):
     def _save(self, state: EventState) -> None:
         if not self._persist:
             return
+        doc = copy.deepcopy(state.to_json())  # a copy: to_json shares the state's dicts, mutated in place
+        if doc == self._saved:  # nothing new this cycle: no rewrite, no fsync every interval
+            return
         try:
             state_store.save(self.state_path, state)
+            self._saved = doc
             self._save_error = None
         except OSError as e:
             text = f"{self.state_path}: {e.strerror or e}"

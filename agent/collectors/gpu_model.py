@@ -115,6 +115,11 @@ def pcie_generation(speed_gts: float | None) -> int | None:
 PCIE_GEN_SPEED_GTS = {1: 2.5, 2: 5.0, 3: 8.0, 4: 16.0, 5: 32.0, 6: 64.0}
 
 
+def pcie_gen_speed(gen: int | None) -> float | None:
+    """Per-lane rate (GT/s) of a PCIe generation; None when unknown (NVIDIA reports generations, not rates)."""
+    return PCIE_GEN_SPEED_GTS.get(int(gen)) if gen is not None else None
+
+
 def normalize_bdf(bdf: str | None) -> str | None:
     """00000000:0C:00.0 (NVIDIA, 8-digit domain) and 0000:0c:00.0 (AMD) -> 0000:0c:00.0."""
     if not bdf:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .gpu_backend import BackendUnavailable
-from .gpu_model import PCIE_GEN_SPEED_GTS, GpuInventory, GpuReading, Link, Process, normalize_bdf
+from .gpu_model import GpuInventory, GpuReading, Link, Process, normalize_bdf, pcie_gen_speed
 from .gpu_nvidia_xml import (SENSOR_GPU, SENSOR_GPU_MAX, SENSOR_MEMORY, classify_throttle, decode_clock_reasons,
                              ecc_counts)
 
@@ -217,10 +217,6 @@ def _firmware(c: _Calls, h: Any, where: str) -> dict[str, str]:
     return {k: t for k, t in ((k, text(v)) for k, v in values.items()) if t is not None}
 
 
-def _gen_speed(gen: Any) -> float | None:
-    return PCIE_GEN_SPEED_GTS.get(int(gen)) if gen is not None else None
-
-
 def _watts(milliwatts: Any) -> float | None:
     return milliwatts / 1000.0 if milliwatts is not None else None
 
@@ -265,8 +261,8 @@ def read_device(c: _Calls, h: Any, position: int, driver: str | None) -> tuple[G
         row_remap_failure=bool(rows[3]) if rows is not None else None,
         pcie_width=c.get(where, "nvmlDeviceGetCurrPcieLinkWidth", h),
         pcie_max_width=c.get(where, "nvmlDeviceGetMaxPcieLinkWidth", h),
-        pcie_speed_gts=_gen_speed(gen),
-        pcie_max_speed_gts=_gen_speed(max_gen),
+        pcie_speed_gts=pcie_gen_speed(gen),
+        pcie_max_speed_gts=pcie_gen_speed(max_gen),
         pcie_replay_count=c.get(where, "nvmlDeviceGetPcieReplayCounter", h),
         links=[link for link, _ in links],
         throttle_active=active,

@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from .gpu_backend import BackendUnavailable, run_tool
-from .gpu_model import (PCIE_GEN_SPEED_GTS, EccCount, GpuInventory, GpuReading, Process, normalize_bdf)
+from .gpu_model import EccCount, GpuInventory, GpuReading, Process, normalize_bdf, pcie_gen_speed
 
 MIB = 1024 * 1024
 
@@ -253,10 +253,6 @@ def parse_processes(gpu: ET.Element) -> list[Process]:
     return procs
 
 
-def _link_speed(gen: int | None) -> float | None:
-    return PCIE_GEN_SPEED_GTS.get(gen) if gen is not None else None
-
-
 def _firmware(gpu: ET.Element) -> dict[str, str]:
     fields = {
         "vbios": _text(gpu, "vbios_version"),
@@ -307,8 +303,8 @@ def parse_gpu(gpu: ET.Element, position: int, driver: str | None) -> GpuReading:
         row_remap_failure=yes_no(_text(rows, "remapped_row_failure")),
         pcie_width=integer(_text(link, "link_widths/current_link_width")),
         pcie_max_width=integer(_text(link, "link_widths/max_link_width")),
-        pcie_speed_gts=_link_speed(gen),
-        pcie_max_speed_gts=_link_speed(max_gen),
+        pcie_speed_gts=pcie_gen_speed(gen),
+        pcie_max_speed_gts=pcie_gen_speed(max_gen),
         pcie_replay_count=integer(_text(gpu, "pci/replay_counter")),
         throttle_active=active,
         throttle_hardware=hardware,

@@ -127,11 +127,11 @@ class NetflowCollector(Collector):
 
         if self._client is None:
             self._client = self._make_client()
-        kept = self.ledger.snapshot() if self.ledger.cycle else None
         try:
             raw = self._client.read(max(1.0, self.settings.timeout_seconds - 0.5))
         except ProbeUnavailable as e:
             state = "starting" if isinstance(e, ProbeStarting) else "unavailable"
+            kept = self.ledger.snapshot() if self.ledger.cycle else None  # the counters so far
             return NetflowReading(state, str(e), restarts=self._client.restarts, snapshot=kept)
         self.pods.refresh(self.ctx.shared)
         self.ledger.apply(raw, self.pods)

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ..collectors.gpu_nvidia import text as _text  # pynvml's str or bytes, cleaned
 from .model import normalize_pci
 
 log = logging.getLogger(__name__)
@@ -51,12 +52,6 @@ def handle_key(h: Any) -> Any:
         return ctypes.cast(h, ctypes.c_void_p).value
     except (ctypes.ArgumentError, TypeError):
         return id(h)
-
-
-def _text(v: Any) -> str | None:
-    if v is None:
-        return None
-    return (v.decode(errors="replace") if isinstance(v, (bytes, bytearray)) else str(v)).strip("\x00").strip() or None
 
 
 class NvmlEventWatcher:

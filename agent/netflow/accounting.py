@@ -122,8 +122,13 @@ class Ledger:
         def cls_name(i: int) -> str:
             return names[i] if 0 <= i < len(names) else names[0]
 
-        def pod(cgroup: int) -> tuple[str, str]:
-            return pod_of(cgroup, paths.get(str(cgroup))) if cgroup else ("", "")
+        pods: dict[int, tuple[str, str]] = {0: ("", "")}
+
+        def pod(cgroup: int) -> tuple[str, str]:  # many sockets share a cgroup: look each up once per reading
+            found = pods.get(cgroup)
+            if found is None:
+                found = pods[cgroup] = pod_of(cgroup, paths.get(str(cgroup)))
+            return found
 
         flows: list[Flow] = []
         seen: set[int] = set()
@@ -214,11 +219,9 @@ class Ledger:
                 self._prev_counters[name] = value
 
     def _add(self, cls: str, ns: str, pod: str, delta: Totals) -> None:
+        b = self.bytes.setdefault((cls, ns, pod), [0, 0])  # a series exists from its first reading, zero or not
         if not any(delta):
-            if (cls, ns, pod) not in self.bytes:
-                self.bytes[(cls, ns, pod)] = [0, 0]
             return
-        b = self.bytes.setdefault((cls, ns, pod), [0, 0])
         b[0] += delta.sent
         b[1] += delta.received
         self.by_class[cls] = self.by_class.get(cls, Totals()).plus(delta)

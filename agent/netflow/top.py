@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from . import decode, inet_diag
+from .accounting import _endpoint
 from .policy import PeerPolicy, local_addresses
 from .probe import CgroupIndex, cgroup2_mount
 
@@ -110,10 +111,6 @@ def _size(n: int) -> str:
             return f"{n}{unit}" if unit == "B" else f"{n:.1f}{unit}"
         n /= 1024
     return str(n)
-
-
-def _endpoint(addr: str, port: int) -> str:
-    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
 def load_policy(config: str | None) -> PeerPolicy:

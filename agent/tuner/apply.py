@@ -11,7 +11,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 from . import procfs
 from .policy import REPORT, Decision, RlimitEntry, SysctlEntry, decide, decide_rlimit
@@ -55,19 +55,17 @@ def resolve_mode(configured: str, shared: Mapping, replay: bool) -> tuple[str, s
     return mode, why
 
 
-@dataclass
-class SysctlOutcome:
-    entry: SysctlEntry
-    live: Value | None = None  # before any write
-    error: str | None = None  # errno name of a failed read (ENOENT: the key is not on this kernel)
-    decision: Decision | None = None
-    action: str = UNREADABLE
-    after: Value | None = None  # read back after a write
-    write_error: str | None = None  # errno name, or READBACK
+class _Outcome:
+    """What a sysctl and a process's file limit share: live before the pass, after it, and the judgement."""
+
+    live: Any
+    after: Any
+    decision: Decision | None
+    action: str
 
     @property
-    def now(self) -> Value | None:
-        """The value the key has after this pass."""
+    def now(self) -> Any:
+        """The value after this pass."""
         return self.after if self.after is not None else self.live
 
     @property
@@ -81,7 +79,18 @@ class SysctlOutcome:
 
 
 @dataclass
-class PidOutcome:
+class SysctlOutcome(_Outcome):
+    entry: SysctlEntry
+    live: Value | None = None  # before any write
+    error: str | None = None  # errno name of a failed read (ENOENT: the key is not on this kernel)
+    decision: Decision | None = None
+    action: str = UNREADABLE
+    after: Value | None = None  # read back after a write
+    write_error: str | None = None  # errno name, or READBACK
+
+
+@dataclass
+class PidOutcome(_Outcome):
     pid: int
     live: tuple[float, float] | None = None
     error: str | None = None
@@ -89,18 +98,6 @@ class PidOutcome:
     action: str = UNREADABLE
     after: tuple[float, float] | None = None
     write_error: str | None = None
-
-    @property
-    def now(self) -> tuple[float, float] | None:
-        return self.after if self.after is not None else self.live
-
-    @property
-    def drift(self) -> bool | None:
-        if self.action == WRITTEN:
-            return False
-        if self.decision is None or self.decision.satisfied is None:
-            return None
-        return not self.decision.satisfied
 
 
 @dataclass

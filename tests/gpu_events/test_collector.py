@@ -115,6 +115,26 @@ def test_state_is_written_atomically_and_a_corrupt_one_is_replaced(node, caplog)
     assert doc["version"] == 1 and doc["sticky"][0]["code"] == "79"
 
 
+def test_state_is_rewritten_only_when_it_changed(node):
+    """The state file is fsynced on a host path: a cycle that changed nothing leaves it alone (each save
+    renames a new file into place, so the inode tells whether it was rewritten)."""
+    node.log(XID79)
+    c = node.collector()
+    path = node.state_dir / "gpu_events.json"
+    cycle(c)
+    first = path.stat().st_ino
+    cycle(c)
+    assert path.stat().st_ino == first  # nothing new: not rewritten
+    c._state.last_reset["gpu0"] = 1.0  # a change made in place (a reset with nothing sticky to clear)
+    cycle(c)
+    assert path.stat().st_ino != first
+    assert json.loads(path.read_text())["last_reset"] == {"gpu0": 1.0}
+    node.log("4,2300,1900000000,-;NVRM: Xid (PCI:0000:3b:00): 13, pid=1, name=a, Graphics Exception")
+    second = path.stat().st_ino
+    cycle(c)
+    assert path.stat().st_ino != second and json.loads(path.read_text())["kmsg_seq"] == 2300
+
+
 def test_unsaveable_state_does_not_fail_the_read(node, caplog):
     node.state_dir.write_text("a file where the directory should be")
     node.log(XID79)
