@@ -146,17 +146,24 @@ class Spool:
         """Report the current state of (check, entity). Returns the new event's seq, or None when the
         (status, severity) is what the spool last reported (only the message is refreshed then).
         A key never reported before whose state is ok makes no event: no news."""
+        return self.record_states([(row, make_payload)], boot_id)[0]
+
+    def record_states(self, items: list[tuple[StateRow, Callable[[int], bytes]]], boot_id: str) -> list[int | None]:
+        """record_state for every item of one collector cycle, in ONE transaction (one fsync per cycle at most,
+        not one per finding)."""
+        if not items:
+            return []
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                seq = self._record_state(row, boot_id, make_payload)
+                seqs = [self._record_state(row, boot_id, make_payload) for row, make_payload in items]
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        if seq is not None:
+        if any(seq is not None for seq in seqs):
             self._changed()
-        return seq
+        return seqs
 
     def _record_state(self, row: StateRow, boot_id: str, make_payload: Callable[[int], bytes]) -> int | None:
         cur = self._db.execute('SELECT status, severity, message FROM state WHERE "check"=? AND entity=?',

@@ -164,21 +164,21 @@ class StreamClient:
     def _write(self, collector: str, stable: list[Finding], gone: list[tuple[str, str]] | None) -> None:
         spool = self.spool
         assert spool is not None
-        for f in stable:
-            self._record(spool, collector, f)
-        if not gone:  # None: a failed result clears nothing
-            return
-        known = {(r.check, r.entity): r for r in spool.states(collector)}
-        for key in gone:
-            r = known.get(key)
-            if r is not None and r.status != OK:
-                self._record(spool, collector, Finding(r.check, r.component, r.entity, OK, r.severity,
-                                                       "no longer reported"))
+        findings = list(stable)
+        if gone:  # None: a failed result clears nothing
+            known = {(r.check, r.entity): r for r in spool.states(collector)}
+            for key in gone:
+                r = known.get(key)
+                if r is not None and r.status != OK:
+                    findings.append(Finding(r.check, r.component, r.entity, OK, r.severity, "no longer reported"))
+        spool.record_states([self._item(collector, f) for f in findings], self.boot_id)
+
+    def _item(self, collector: str, f: Finding):
+        return finding_row(collector, f), lambda seq: event_payload(
+            seq, 1, f.check, f.component, f.entity, f.status, f.severity, f.message, f.action, f.value, f.threshold)
 
     def _record(self, spool: Spool, collector: str, f: Finding) -> None:
-        spool.record_state(finding_row(collector, f), self.boot_id, lambda seq: event_payload(
-            seq, 1, f.check, f.component, f.entity, f.status, f.severity, f.message, f.action, f.value,
-            f.threshold))
+        spool.record_states([self._item(collector, f)], self.boot_id)
 
     def _sync_opened_spool(self) -> None:
         """The spool just opened: bring it up to what hysteresis holds now, and report ok whatever it holds
