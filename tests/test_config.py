@@ -66,3 +66,14 @@ def test_bad_stream_config_names_the_key(text, key):
     with pytest.raises(ConfigError) as e:
         load(None, collector_schemas(), text=text)
     assert str(e.value).startswith(key)
+
+
+def test_the_readme_configuration_example_is_valid():
+    """The YAML an operator copies from the README must load as it is."""
+    from support import ROOT
+
+    text = (ROOT / "README.md").read_text().split("## Configuration", 1)[1]
+    block = text.split("```yaml", 1)[1].split("```", 1)[0]
+    cfg = load(None, collector_schemas(), text=block)
+    assert cfg.agent.expect.gpus == 8 and cfg.section("gpu").backend == "auto"
+    assert cfg.section("sysctl").mode == "report" and cfg.stream.clear_after == 2
