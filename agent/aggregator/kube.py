@@ -131,6 +131,9 @@ class Kube:
                 cfg = k.Configuration()
                 config.load_kube_config(context=context, client_configuration=cfg)
         cfg.retries = 0  # we retry ourselves, with backoff and classification
+        # Keep a connection per thread of the engine's executor (2 x 16 workers by default); urllib3's default
+        # of 4 made every burst discard and re-open connections ("Connection pool is full").
+        cfg.connection_pool_maxsize = 64
         return cls(k.ApiClient(cfg), **kw)
 
     def _req(self, method: str, path: str, params: dict[str, str] | None = None, body: Any = None,
