@@ -128,4 +128,7 @@ def normalize_bdf(bdf: str | None) -> str | None:
     dom, sep, rest = bdf.partition(":")
     if not sep or rest.count(":") != 1:
         return bdf
-    return f"{int(dom, 16):04x}:{rest}"
+    try:
+        return f"{int(dom, 16):04x}:{rest}"
+    except ValueError:  # not an address after all: keep it as printed rather than fail the GPU's reading
+        return bdf

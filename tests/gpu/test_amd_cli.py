@@ -344,3 +344,11 @@ def test_hung_cli_times_out_and_its_process_group_is_killed(on_path, tmp_path):
     while alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not alive(child), "the sleeping child of amd-smi survived the timeout"
+
+
+def test_a_malformed_bus_address_is_kept_not_fatal_to_the_reading():
+    from agent.collectors.gpu_model import normalize_bdf
+
+    assert normalize_bdf("00000000:0C:00.0") == "0000:0c:00.0"
+    assert normalize_bdf("N/A") == "n/a"
+    assert normalize_bdf("xx:0c:00.0") == "xx:0c:00.0"
