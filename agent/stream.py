@@ -154,12 +154,12 @@ class StreamClient:
         def payload(seq: int) -> bytes:
             return event_payload(seq, 2, check, component, entity, status, severity, message, action, value,
                                  observed_at=observed_at)
-        with self._lock:
+        with self._lock:  # held while writing: the spool cannot close under us, nor an early event overtake
             spool = self.spool
             if spool is None:  # kept in memory (bounded) until the spool opens
                 self._early_info.append((check, entity, payload))
                 return None
-        return spool.record_info(check, entity, self.boot_id, payload)
+            return spool.record_info(check, entity, self.boot_id, payload)
 
     def _write(self, collector: str, stable: list[Finding], gone: list[tuple[str, str]] | None) -> None:
         spool = self.spool
@@ -182,19 +182,19 @@ class StreamClient:
 
     def _sync_opened_spool(self) -> None:
         """The spool just opened: bring it up to what hysteresis holds now, and report ok whatever it holds
-        that a successful collector no longer reports (a GPU gone, a check renamed across an upgrade)."""
-        with self._lock:
-            spool = self.spool
-            assert spool is not None
-            for collector, f in self._current.values():
-                self._record(spool, collector, f)
-            for r in spool.states():
-                if r.collector in self._succeeded and (r.check, r.entity) not in self._current and r.status != OK:
-                    self._record(spool, r.collector, Finding(r.check, r.component, r.entity, OK, r.severity,
-                                                             "no longer reported"))
-            while self._early_info:
-                check, entity, payload = self._early_info.popleft()
-                spool.record_info(check, entity, self.boot_id, payload)
+        that a successful collector no longer reports (a GPU gone, a check renamed across an upgrade).
+        The caller holds self._lock."""
+        spool = self.spool
+        assert spool is not None
+        for collector, f in self._current.values():
+            self._record(spool, collector, f)
+        for r in spool.states():
+            if r.collector in self._succeeded and (r.check, r.entity) not in self._current and r.status != OK:
+                self._record(spool, r.collector, Finding(r.check, r.component, r.entity, OK, r.severity,
+                                                         "no longer reported"))
+        while self._early_info:
+            check, entity, payload = self._early_info.popleft()
+            spool.record_info(check, entity, self.boot_id, payload)
 
     # -- metrics ------------------------------------------------------------------------------------------
     def metrics(self) -> MetricSet:
@@ -292,9 +292,9 @@ class StreamClient:
             await self._connect_loop()
         finally:
             self._c.connected = False
-            spool, self.spool = self.spool, None
-            if spool is not None:
-                with self._lock:
+            with self._lock:
+                spool, self.spool = self.spool, None
+                if spool is not None:
                     spool.close()
 
     async def _open_spool(self) -> None:
@@ -320,7 +320,7 @@ class StreamClient:
                 self.hysteresis.seed(r.collector, Finding(r.check, r.component, r.entity, r.status, r.severity,
                                                           r.message))
             self.spool = spool
-        self._sync_opened_spool()
+            self._sync_opened_spool()  # in the same critical section: no info() overtakes the early events
         log.info("spool %s open (epoch %s)", self.settings.spool_path, spool.epoch)
 
     async def _sleep(self, seconds: float) -> None:
