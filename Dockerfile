@@ -52,7 +52,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/vigil /opt/vigil
 ENV PATH=/opt/vigil/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
-# The port is the agent's default (agent/config.py DEFAULT_PORT); the DaemonSet runs it with hostNetwork.
+# The port is the agent's default (agent/base/config.py DEFAULT_PORT); the DaemonSet runs it with hostNetwork.
 EXPOSE 9847
 ENTRYPOINT ["/opt/vigil/venv/bin/agent"]
 

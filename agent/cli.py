@@ -16,14 +16,14 @@ import threading
 from pathlib import Path
 
 from . import __version__
-from .collectors import REGISTRY
-from .collectors.base import Context
-from .config import DEFAULT_PORT, Config, ConfigError, load, parse_listen
-from .core import Agent, build_collectors, collector_schemas, run_all_once
-from .diagnose import report_json, report_table
-from .findings import EXIT_CONFIG, EXIT_USAGE, exit_code, node_status
-from .node import Roots, merge_expectations, read_node_file
-from .runner import CollectorRunner
+from agent.sources import REGISTRY
+from agent.base.collector import Context
+from agent.base.config import DEFAULT_PORT, Config, ConfigError, load, parse_listen
+from agent.run.loop import Agent, build_collectors, collector_schemas, run_all_once
+from agent.run.report import report_json, report_table
+from agent.base.findings import EXIT_CONFIG, EXIT_USAGE, exit_code, node_status
+from agent.base.roots import Roots, merge_expectations, read_node_file
+from agent.run.runner import CollectorRunner
 
 log = logging.getLogger("agent")
 
@@ -126,7 +126,7 @@ def cmd_once(args: argparse.Namespace) -> int:
         c.close()
     findings = [f for r in results for f in r.output.findings]
     # Which pod holds which GPU: joined here, after both sources have read (they run concurrently).
-    from .containers.attribution import gpu_pod_table, rows_from_shared
+    from agent.sources.containers.attribution import gpu_pod_table, rows_from_shared
     if args.json:
         pods = {"gpu_pods": [r.to_json() for r in rows_from_shared(ctx.shared)]} if "pod_devices" in ctx.shared \
             else None
@@ -140,7 +140,7 @@ def cmd_once(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .exporter import MetricsServer
+    from agent.base.http import MetricsServer
 
     config, ctx = setup(args)
     host, port = parse_listen(args.listen or config.agent.listen, "--listen" if args.listen else "agent.listen")
@@ -149,7 +149,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sc = config.stream
     aggregator = args.aggregator or sc.aggregator
     if aggregator:  # the health stream (DESIGN §6): findings -> spool -> aggregator
-        from .stream import StreamClient, StreamSettings, parse_targets, read_boot_id
+        from agent.stream.client import StreamClient, StreamSettings, parse_targets, read_boot_id
 
         try:
             targets = parse_targets(aggregator)
@@ -183,7 +183,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
-    from .snapshot import capture
+    from agent.run.snapshot import capture
 
     if not args.path:
         raise UsageError("snapshot: give the directory to write, e.g. agent snapshot /tmp/node-snap")
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.tune and not args.once:
             raise UsageError("--tune only makes sense with --once (the running agent follows --tuner-mode)")
         if args.flows is not None:
-            from .netflow import top
+            from agent.sources.netflow import top
 
             return top.main(["-n", str(args.flows)] + (["--config", args.config] if args.config else []))
         if args.command == "snapshot":

@@ -36,10 +36,10 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.collectors.base import Context
-from agent.collectors.netflow import NetflowCollector, NetflowSettings
-from agent.config import Expectations
-from agent.node import Roots
+from agent.base.collector import Context
+from agent.sources.netflow.collector import NetflowCollector, NetflowSettings
+from agent.base.config import Expectations
+from agent.base.roots import Roots
 
 IP_BIND_ADDRESS_NO_PORT = 24
 

@@ -3,8 +3,8 @@ import subprocess
 
 import pytest
 
-from agent.config import ConfigError, load
-from agent.core import collector_schemas
+from agent.base.config import ConfigError, load
+from agent.run.loop import collector_schemas
 from support import AGENT
 
 

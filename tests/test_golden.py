@@ -8,11 +8,11 @@ import subprocess
 import pytest
 
 from agent.cli import main as cli_main  # noqa: F401  (the CLI must import cleanly)
-from agent.collectors.base import Context
-from agent.config import load
-from agent.core import build_collectors, collector_schemas, exposition, run_all_once
-from agent.node import Roots, merge_expectations, read_node_file
-from agent.runner import CollectorRunner
+from agent.base.collector import Context
+from agent.base.config import load
+from agent.run.loop import build_collectors, collector_schemas, exposition, run_all_once
+from agent.base.roots import Roots, merge_expectations, read_node_file
+from agent.run.runner import CollectorRunner
 from support import AGENT, FIXTURES
 
 NODES = sorted(p.name for p in FIXTURES.iterdir()

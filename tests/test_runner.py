@@ -6,14 +6,14 @@ import time
 import urllib.request
 from pathlib import Path
 
-from agent.collectors.base import Collector, Context, NoData
-from agent.collectors.gpu import GpuCollector, GpuSettings, _Chain
-from agent.collectors.gpu_model import GpuInventory, GpuReading
-from agent.config import CollectorSettings, Expectations
-from agent.core import Agent, exposition
-from agent.exporter import MetricsServer
-from agent.node import Roots
-from agent.runner import CollectorRunner
+from agent.base.collector import Collector, Context, NoData
+from agent.sources.gpu.collector import GpuCollector, GpuSettings, _Chain
+from agent.sources.gpu.model import GpuInventory, GpuReading
+from agent.base.config import CollectorSettings, Expectations
+from agent.run.loop import Agent, exposition
+from agent.base.http import MetricsServer
+from agent.base.roots import Roots
+from agent.run.runner import CollectorRunner
 
 
 def ctx(expect_gpus=None):
@@ -131,7 +131,7 @@ def test_healthz_fails_when_a_collector_loop_is_dead():
 
 def test_a_hanging_amdsmi_library_call_trips_the_deadline():
     """The amdsmi backend over the faithful library fake, with one getter stuck as a call in D-state would be."""
-    from agent.collectors.gpu_amd import AmdSmiLibBackend
+    from agent.sources.gpu.amdsmi_lib import AmdSmiLibBackend
     from gpu import fake_amdsmi as fake
 
     release = threading.Event()
@@ -163,8 +163,8 @@ def test_a_hanging_amdsmi_library_call_trips_the_deadline():
 
 def test_two_backend_errors_make_one_check_status_series():
     """Every (check, entity) appears once per cycle: two failed amd-smi commands are one gpu.backend row."""
-    from agent.collectors.gpu_model import GpuReadings
-    from agent.runner import Result
+    from agent.sources.gpu.model import GpuReadings
+    from agent.run.runner import Result
 
     c = GpuCollector(GpuSettings(), ctx(), chains=[])
     inv = GpuInventory("amd-smi", "amd", [GpuReading(0, "amd")],
@@ -178,8 +178,8 @@ def test_two_backend_errors_make_one_check_status_series():
 
 
 def test_once_header_counts_info_events_apart_from_warnings():
-    from agent.diagnose import report_table
-    from agent.findings import INFO, bad, ok
+    from agent.run.report import report_table
+    from agent.base.findings import INFO, bad, ok
 
     findings = [bad("gpu.xid", "gpu", "gpu0", "Xid 13: application fault", INFO),
                 ok("gpu.count", "gpu", "n1", "1 of 1 GPUs visible")]

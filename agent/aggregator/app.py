@@ -12,7 +12,7 @@ from .auth import AllowAll, TokenReviewer
 from .engine import AggregatorConfig, Engine
 from .kube import Kube
 from .lease import LeaderElector, StaticLeader
-from ..exporter import MetricsServer
+from agent.base.http import MetricsServer
 from .metrics import AggregatorMetrics, metrics_http
 from .server import HealthService, make_server
 

@@ -19,7 +19,7 @@ import socket
 import sys
 from pathlib import Path
 
-from ..findings import EXIT_USAGE
+from agent.base.findings import EXIT_USAGE
 
 log = logging.getLogger("vigil-aggregator")
 

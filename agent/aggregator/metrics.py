@@ -7,7 +7,7 @@ import bisect
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..metrics import MetricSet, render
+from agent.base.metrics import MetricSet, render
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -102,7 +102,7 @@ class AggregatorMetrics:
 
 def metrics_http(host: str, port: int, body: Callable[[], bytes], ready: Callable[[], bool]):
     """/metrics, /healthz (the process is alive) and /readyz (200 only on the Lease holder)."""
-    from ..exporter import MetricsServer
+    from agent.base.http import MetricsServer
 
     def readyz() -> tuple[int, bytes]:
         return (200, b"leader\n") if ready() else (503, b"standby\n")

@@ -64,7 +64,7 @@ def start_emitter(node, targets, spool, token, log, every=0.002):
     code = (
         "import sys, time, logging\n"
         "logging.basicConfig(level=logging.INFO)\n"
-        "from agent.stream import StreamClient, StreamSettings\n"
+        "from agent.stream.client import StreamClient, StreamSettings\n"
         f"c = StreamClient(StreamSettings({targets.split(',')!r}, {str(spool)!r}, token_file={str(token)!r},"
         " heartbeat_seconds=1, max_info=100000, max_events=200000, batch_size=50), "
         f"{node!r}, 'boot-1')\n"

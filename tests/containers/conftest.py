@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.collectors.base import Context
-from agent.collectors.containers import ContainersCollector, ContainersSettings
-from agent.config import Expectations, build
-from agent.runner import CollectorRunner
+from agent.base.collector import Context
+from agent.sources.containers.collector import ContainersCollector, ContainersSettings
+from agent.base.config import Expectations, build
+from agent.run.runner import CollectorRunner
 
 from .helpers import Containerd, PodResources, write_oci_image
 
@@ -51,7 +51,7 @@ def make_collector(tmp_path):
 
     def make(socket="/nonexistent/containerd.sock", pod_resources_socket="/nonexistent/kubelet.sock",
              sysfs=None, procfs=None, shared=None, snapshot=None, **section):
-        from agent.node import Roots
+        from agent.base.roots import Roots
 
         settings = build(ContainersSettings, {"socket": socket, "pod_resources_socket": pod_resources_socket,
                                               **section}, "containers")

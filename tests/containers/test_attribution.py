@@ -12,11 +12,11 @@ import subprocess
 import pytest
 from google.protobuf import json_format
 
-from agent.collectors.base import NoData
-from agent.collectors.gpu_amd_cli import AmdSmiCliBackend
-from agent.collectors.gpu_model import GpuReading
-from agent.containers.attribution import gpu_pod_table, keys_for_id, rows_from_shared
-from agent.containers.model import PodRef
+from agent.base.collector import NoData
+from agent.sources.gpu.amd_smi_cli import AmdSmiCliBackend
+from agent.sources.gpu.model import GpuReading
+from agent.sources.containers.attribution import gpu_pod_table, keys_for_id, rows_from_shared
+from agent.sources.containers.model import PodRef
 from support import AGENT, FIXTURES
 
 from .helpers import dra, extract_rootfs

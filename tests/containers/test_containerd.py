@@ -10,8 +10,8 @@ import subprocess
 import threading
 import time
 
-from agent.collectors.gpu_model import GpuReading
-from agent.metrics import render
+from agent.sources.gpu.model import GpuReading
+from agent.base.metrics import render
 
 from .helpers import wait_for
 

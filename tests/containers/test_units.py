@@ -9,14 +9,14 @@ from google.protobuf import any_pb2
 
 from agent._proto.containerd.events import task_pb2
 from agent._proto.containerd.types import event_pb2
-from agent.collectors.base import NoData, Observation
-from agent.collectors.containers import ContainersReading, ContainersSettings
-from agent.config import ConfigError, from_mapping
-from agent.containers import events
-from agent.containers.model import Container, RawEvent, TaskState
-from agent.containers.runtime import Watcher
-from agent.containers.table import ContainerTable
-from agent.health.containers import EVENT_CHECKS
+from agent.base.collector import NoData, Observation
+from agent.sources.containers.collector import ContainersReading, ContainersSettings
+from agent.base.config import ConfigError, from_mapping
+from agent.sources.containers import events
+from agent.sources.containers.model import Container, RawEvent, TaskState
+from agent.sources.containers.runtime import Watcher
+from agent.sources.containers.table import ContainerTable
+from agent.sources.containers.rules import EVENT_CHECKS
 
 POD = {"io.kubernetes.pod.namespace": "ml", "io.kubernetes.pod.name": "train-0",
        "io.kubernetes.container.name": "worker"}

@@ -159,7 +159,7 @@ def concrete(name: str) -> list[str]:
 
 def test_fatal_checks_raise_critical_alerts():
     critical = [r for r in rules() if r["labels"]["severity"] == "critical" and "vigil_check_status" in r["expr"]]
-    from agent.gpu_events.rules import CHECK_KIND  # sticky event checks: gpu.xid, gpu.ras, gpu.cper, ...
+    from agent.sources.gpu_events.rules import CHECK_KIND  # sticky event checks: gpu.xid, gpu.ras, gpu.cper, ...
     checks = code_checks()
     fatal = [c for name, sevs in checks.items() if "fatal" in sevs or "dynamic" in sevs for c in concrete(name)]
     fatal += list(CHECK_KIND)
@@ -190,7 +190,7 @@ def test_warning_rules_name_only_checks_that_never_fail_fatally():
 
 
 def test_every_check_an_alert_names_exists_in_the_code():
-    from agent.gpu_events.rules import CHECK_KIND
+    from agent.sources.gpu_events.rules import CHECK_KIND
     known = {c for n in code_checks() for c in concrete(n)} | set(CHECK_KIND)
     for r in rules():
         for op, v in matchers(r["expr"]):

@@ -23,7 +23,7 @@ from deploy_support import (AGENT, AGGREGATOR, DAEMONSET, FIXTURES, OPERATOR_KIN
                             expand, help_choices, help_flags, help_text, kustomize, one, rendered, split_args)
 
 import agent
-from agent.config import DEFAULT_PORT
+from agent.base.config import DEFAULT_PORT
 
 # Oldest Kubernetes Vigil supports (TokenReview's node-name extra is 1.30+; older clusters use the pod lookup)
 # and the newest kubernetes-validate knows.
@@ -223,7 +223,7 @@ def test_agent_daemonset_contract(tree):
     assert mounts["/var/lib/vigil"] == ("/var/lib/vigil", "DirectoryOrCreate", False)
     assert not any(t in ("Socket",) for _, t, _ in mounts.values())
     # The agent's own socket paths (config defaults) sit inside the mounted directories.
-    from agent.collectors.containers import ContainersSettings
+    from agent.sources.containers.collector import ContainersSettings
     s = ContainersSettings()
     assert Path(s.socket).parent == Path("/run/containerd")
     assert Path(s.pod_resources_socket).parent == Path("/var/lib/kubelet/pod-resources")

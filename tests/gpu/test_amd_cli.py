@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.collectors.gpu_amd_cli import (AmdSmiCliBackend, decode_json, parse_links, parse_outputs, value_of)
-from agent.collectors.gpu_backend import BackendUnavailable
-from agent.collectors.gpu_model import EccCount
+from agent.sources.gpu.amd_smi_cli import AmdSmiCliBackend, decode_json, parse_links, parse_outputs, value_of
+from agent.sources.gpu.backend import BackendUnavailable
+from agent.sources.gpu.model import EccCount
 from support import FIXTURES
 
 AMD_NODES = {  # node -> GPUs amd-smi reports
@@ -347,7 +347,7 @@ def test_hung_cli_times_out_and_its_process_group_is_killed(on_path, tmp_path):
 
 
 def test_a_malformed_bus_address_is_kept_not_fatal_to_the_reading():
-    from agent.collectors.gpu_model import normalize_bdf
+    from agent.sources.gpu.model import normalize_bdf
 
     assert normalize_bdf("00000000:0C:00.0") == "0000:0c:00.0"
     assert normalize_bdf("N/A") == "n/a"

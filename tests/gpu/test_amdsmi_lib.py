@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from agent.collectors.gpu_amd import AmdSmiLibBackend
-from agent.collectors.gpu_amd_cli import AmdSmiCliBackend
-from agent.collectors.gpu_backend import BackendUnavailable
+from agent.sources.gpu.amdsmi_lib import AmdSmiLibBackend
+from agent.sources.gpu.amd_smi_cli import AmdSmiCliBackend
+from agent.sources.gpu.backend import BackendUnavailable
 from support import FIXTURES
 
 from . import fake_amdsmi as fake

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.collectors.gpu_backend import BackendUnavailable
-from agent.collectors.gpu_nvidia_xml import NvidiaSmiBackend, parse_xml
+from agent.sources.gpu.backend import BackendUnavailable
+from agent.sources.gpu.nvidia_smi_xml import NvidiaSmiBackend, parse_xml
 
 NODES = Path(__file__).resolve().parents[2] / "fixtures" / "nodes"
 H100 = NODES / "h100-nvidia" / "nvidia-smi" / "q.xml"

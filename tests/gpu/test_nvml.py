@@ -14,10 +14,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the fake sits beside
 import fake_pynvml  # noqa: E402
 from fake_pynvml import FakePynvml, load_capture  # noqa: E402
 
-from agent.collectors import gpu_nvidia  # noqa: E402
-from agent.collectors.gpu_backend import BackendUnavailable  # noqa: E402
-from agent.collectors.gpu_nvidia import NvmlBackend  # noqa: E402
-from agent.collectors.gpu_nvidia_xml import parse_xml  # noqa: E402
+from agent.sources.gpu import nvml as gpu_nvidia  # noqa: E402
+from agent.sources.gpu.backend import BackendUnavailable  # noqa: E402
+from agent.sources.gpu.nvml import NvmlBackend  # noqa: E402
+from agent.sources.gpu.nvidia_smi_xml import parse_xml  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 H100_XML = ROOT / "fixtures" / "nodes" / "h100-nvidia" / "nvidia-smi" / "q.xml"
@@ -87,12 +87,12 @@ def test_backend_constants_are_nvml_h_values():
     bits = {v: k for k, v in vars(pynvml).items() if k.startswith("nvmlClocksThrottleReason") and
             k not in ("nvmlClocksThrottleReasonAll", "nvmlClocksThrottleReasonNone",
                       "nvmlClocksThrottleReasonUserDefinedClocks")}
-    from agent.collectors.gpu_nvidia_xml import CLOCK_REASON_BITS
+    from agent.sources.gpu.nvidia_smi_xml import CLOCK_REASON_BITS
     assert set(CLOCK_REASON_BITS) == set(bits)
 
 
 def test_module_import_does_not_import_pynvml():
-    code = ("import sys, agent.collectors.gpu_nvidia, agent.collectors.gpu_nvidia_xml; "
+    code = ("import sys, agent.sources.gpu.nvml, agent.sources.gpu.nvidia_smi_xml; "
             "sys.exit('pynvml' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.collectors.base import Context
-from agent.collectors.gpu_events import GpuEventsCollector, GpuEventsSettings
-from agent.config import Expectations
-from agent.node import Roots
+from agent.base.collector import Context
+from agent.sources.gpu_events.collector import GpuEventsCollector, GpuEventsSettings
+from agent.base.config import Expectations
+from agent.base.roots import Roots
 
 VENDOR = {"nvidia": "0x10de", "amd": "0x1002"}
 

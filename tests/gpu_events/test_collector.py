@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from agent.collectors.base import NoData
-from agent.runner import CollectorRunner
+from agent.base.collector import NoData
+from agent.run.runner import CollectorRunner
 
 from .helpers import Node, cycle, events_total
 
@@ -181,8 +181,8 @@ def test_live_dev_kmsg_read(tmp_path):
 
 
 def test_settings_from_yaml():
-    from agent.config import ConfigError, load
-    from agent.core import collector_schemas
+    from agent.base.config import ConfigError, load
+    from agent.run.loop import collector_schemas
 
     cfg = load(None, collector_schemas(["gpu_events"]),
                text="gpu_events:\n  state_dir: /tmp/x\n  xid_severity: {109: warning, 13: ignore}\n")

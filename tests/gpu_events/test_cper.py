@@ -1,11 +1,11 @@
-"""`amd-smi ras --cper` output, in every shape amd-smi has printed (sources in agent/gpu_events/cper.py)."""
+"""`amd-smi ras --cper` output, in every shape amd-smi has printed (sources in agent/sources/gpu_events/cper.py)."""
 from __future__ import annotations
 
 import json
 import re
 from pathlib import Path
 
-from agent.gpu_events import cper
+from agent.sources.gpu_events import cper
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "amd-smi"
 DOCS = SHARED / "amdsmi-docs-rocm7.1_ras_cper_examples.txt"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.gpu_events import kmsg
-from agent.gpu_events.model import normalize_pci
+from agent.sources.gpu_events import kmsg
+from agent.sources.gpu_events.model import normalize_pci
 
 
 def one(text: str, **kw):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from agent.gpu_events.nvml_events import NvmlEventWatcher
+from agent.sources.gpu_events.nvml_events import NvmlEventWatcher
 
 from .fake_nvml_events import EVENT_RECOVERY_ACTION, EVENT_XID, FakePynvmlEvents
 from .helpers import Node, cycle, events_total

@@ -1,9 +1,9 @@
 """Sticky and one-shot findings: what keeps a GPU unhealthy, and what clears it."""
 from __future__ import annotations
 
-from agent.gpu_events import kmsg, rules
-from agent.gpu_events.model import GpuEvent
-from agent.gpu_events.state import EventState
+from agent.sources.gpu_events import kmsg, rules
+from agent.sources.gpu_events.model import GpuEvent
+from agent.sources.gpu_events.state import EventState
 
 
 def kernel(seq: int, text: str, btime: float | None = None, usec: int | None = None) -> GpuEvent:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.gpu_events import xid
+from agent.sources.gpu_events import xid
 
 
 @pytest.mark.parametrize("code", [13, 31, 43])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.netflow.probe import cgroup2_mount
+from agent.sources.netflow.probe import cgroup2_mount
 
 from .helpers import HOST4, HOST6, POD4, POD6, REPO, make_collector, peer_classes
 

@@ -12,12 +12,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.collectors.base import Context
-from agent.collectors.netflow import NetflowCollector, NetflowSettings
-from agent.config import Expectations, build
-from agent.metrics import MetricSet
-from agent.netflow.inet_diag import setns
-from agent.node import Roots
+from agent.base.collector import Context
+from agent.sources.netflow.collector import NetflowCollector, NetflowSettings
+from agent.base.config import Expectations, build
+from agent.base.metrics import MetricSet
+from agent.sources.netflow.inet_diag import setns
+from agent.base.roots import Roots
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,7 +46,7 @@ class Scrape:
     """One read + evaluate of a collector: its metrics and findings."""
 
     def __init__(self, collector: NetflowCollector, previous=None):
-        from agent.collectors.base import Observation
+        from agent.base.collector import Observation
 
         self.reading = collector.read()
         out = collector.evaluate(self.reading, previous, 1.0 if previous else None)

@@ -5,8 +5,8 @@ import collections
 import random
 from dataclasses import dataclass
 
-from agent.netflow.accounting import LIVE_GRACE_CYCLES, Ledger
-from agent.netflow.decode import DIR_ACTIVE, DIR_PASSIVE, DIR_UNKNOWN, REC_ORPHAN, Totals
+from agent.sources.netflow.accounting import LIVE_GRACE_CYCLES, Ledger
+from agent.sources.netflow.decode import DIR_ACTIVE, DIR_PASSIVE, DIR_UNKNOWN, REC_ORPHAN, Totals
 
 RESTART_P = 0.05
 NAMES = ["external", "pod_network", "storage"]

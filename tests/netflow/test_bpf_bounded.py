@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.netflow.probe import cgroup2_mount
+from agent.sources.netflow.probe import cgroup2_mount
 
 from .helpers import CgroupClient, Scrape, connect, delta, exchange, flow, listener, make_collector
 

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from agent.netflow.decode import RTT_BOUNDS_US
+from agent.sources.netflow.decode import RTT_BOUNDS_US
 
 from .helpers import (
     HOST4,

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from agent.netflow.probe import BPF_CGROUP_SOCK_OPS, cgroup2_mount
+from agent.sources.netflow.probe import BPF_CGROUP_SOCK_OPS, cgroup2_mount
 
 from .helpers import Scrape, connect, delta, exchange, flow, listener, make_collector
 
@@ -163,7 +163,7 @@ def test_tracepoint_fallback_counts_connections_and_live_bytes(bpf_host):
 def test_probe_outlives_the_threads_that_read_it(bpf_host):
     """The agent's runner reads each collector from a short-lived thread: the probe started by the first one
     must keep running after that thread ends."""
-    from agent.runner import CollectorRunner
+    from agent.run.runner import CollectorRunner
 
     c = make_collector({"classes": {"t12": ["127.77.16.0/24"]}})
     runner = CollectorRunner(c)

@@ -6,15 +6,15 @@ import subprocess
 
 import pytest
 
-from agent.collectors.base import Context, NoData, Observation
-from agent.collectors.netflow import NetflowCollector, NetflowReading, NetflowSettings
-from agent.config import Expectations
-from agent.health import netflow as rules
-from agent.metrics import render
-from agent.netflow.accounting import Ledger
-from agent.netflow.client import ProbeUnavailable
-from agent.netflow.decode import Totals
-from agent.node import Roots
+from agent.base.collector import Context, NoData, Observation
+from agent.sources.netflow.collector import NetflowCollector, NetflowReading, NetflowSettings
+from agent.base.config import Expectations
+from agent.sources.netflow import rules
+from agent.base.metrics import render
+from agent.sources.netflow.accounting import Ledger
+from agent.sources.netflow.client import ProbeUnavailable
+from agent.sources.netflow.decode import Totals
+from agent.base.roots import Roots
 
 from .test_accounting import live, reading, record
 
@@ -151,10 +151,10 @@ def test_map_check_fires_only_when_overflow_grew():
 def test_the_host_cgroup_root_is_found_under_the_sysfs_root(tmp_path):
     """In a pod (--sysfs /host/sys) the agent's own /proc/mounts shows its cgroup namespace, not the host's:
     sock_ops must attach to the host's cgroup v2 root, found under the mounted sysfs."""
-    from agent.collectors.base import Context
-    from agent.collectors.netflow import NetflowCollector, NetflowSettings
-    from agent.config import Expectations
-    from agent.node import Roots
+    from agent.base.collector import Context
+    from agent.sources.netflow.collector import NetflowCollector, NetflowSettings
+    from agent.base.config import Expectations
+    from agent.base.roots import Roots
 
     sysfs = tmp_path / "host" / "sys"
     (sysfs / "fs" / "cgroup" / "unified").mkdir(parents=True)

@@ -6,18 +6,9 @@ import struct
 import pytest
 from support import ROOT
 
-from agent.netflow import decode
-from agent.netflow.decode import (
-    CLOSE_WAIT,
-    CLOSING,
-    ESTABLISHED,
-    FIN_WAIT1,
-    FIN_WAIT2,
-    LAST_ACK,
-    RTT_BOUNDS_US,
-    Totals,
-    live_payload,
-)
+from agent.sources.netflow import decode
+from agent.sources.netflow.decode import (CLOSE_WAIT, CLOSING, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, LAST_ACK,
+    RTT_BOUNDS_US, Totals, live_payload)
 
 C_SOURCE = (ROOT / "bpf" / "tcpflow.c").read_text()
 

@@ -5,8 +5,8 @@ import struct
 
 import pytest
 
-from agent.netflow import inet_diag
-from agent.netflow.decode import ESTABLISHED, SkState
+from agent.sources.netflow import inet_diag
+from agent.sources.netflow.decode import ESTABLISHED, SkState
 
 NLMSG = struct.Struct("=IHHII")
 
@@ -136,7 +136,7 @@ def test_real_dump_matches_pyroute2():
 
 
 def test_top_view_lists_the_heaviest_flows(tmp_path):
-    """`python -m agent.netflow.top`: the debug view of individual flows, classified by the config's policy."""
+    """`python -m agent.sources.netflow.top`: the debug view of individual flows, classified by the config's policy."""
     import subprocess
     import sys
 
@@ -157,7 +157,7 @@ def test_top_view_lists_the_heaviest_flows(tmp_path):
         got = 0
         while got < 300_000:
             got += len(s.recv(1 << 16))
-        p = subprocess.run([sys.executable, "-m", "agent.netflow.top", "-c", str(cfg), "--total", "-n", "1000"],
+        p = subprocess.run([sys.executable, "-m", "agent.sources.netflow.top", "-c", str(cfg), "--total", "-n", "1000"],
                            capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
     finally:
         c.close()

@@ -7,8 +7,8 @@ import textwrap
 
 import pytest
 
-from agent.netflow.client import ProbeClient, ProbeUnavailable
-from agent.netflow.pods import PodIndex, as_pod
+from agent.sources.netflow.client import ProbeClient, ProbeUnavailable
+from agent.sources.netflow.pods import PodIndex, as_pod
 
 
 def procfs(tmp_path, pids):

@@ -4,9 +4,9 @@ import ipaddress
 
 import pytest
 
-from agent.collectors.netflow import NetflowSettings
-from agent.config import ConfigError, from_mapping
-from agent.netflow.policy import MAX_CLASSES, PeerPolicy, PolicyError, host_networks
+from agent.sources.netflow.collector import NetflowSettings
+from agent.base.config import ConfigError, from_mapping
+from agent.sources.netflow.policy import MAX_CLASSES, PeerPolicy, PolicyError, host_networks
 
 POLICY = PeerPolicy.build(
     {"node_internal": ["127.0.0.0/8", "::1/128", "10.0.0.5/32"], "pod_network": ["10.244.0.0/16", "fd00:10:244::/56"],

@@ -4,11 +4,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from agent.collectors.base import Context, Observation
-from agent.collectors.rdma import RdmaCollector, RdmaSettings
-from agent.config import Expectations
-from agent.findings import Finding
-from agent.node import Roots, read_node_file
+from agent.base.collector import Context, Observation
+from agent.sources.rdma.collector import RdmaCollector, RdmaSettings
+from agent.base.config import Expectations
+from agent.base.findings import Finding
+from agent.base.roots import Roots, read_node_file
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "fixtures" / "nodes"

@@ -7,8 +7,8 @@ import subprocess
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.collectors.base import Observation
-from agent.metrics import render
+from agent.base.collector import Observation
+from agent.base.metrics import render
 
 from .support import RDMA_NODES, collector, node_dir, read, run
 

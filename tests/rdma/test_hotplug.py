@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from agent.collectors import rdma as rdma_mod
-from agent.collectors.rdma_hotplug import RESCAN, HotplugWatcher
+from agent.sources.rdma import collector as rdma_mod
+from agent.sources.rdma.hotplug import RESCAN, HotplugWatcher
 
 from .support import IB, ROOT, collector, copy_node, one, run
 
@@ -170,8 +170,8 @@ def test_udev_disabled_in_config_rescans_without_a_watcher(tmp_path, monkeypatch
 
 
 def test_importing_or_building_the_collector_touches_no_udev():
-    code = ("import sys; from agent.collectors.rdma import RdmaCollector, RdmaSettings; "
-            "from agent.collectors.base import Context; from agent.node import Roots; from agent.config import "
+    code = ("import sys; from agent.sources.rdma.collector import RdmaCollector, RdmaSettings; "
+            "from agent.base.collector import Context; from agent.base.roots import Roots; from agent.base.config import "
             "Expectations; RdmaCollector(RdmaSettings(), Context(Roots(), 'n', Expectations())); "
             "import threading; print('pyudev' in sys.modules, threading.active_count())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import shutil
 
-from agent.collectors.rdma import netlink_links
-from agent.collectors.rdma_sysfs import NetdevState, discover
+from agent.sources.rdma.collector import netlink_links
+from agent.sources.rdma.sysfs import NetdevState, discover
 
 from .support import IB, collector, copy_node, node_dir, one, run
 

@@ -7,11 +7,11 @@ import copy
 
 import pytest
 
-from agent.collectors.base import NoData, Observation
-from agent.collectors.rdma import RdmaSettings
-from agent.config import ConfigError, from_mapping
-from agent.findings import node_status
-from agent.health import rdma as rules
+from agent.base.collector import NoData, Observation
+from agent.sources.rdma.collector import RdmaSettings
+from agent.base.config import ConfigError, from_mapping
+from agent.base.findings import node_status
+from agent.sources.rdma import rules
 
 from .support import collector, node_dir, one, problems, read, run
 

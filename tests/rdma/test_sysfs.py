@@ -9,9 +9,9 @@ import os
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.collectors import rdma_sysfs
-from agent.collectors.rdma import rdma_metrics
-from agent.collectors.rdma_sysfs import is_saturated, parse_counter, parse_rate, parse_state
+from agent.sources.rdma import sysfs as rdma_sysfs
+from agent.sources.rdma.collector import rdma_metrics
+from agent.sources.rdma.sysfs import is_saturated, parse_counter, parse_rate, parse_state
 
 from .support import IB, collector, copy_node, node_dir, read, run
 

@@ -1,6 +1,6 @@
-"""Agent-side hysteresis (agent/hysteresis.py): pure, stepped one observation at a time."""
-from agent.findings import Finding
-from agent.hysteresis import Hysteresis
+"""Agent-side hysteresis (agent/stream/hysteresis.py): pure, stepped one observation at a time."""
+from agent.base.findings import Finding
+from agent.stream.hysteresis import Hysteresis
 
 
 def f(status, severity="fatal", check="gpu.ecc", entity="gpu0", message=""):

@@ -1,10 +1,10 @@
-"""The spool (agent/spool.py) on a real SQLite file: order, acks, bounds and drop policy, restarts, the lock."""
+"""The spool (agent/stream/spool.py) on a real SQLite file: order, acks, bounds and drop policy, restarts, the lock."""
 import multiprocessing
 import sqlite3
 
 import pytest
 
-from agent.spool import Spool, SpoolLocked, StateRow
+from agent.stream.spool import Spool, SpoolLocked, StateRow
 
 
 def row(check="gpu.ecc", entity="gpu0", status="unhealthy", severity="fatal", message="m"):

@@ -1,4 +1,4 @@
-"""The agent's stream client (agent/stream.py) against a real aggregator replica over gRPC on loopback (no
+"""The agent's stream client (agent/stream/client.py) against a real aggregator replica over gRPC on loopback (no
 Kubernetes API: the replica decides without acting). Delivery, resume, reconnect, the digest, metrics."""
 import subprocess
 import time
@@ -7,10 +7,10 @@ import pytest
 
 from agent.aggregator.app import Replica, ReplicaOptions, ReplicaThread
 from agent.aggregator.engine import AggregatorConfig
-from agent.collectors.base import Output
-from agent.findings import bad, ok
-from agent.runner import Result
-from agent.stream import StreamClient, StreamSettings, parse_targets, read_boot_id
+from agent.base.collector import Output
+from agent.base.findings import bad, ok
+from agent.run.runner import Result
+from agent.stream.client import StreamClient, StreamSettings, parse_targets, read_boot_id
 
 
 def wait_for(cond, timeout=15.0):
@@ -215,7 +215,7 @@ def test_tls(tmp_path):
 def test_two_oom_kills_in_a_row_are_two_events_not_one_state(tmp_path):
     """One-shot findings (an OOM kill, a sysctl change) become info events, one per occurrence; hysteresis
     would otherwise merge the second OOM of the same container into the first and later report it ok."""
-    from agent.findings import WARNING
+    from agent.base.findings import WARNING
 
     r, applied = replica()
     c = client(tmp_path, r.port)
@@ -269,8 +269,8 @@ def test_a_standby_refusal_is_retried_soon_not_backed_off(tmp_path):
 
 
 # Found in review: restarts and flapping checks against the spool.
-from agent.spool import Spool, StateRow  # noqa: E402
-from agent.stream import event_payload  # noqa: E402
+from agent.stream.spool import Spool, StateRow  # noqa: E402
+from agent.stream.client import event_payload  # noqa: E402
 
 
 def _settings(tmp_path, **kw):

@@ -65,10 +65,10 @@ def main() -> int:
             doc["exit"] = agent_main(spec["argv"])
         print(buf.getvalue())
     else:
-        from agent.collectors.base import Context
-        from agent.collectors.sysctl import SysctlCollector, SysctlSettings
-        from agent.config import Expectations, build
-        from agent.node import Roots
+        from agent.base.collector import Context
+        from agent.sources.tuner.collector import SysctlCollector, SysctlSettings
+        from agent.base.config import Expectations, build
+        from agent.base.roots import Roots
 
         handler = Keep(level=logging.WARNING)
         logging.getLogger("agent").addHandler(handler)

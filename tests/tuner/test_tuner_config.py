@@ -9,9 +9,9 @@ import subprocess
 import pytest
 from tuner_support import AGENT, REPO
 
-from agent.collectors.sysctl import SysctlSettings
-from agent.config import ConfigError, build, load
-from agent.core import collector_schemas
+from agent.sources.tuner.collector import SysctlSettings
+from agent.base.config import ConfigError, build, load
+from agent.run.loop import collector_schemas
 
 
 def settings(section: dict) -> SysctlSettings:
@@ -78,7 +78,7 @@ def test_the_shipped_profile_is_the_default_and_is_valid():
 
 def test_every_shipped_entry_has_a_reason():
     """The shipped profile says why each value is there: a comment above every entry (or its group)."""
-    lines = (REPO / "agent" / "profiles" / "gpu-training.yaml").read_text().splitlines()
+    lines = (REPO / "agent" / "sources" / "tuner" / "profiles" / "gpu-training.yaml").read_text().splitlines()
     entry = re.compile(r"  [a-z][\w.-]*:")  # a sysctl key or a process name
     entries = [i for i, line in enumerate(lines) if entry.match(line)]
     assert len(entries) >= 15

@@ -5,10 +5,10 @@ import math
 
 import pytest
 
-from agent.tuner.apply import resolve_mode
-from agent.tuner.policy import RlimitEntry, SysctlEntry, decide, decide_rlimit
-from agent.tuner.profile import key_parts
-from agent.tuner.values import fmt, parse
+from agent.sources.tuner.apply import resolve_mode
+from agent.sources.tuner.policy import RlimitEntry, SysctlEntry, decide, decide_rlimit
+from agent.sources.tuner.profile import key_parts
+from agent.sources.tuner.values import fmt, parse
 
 INF = math.inf
 

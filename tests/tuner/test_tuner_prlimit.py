@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from tuner_support import by_check, collector, one_pass
 
-from agent.metrics import render
+from agent.base.metrics import render
 
 
 @pytest.fixture

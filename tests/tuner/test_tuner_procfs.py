@@ -10,9 +10,9 @@ import subprocess
 import pytest
 from tuner_support import AGENT, by_check, collector, make_procfs, one_pass, read_procfs
 
-from agent.metrics import render
-from agent.tuner import procfs as procfs_io
-from agent.tuner.profile import default_profile
+from agent.base.metrics import render
+from agent.sources.tuner import procfs as procfs_io
+from agent.sources.tuner.profile import default_profile
 
 NODE = {"vm.max_map_count": "65530", "fs.file-max": "9223372036854775807", "fs.nr_open": "1048576",
         "fs.inotify.max_user_watches": "8192", "kernel.numa_balancing": "1",

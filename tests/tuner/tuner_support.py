@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.collectors.base import Context
-from agent.collectors.sysctl import SysctlCollector, SysctlSettings
-from agent.config import Expectations, build
-from agent.node import Roots
+from agent.base.collector import Context
+from agent.sources.tuner.collector import SysctlCollector, SysctlSettings
+from agent.base.config import Expectations, build
+from agent.base.roots import Roots
 
 REPO = Path(__file__).resolve().parents[2]
 CHILD = Path(__file__).with_name("netns_child.py")

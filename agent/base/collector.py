@@ -1,0 +1,82 @@
+"""The collector contract. One collector per module; the runner (agent/run/runner.py) isolates its failures.
+
+A collector splits its work in two:
+  read()      does the I/O (files, SMI libraries, subprocesses). It may block or hang: the runner calls it
+              in a thread it can abandon, under the section's timeout_seconds.
+  evaluate()  is pure and fast: readings (and the previous observation, for rates) to metrics and findings.
+Constructing a collector touches no hardware.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .config import CollectorSettings, Expectations
+from .findings import Finding, unknown
+from .metrics import MetricSet
+from .roots import Roots
+
+
+class NoData(Exception):
+    """The source is simply absent on this node (no RDMA devices, no containerd): not a failure."""
+
+
+@dataclass
+class Context:
+    roots: Roots
+    node: str
+    expect: Expectations
+    # Set by the agent when another collector's state is useful (container source -> pod attribution).
+    shared: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Output:
+    metrics: MetricSet = field(default_factory=MetricSet)
+    findings: list[Finding] = field(default_factory=list)
+
+
+@dataclass
+class Observation:
+    reading: Any
+    at: float  # time.monotonic() when the read finished
+
+    @staticmethod
+    def now(reading: Any) -> "Observation":
+        return Observation(reading, time.monotonic())
+
+
+class Collector:
+    name: ClassVar[str]
+    component: ClassVar[str]
+    Settings: ClassVar[type] = CollectorSettings
+
+    def __init__(self, settings: Any, ctx: Context) -> None:
+        self.settings = settings
+        self.ctx = ctx
+
+    def read(self) -> Any:
+        raise NotImplementedError
+
+    def evaluate(self, reading: Any, previous: Observation | None, elapsed: float | None) -> Output:
+        """`elapsed`: seconds since `previous` was read (None on the first cycle)."""
+        raise NotImplementedError
+
+    def unresponsive(self, stuck_seconds: float) -> list[Finding]:
+        """Findings while a read is stuck past its deadline. Sources that can hang in a driver override this."""
+        return [unknown(f"{self.component}.collector_unresponsive", self.component, self.ctx.node,
+                        f"{self.name} read stuck for {stuck_seconds:.0f}s", value=round(stuck_seconds, 1))]
+
+    def failed(self, error: BaseException) -> list[Finding]:
+        """Findings when read() raised: the checks could not run (unknown, never unhealthy by itself)."""
+        return [unknown(f"{self.component}.collector", self.component, self.ctx.node,
+                        f"{self.name} failed: {error_text(error)}")]
+
+    def close(self) -> None:
+        pass
+
+
+def error_text(e: BaseException) -> str:
+    msg = str(e)
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__

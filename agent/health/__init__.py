@@ -1,1 +1,0 @@
-"""Health rules: pure functions from readings (and thresholds) to findings."""

@@ -1,0 +1,145 @@
+"""The agent: builds the enabled collectors, runs each on its own interval, and keeps one pre-rendered
+exposition that /metrics serves as is."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable, Iterable
+
+from agent import __version__
+from agent.sources import REGISTRY, load
+from agent.base.collector import Collector, Context
+from agent.base.config import Config
+from agent.base.findings import UNHEALTHY, UNKNOWN, Finding, is_event
+from agent.base.metrics import MetricSet, render
+from .runner import CollectorRunner, Result
+
+log = logging.getLogger(__name__)
+
+CHECK_STATUS_VALUE = {"ok": 1, UNHEALTHY: 0, UNKNOWN: -1}
+
+
+def collector_schemas(names: Iterable[str] | None = None) -> dict[str, type]:
+    return {name: load(name).Settings for name in (names or REGISTRY)}
+
+
+def build_collectors(config: Config, ctx: Context, only: Iterable[str] | None = None) -> list[Collector]:
+    wanted = set(only) if only else None
+    out = []
+    for name in REGISTRY:
+        settings = config.section(name)
+        if not settings.enabled or (wanted is not None and name not in wanted):
+            continue
+        out.append(load(name)(settings, ctx))
+    return out
+
+
+def core_metrics(results: Iterable[Result], node: str) -> MetricSet:
+    ms = MetricSet()
+    ms.gauge("vigil_agent_info", "Agent identity.", {"version": __version__, "node": node}, 1)
+    ms.declare("vigil_check_status", "gauge", "Health check status: 1 ok, 0 unhealthy, -1 unknown.")
+    for r in results:
+        ms.gauge("vigil_collector_success", "Whether the collector's last read succeeded.",
+                 {"collector": r.collector}, 1 if r.success else 0)
+        ms.gauge("vigil_collector_duration_seconds", "Duration of the collector's last read.",
+                 {"collector": r.collector}, round(r.duration, 6))
+        for f in r.output.findings:
+            if is_event(f):
+                continue
+            ms.gauge("vigil_check_status", "Health check status: 1 ok, 0 unhealthy, -1 unknown.",
+                     {"check": f.check, "entity": f.entity, "severity": f.severity}, CHECK_STATUS_VALUE[f.status])
+    return ms
+
+
+def exposition(results: Iterable[Result], node: str) -> bytes:
+    results = list(results)
+    ms = core_metrics(results, node)
+    for r in results:
+        ms.merge(r.output.metrics)
+    return render(ms)
+
+
+def run_all_once(runners: list[CollectorRunner]) -> list[Result]:
+    """Every collector once, concurrently, each under its own deadline (for `--once` and the first cycle)."""
+    results: dict[str, Result] = {}
+    threads = [threading.Thread(target=lambda r=r: results.__setitem__(r.name, r.run_once()), daemon=True)
+               for r in runners]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [results[r.name] for r in runners]
+
+
+class Agent:
+    """The long-running agent loop. `on_cycle` observers get every Result (the stream uses it)."""
+
+    def __init__(self, collectors: list[Collector], node: str) -> None:
+        self.node = node
+        self.runners = [CollectorRunner(c) for c in collectors]
+        self._latest: dict[str, Result] = {}
+        self._lock = threading.Lock()
+        self._exposition = exposition([], node)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._heartbeats: dict[str, float] = {}
+        self.observers: list[Callable[[Result], None]] = []
+
+    # -- loop -------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        for result in run_all_once(self.runners):  # first cycle at once, so /metrics is full from the start
+            self._publish(result)
+        for runner in self.runners:
+            t = threading.Thread(target=self._loop, args=(runner,), name=f"loop-{runner.name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _loop(self, runner: CollectorRunner) -> None:
+        next_at = time.monotonic() + runner.interval
+        while not self._stop.wait(max(0.0, next_at - time.monotonic())):
+            next_at += runner.interval
+            if next_at < time.monotonic():  # fell behind (a long read): skip missed ticks, no burst
+                next_at = time.monotonic() + runner.interval
+            self._publish(runner.run_once())
+
+    def _publish(self, result: Result) -> None:
+        with self._lock:
+            self._latest[result.collector] = result
+            self._heartbeats[result.collector] = time.monotonic()
+            body = exposition(list(self._latest.values()), self.node)
+            self._exposition = body
+        for obs in self.observers:
+            try:
+                obs(result)
+            except Exception:
+                log.exception("observer failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=2)
+        for r in self.runners:
+            r.collector.close()
+
+    # -- views ------------------------------------------------------------------------------------------
+    def metrics(self) -> bytes:
+        return self._exposition
+
+    def findings(self) -> list[Finding]:
+        with self._lock:
+            return [f for r in self._latest.values() for f in r.output.findings]
+
+    def alive(self) -> tuple[bool, str]:
+        """The loop is alive when every collector loop has come round within a few intervals. A stuck read
+        still comes round (the runner abandons it), so a hung SMI call never fails liveness."""
+        now = time.monotonic()
+        with self._lock:
+            for runner in self.runners:
+                last = self._heartbeats.get(runner.name)
+                limit = 3 * runner.interval + runner.timeout + 5
+                if last is None or now - last > limit:
+                    return False, f"collector loop {runner.name} silent for {now - (last or 0):.0f}s"
+        if any(not t.is_alive() for t in self._threads):
+            return False, "a collector loop thread died"
+        return True, "ok"

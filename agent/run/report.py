@@ -1,0 +1,65 @@
+"""`agent --once`: every enabled check once, as a table a person reads in two seconds or as JSON (DESIGN §4)."""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Iterable
+
+from agent.base.findings import OK, UNHEALTHY, UNKNOWN, Finding, node_status
+
+ORDER = {UNHEALTHY: 0, UNKNOWN: 1, OK: 2}
+SEVERITY_ORDER = {"fatal": 0, "warning": 1, "info": 2}
+
+
+def report_json(node: str, findings: Iterable[Finding], extra: dict | None = None) -> str:
+    findings = list(findings)
+    doc = {"node": node, "status": node_status(findings), "findings": [f.to_json() for f in findings]}
+    if extra:
+        doc.update(extra)
+    return json.dumps(doc, indent=2, default=str)
+
+
+def report_table(node: str, findings: Iterable[Finding], verbose: bool = False) -> str:
+    """Problems first (fatal, then warnings, then unknown); passing checks folded into one row per entity
+    unless `verbose`."""
+    findings = list(findings)
+    status = node_status(findings)
+    rows: list[tuple[str, str, str, str]] = []
+    problems = sorted((f for f in findings if f.status != OK),
+                      key=lambda f: (ORDER[f.status], SEVERITY_ORDER[f.severity], f.component, f.entity, f.check))
+    for f in problems:
+        label = f.severity.upper() if f.status == UNHEALTHY else "UNKNOWN"
+        detail = f.message + (f"  -> {f.action}" if f.action and f.status == UNHEALTHY else "")
+        rows.append((f.check, f.entity, label, detail))
+    passing = [f for f in findings if f.status == OK]
+    # Info events (a sysctl changed, a container exited) are news, not passing checks: never folded.
+    rows += [(f.check, f.entity, "info", f.message) for f in passing if f.severity == "info"]
+    passing = [f for f in passing if f.severity != "info"]
+    if verbose:
+        rows += [(f.check, f.entity, "ok", f.message) for f in passing]
+    else:
+        by_entity: dict[tuple[str, str], list[Finding]] = defaultdict(list)
+        for f in passing:
+            by_entity[(f.component, f.entity)].append(f)
+        with_problems = {(f.component, f.entity) for f in problems}
+        for (component, entity), fs in sorted(by_entity.items(), key=lambda kv: _natural(kv[0])):
+            other = " other" if (component, entity) in with_problems else ""
+            detail = fs[0].message if len(fs) == 1 else f"{len(fs)}{other} checks ok"
+            rows.append((fs[0].check if len(fs) == 1 else f"{component}.*", entity, "ok", detail))
+    header = ("CHECK", "ENTITY", "STATUS", "DETAIL")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    fired = [f for f in findings if f.status == UNHEALTHY]
+    info = sum(f.severity == "info" for f in fired) + sum(f.severity == "info" for f in findings if f.status == OK)
+    lines = [f"node {node}: {status.upper()}"
+             f"  ({sum(f.is_fatal for f in fired)} fatal, {sum(f.severity == 'warning' for f in fired)} warning, "
+             f"{sum(f.status == UNKNOWN for f in findings)} unknown, {len(passing)} ok"
+             + (f", {info} info" if info else "") + ")", ""]
+    for r in [header, *rows]:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3])
+    return "\n".join(lines) + "\n"
+
+
+def _natural(key: tuple[str, str]) -> tuple:
+    comp, entity = key
+    digits = "".join(ch for ch in entity if ch.isdigit())
+    return comp, entity.rstrip("0123456789/"), int(digits) if digits else -1, entity

@@ -1,0 +1,100 @@
+"""`agent snapshot DIR`: capture the live node into the replay format (DESIGN §3) for bug reports and new
+fixtures. What is copied from /sys and /proc is listed here; sources add their own paths."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+from pathlib import Path
+
+from agent.sources.gpu.amd_smi_cli import COMMANDS as AMD_SMI_COMMANDS  # what the amd-smi replay reads
+from agent.sources.gpu.backend import BackendUnavailable, run_tool
+
+# Relative to the sysfs / procfs roots. Regular files are copied; unreadable ones are skipped (procfs does the
+# same: a counter that reads EINVAL is not an error).
+SYS_GLOBS = [
+    "bus/pci/devices/*/vendor", "bus/pci/devices/*/device", "bus/pci/devices/*/class",
+    "class/infiniband/*/*", "class/infiniband/*/ports/*/*", "class/infiniband/*/ports/*/counters/*",
+    "class/infiniband/*/ports/*/counters_ext/*", "class/infiniband/*/ports/*/hw_counters/*",
+    "class/infiniband/*/ports/*/gid_attrs/ndevs/*",
+    "class/net/*/operstate", "class/net/*/mtu", "class/net/*/carrier", "class/net/*/address",
+]
+PROC_GLOBS = [
+    "sys/vm/max_map_count", "sys/fs/file-max", "sys/fs/nr_open", "sys/fs/inotify/max_user_watches",
+    "sys/fs/inotify/max_user_instances", "sys/net/core/*", "sys/net/ipv4/tcp_rmem", "sys/net/ipv4/tcp_wmem",
+    "sys/net/ipv4/tcp_congestion_control", "sys/net/ipv4/neigh/default/gc_thresh*", "sys/fs/aio-max-nr",
+    "sys/kernel/pid_max", "sys/kernel/numa_balancing", "sys/kernel/random/boot_id",
+    "stat", "driver/nvidia/gpus/*/information",
+]
+
+
+def capture(dest: Path, node: str, sysfs: Path = Path("/sys"), procfs: Path = Path("/proc"),
+            timeout: float = 20.0) -> list[str]:
+    """Write a snapshot of this node into `dest`; returns notes on what could not be captured."""
+    notes: list[str] = []
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "node.json").write_text(json.dumps({"node": node}, indent=2) + "\n")
+    if shutil.which("amd-smi"):
+        (dest / "amd-smi").mkdir(exist_ok=True)
+        for cmd in AMD_SMI_COMMANDS:
+            try:
+                (dest / "amd-smi" / f"{cmd}.json").write_text(run_tool(["amd-smi", cmd, "--json"], timeout))
+            except (BackendUnavailable, TimeoutError, RuntimeError, OSError) as e:
+                notes.append(f"amd-smi {cmd}: {e}")
+        # CPER records: amd-smi 26 prints a table and writes the records as files under --folder.
+        cper = dest / "amd-smi" / "cper"
+        cper.mkdir(exist_ok=True)
+        try:
+            out = run_tool(["amd-smi", "ras", "--cper", "--severity", "all", "--folder", str(cper), "--json"], timeout)
+            (cper / "stdout.txt").write_text(out)
+        except (BackendUnavailable, TimeoutError, RuntimeError, OSError) as e:
+            notes.append(f"amd-smi ras --cper: {e}")
+    if shutil.which("nvidia-smi"):
+        try:
+            xml = run_tool(["nvidia-smi", "-q", "-x"], timeout)
+            (dest / "nvidia-smi").mkdir(exist_ok=True)
+            (dest / "nvidia-smi" / "q.xml").write_text(xml)
+        except (BackendUnavailable, TimeoutError, RuntimeError, OSError) as e:
+            notes.append(f"nvidia-smi: {e}")
+    kmsg = read_kmsg()
+    if kmsg is not None:
+        (dest / "kmsg.txt").write_bytes(kmsg)
+    for root, name, globs in ((sysfs, "sys", SYS_GLOBS), (procfs, "proc", PROC_GLOBS)):
+        for pattern in globs:
+            for src in glob.glob(str(root / pattern)):
+                _copy_file(Path(src), dest / name / os.path.relpath(src, root), notes)
+    return notes
+
+
+def read_kmsg(path: str = "/dev/kmsg") -> bytes | None:
+    """The kernel ring buffer as /dev/kmsg records (one per read), without blocking for new ones."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    records = []
+    try:
+        while True:
+            try:
+                records.append(os.read(fd, 8192))
+            except BlockingIOError:
+                break
+            except OSError as e:
+                if e.errno == 32:  # EPIPE: the ring overwrote records we had not read yet; go on
+                    continue
+                break
+    finally:
+        os.close(fd)
+    return b"".join(r if r.endswith(b"\n") else r + b"\n" for r in records)
+
+
+def _copy_file(src: Path, dst: Path, notes: list[str]) -> None:
+    if not src.is_file():
+        return
+    try:
+        data = src.read_bytes()
+    except OSError:
+        return  # e.g. a counter without PMA: absent in the snapshot, as it is absent to the collector
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_bytes(data)

@@ -1,0 +1,276 @@
+"""Container collector: containerd's event stream (OOM kills, exits, the live container table with pod identity)
+and the attribution of GPUs and RDMA devices to pods (kubelet PodResources, else the OCI spec).
+
+Live, the first read starts the event watcher thread (agent/sources/containers/runtime.py) and waits briefly for its
+first listing; later reads copy the table. `agent --once` lists containerd once instead, and a snapshot replays
+DIR/containers/pod-resources.json (attribution only). Nothing starts at import or construction.
+
+The join with the GPU collector: the GPU collector publishes its readings as ctx.shared["gpus"]; this collector
+publishes ctx.shared["pod_devices"] (join key -> (namespace, pod, container) tuples) and exports
+vigil_gpu_pod_info{gpu,namespace,pod,container} itself, so dashboards join on `gpu` and no GPU series carries
+pod labels. In one-shot runs the two collectors read concurrently, so there the join is left to
+agent.sources.containers.attribution.gpu_pod_table/rows_from_shared after both finished.
+
+Each OOM kill or non-zero exit is reported once, in the first cycle after it happened: the table numbers them
+(seq) in a bounded list, and evaluate() reports those above the previous reading's last seq. A failed cycle
+keeps the previous reading (the runner only replaces it on success), so its events come in the next cycle.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.base.config import CollectorSettings, ConfigError
+from .attribution import Attribution, DeviceResolver, attribute, gpu_keys, join_gpus, spec_gpu_keys
+from .model import ReportedEvent, RuntimeView
+from .table import ContainerTable
+from . import rules
+from agent.base.metrics import MetricSet
+from agent.base.collector import Collector, Context, NoData, Observation, Output, error_text
+
+
+STATES = ("running", "created", "paused", "stopped", "none", "unknown")
+
+
+@dataclass
+class ContainersSettings(CollectorSettings):
+    socket: str = "/run/containerd/containerd.sock"
+    namespaces: list[str] = field(default_factory=lambda: ["k8s.io"])
+    pod_resources_socket: str = "/var/lib/kubelet/pod-resources/kubelet.sock"
+    # Resource names (device plugins) and DRA drivers that are GPUs / RDMA devices; ids that match a GPU the
+    # GPU collector knows count as GPUs whatever the resource is called.
+    gpu_resource_prefixes: list[str] = field(default_factory=lambda: [
+        "nvidia.com/gpu", "nvidia.com/mig-", "amd.com/", "gpu.nvidia.com", "gpu.amd.com"])
+    rdma_resource_prefixes: list[str] = field(default_factory=lambda: ["rdma/"])
+    spec_fallback: bool = True  # attribute from the OCI spec's devices when PodResources says nothing
+    findings_for_all_pods: bool = False  # OOM/exit findings for every pod, not only GPU pods
+    recent_events: int = 256  # OOM kills and non-zero exits kept between two cycles
+    rpc_timeout_seconds: float = 5.0
+    reconnect_initial_seconds: float = 0.5
+    reconnect_max_seconds: float = 30.0
+
+    def check(self, prefix: str) -> None:
+        CollectorSettings.check(self, prefix)
+        for key in ("socket", "pod_resources_socket"):
+            if not getattr(self, key).startswith("/"):
+                raise ConfigError(f"{prefix}.{key}: must be an absolute path, got {getattr(self, key)!r}")
+        if not self.namespaces or any(not n for n in self.namespaces):
+            raise ConfigError(f"{prefix}.namespaces: give at least one containerd namespace, e.g. [k8s.io]")
+        for key in ("rpc_timeout_seconds", "reconnect_initial_seconds", "reconnect_max_seconds"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{prefix}.{key}: must be > 0, got {getattr(self, key)}")
+        if self.reconnect_max_seconds < self.reconnect_initial_seconds:
+            raise ConfigError(f"{prefix}.reconnect_max_seconds: must be >= reconnect_initial_seconds")
+        if self.recent_events < 1:
+            raise ConfigError(f"{prefix}.recent_events: must be >= 1, got {self.recent_events}")
+
+
+@dataclass
+class ContainersReading:
+    runtime: RuntimeView | None  # None: no containerd socket (or a snapshot)
+    runtime_error: str | None = None  # a one-shot listing that failed
+    allocations: list | None = None  # PodResources allocations; None: no kubelet socket
+    pod_resources_error: str | None = None
+    attribution: Attribution = field(default_factory=lambda: Attribution([]))
+    gpus: list[Any] = field(default_factory=list)  # GPU readings the GPU collector published (for the join)
+    join: bool = True  # export vigil_gpu_pod_info (not in one-shot runs: see the module docstring)
+    event_gpu_keys: dict[int, list[str]] = field(default_factory=dict)  # seq -> GPUs in that container's spec
+
+
+class ContainersCollector(Collector):
+    name = "containers"
+    component = "container"
+    Settings = ContainersSettings
+
+    def __init__(self, settings: ContainersSettings, ctx: Context) -> None:
+        super().__init__(settings, ctx)
+        self._lock = threading.Lock()
+        self._table: ContainerTable | None = None
+        self._watcher = None
+
+    # -- read: all I/O ------------------------------------------------------------------------------------
+    def read(self) -> ContainersReading:
+        s = self.settings
+        if self.ctx.roots.snapshot is not None:
+            return self._replay(self.ctx.roots.snapshot / "containers")
+        from . import podresources
+
+        runtime, runtime_error = self._runtime()
+        allocations, pr_error = None, None
+        if Path(s.pod_resources_socket).exists():
+            try:
+                allocations = podresources.list_allocations(s.pod_resources_socket, s.rpc_timeout_seconds)
+            except Exception as e:  # grpc.RpcError mostly; the rest of the source still works
+                pr_error = _rpc_text(e)
+        if runtime is None and runtime_error is None and allocations is None and pr_error is None:
+            raise NoData(f"no containerd socket at {s.socket} and no kubelet socket at {s.pod_resources_socket}")
+        return self._attribute(runtime, runtime_error, allocations, pr_error)
+
+    def _runtime(self) -> tuple[RuntimeView | None, str | None]:
+        s = self.settings
+        if not Path(s.socket).exists():
+            if self._table is not None:  # containerd restarting: the watcher reconnects, the table stays
+                return self._table.view(), None
+            return None, None
+        from . import runtime
+
+        if self.ctx.shared.get("once"):
+            try:
+                listing = runtime.list_once(s.socket, s.namespaces, s.rpc_timeout_seconds)
+            except Exception as e:
+                return None, _rpc_text(e)
+            table = ContainerTable(s.recent_events)
+            table.resync(listing, baseline=True)
+            return table.view(streaming=False), None
+        with self._lock:
+            if self._watcher is None:
+                self._table = ContainerTable(s.recent_events)
+                self._watcher = runtime.Watcher(
+                    s.socket, s.namespaces, self._table, backoff_initial=s.reconnect_initial_seconds,
+                    backoff_max=s.reconnect_max_seconds, rpc_timeout=s.rpc_timeout_seconds)
+                self._watcher.start()
+                # The first cycle should see the listing, not an empty table; never wait past the deadline.
+                self._watcher.wait_synced(min(s.rpc_timeout_seconds, s.timeout_seconds / 2))
+        assert self._table is not None
+        return self._table.view(), None
+
+    def _replay(self, directory: Path) -> ContainersReading:
+        path = directory / "pod-resources.json"
+        if not path.is_file():
+            raise NoData(f"the snapshot has no {path.relative_to(directory.parent)}")
+        from . import podresources
+
+        return self._attribute(None, None, podresources.from_json(path.read_text()), None)
+
+    def _attribute(self, runtime, runtime_error, allocations, pr_error) -> ContainersReading:
+        s = self.settings
+        resolver = DeviceResolver(self.ctx.roots.sysfs, self.ctx.roots.procfs)
+        gpus = list(self.ctx.shared.get("gpus") or [])
+        attribution = attribute(allocations or [], runtime.containers if runtime else [], resolver, gpus,
+                                s.gpu_resource_prefixes, s.rdma_resource_prefixes, s.spec_fallback)
+        self.ctx.shared["pod_devices"] = attribution.pod_devices()
+        if runtime is not None:
+            # For the netflow source: a running container's init pid -> its pod (it maps the pid's cgroup).
+            self.ctx.shared["pid_pods"] = {c.pid: c.pod for c in runtime.containers
+                                           if c.pid and c.pod and c.status == "running"}
+        event_keys = {e.seq: spec_gpu_keys(e.spec, resolver) for e in runtime.recent} if runtime else {}
+        return ContainersReading(runtime, runtime_error, allocations, pr_error, attribution, gpus,
+                                 join=not self.ctx.shared.get("once"), event_gpu_keys=event_keys)
+
+    # -- evaluate: pure -----------------------------------------------------------------------------------
+    def evaluate(self, reading: ContainersReading, previous: Observation | None,
+                 elapsed: float | None) -> Output:
+        s, node = self.settings, self.ctx.node
+        ms, findings = MetricSet(), []
+        rt = reading.runtime
+        gpu_rows = join_gpus(reading.gpus, reading.attribution.pod_devices())
+        if rt is not None:
+            runtime_metrics(ms, rt)
+            findings.append(rules.runtime_finding(rt.stream, len(rt.containers), s.namespaces, node))
+            prev = previous.reading.runtime if previous is not None else None
+            fresh, dropped = new_events(rt, prev.last_seq if prev is not None else None)
+            findings += rules.event_findings(fresh, gpu_pods(reading, gpu_rows, fresh), s.findings_for_all_pods)
+            findings += rules.dropped_finding(dropped, node)
+        elif reading.runtime_error is not None:
+            findings.append(rules.runtime_finding(None, 0, s.namespaces, node, reading.runtime_error))
+        if reading.allocations is not None or reading.pod_resources_error is not None:
+            ms.gauge("vigil_container_pod_resources_up", "1 when the kubelet PodResources List answered.", {},
+                     0 if reading.pod_resources_error else 1)
+            held = [d for d in reading.attribution.devices if d.source != "spec"]
+            findings.append(rules.pod_resources_finding(
+                len(held), len({(d.ref.namespace, d.ref.pod) for d in held}), node, reading.pod_resources_error))
+        attribution_metrics(ms, reading.attribution, gpu_rows if reading.join else None)
+        return Output(ms, findings)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._watcher is not None:
+                self._watcher.stop()
+
+
+def _rpc_text(e: BaseException) -> str:
+    code, details = getattr(e, "code", None), getattr(e, "details", None)
+    if callable(code) and callable(details):
+        return f"{code().name}: {details()}"
+    return error_text(e)
+
+
+def new_events(rt: RuntimeView, prev_seq: int | None) -> tuple[list[ReportedEvent], int]:
+    """Events after the previous cycle's last seq, and how many of them the bounded list already dropped."""
+    after = prev_seq or 0
+    fresh = [e for e in rt.recent if e.seq > after]
+    oldest = rt.recent[0].seq if rt.recent else rt.last_seq + 1
+    return fresh, max(0, min(oldest, rt.last_seq + 1) - after - 1)
+
+
+def gpu_pods(reading: ContainersReading, rows, events: list[ReportedEvent]) -> dict[tuple[str, str], list[str]]:
+    """(namespace, pod) -> GPU names, for every pod known to hold a GPU (names [] when no GPU identity matched)."""
+    out: dict[tuple[str, str], list[str]] = {pod: [] for pod in reading.attribution.gpu_pods()}
+    for r in rows:
+        names = out.setdefault((r.namespace, r.pod), [])
+        if f"gpu{r.gpu}" not in names:
+            names.append(f"gpu{r.gpu}")
+    by_key = {k: g for g in reading.gpus for k in gpu_keys(g)}
+    for e in events:  # a container already deleted: its spec still says which GPUs it had
+        keys = reading.event_gpu_keys.get(e.seq) or []
+        if keys:
+            names = out.setdefault((e.ref.namespace, e.ref.pod), [])
+            for k in keys:
+                if k in by_key and f"gpu{by_key[k].name}" not in names:
+                    names.append(f"gpu{by_key[k].name}")
+    return out
+
+
+# -- metrics --------------------------------------------------------------------------------------------
+def runtime_metrics(ms: MetricSet, rt: RuntimeView) -> None:
+    ms.declare("vigil_container_events_total", "counter", "containerd events received, by type.")
+    for kind, n in sorted(rt.events_total.items()):
+        ms.counter("vigil_container_events_total", "containerd events received, by type.", {"type": kind}, n)
+    states = {st: 0 for st in STATES}
+    for c in rt.containers:
+        states[c.status if c.status in states else "unknown"] += 1
+    for st, n in states.items():
+        ms.gauge("vigil_containers", "Containers in the watched containerd namespaces, by task state.",
+                 {"state": st}, n)
+    ms.declare("vigil_container_oom_kills_total", "counter", "OOM kills per container.")
+    ms.declare("vigil_container_nonzero_exits_total", "counter", "Non-zero exits of containers' init processes.")
+    ms.declare("vigil_container_last_exit_code", "gauge", "Exit code of the container's last init process exit.")
+    for ref, st in sorted(rt.stats.items()):
+        labels = {"namespace": ref.namespace, "pod": ref.pod, "container": ref.container}
+        ms.counter("vigil_container_oom_kills_total", "OOM kills per container.", labels, st.oom_kills)
+        ms.counter("vigil_container_nonzero_exits_total", "Non-zero exits of containers' init processes.", labels,
+                   st.nonzero_exits)
+        ms.gauge("vigil_container_last_exit_code", "Exit code of the container's last init process exit.", labels,
+                 st.last_exit_code)
+    if rt.stream is not None:
+        st = rt.stream
+        ms.gauge("vigil_container_event_stream_up", "1 while the containerd event stream is subscribed.", {},
+                 1 if st.up else 0)
+        ms.counter("vigil_container_event_stream_reconnects_total",
+                   "Event stream subscriptions after the first (containerd restarts, broken streams).", {},
+                   st.reconnects)
+        ms.counter("vigil_container_events_possibly_missed_total",
+                   "Changes a re-list found that no event reported (a lower bound of missed events).", {},
+                   st.possibly_missed)
+        ms.counter("vigil_container_event_stream_down_seconds_total",
+                   "Seconds without an event stream since the first subscription.", {},
+                   round(st.down_seconds + st.down_for, 3))
+
+
+def attribution_metrics(ms: MetricSet, a: Attribution, gpu_rows) -> None:
+    if gpu_rows is not None:
+        ms.declare("vigil_gpu_pod_info", "gauge", "The pod using a GPU (1); join with vigil_gpu_info on gpu.")
+        for r in sorted(set(gpu_rows), key=lambda r: (r.gpu, r.namespace, r.pod, r.container)):
+            ms.gauge("vigil_gpu_pod_info", "The pod using a GPU (1); join with vigil_gpu_info on gpu.",
+                     {"gpu": r.gpu, "namespace": r.namespace, "pod": r.pod, "container": r.container}, 1)
+    rdma = sorted({(k[3:], *d.ref) for d in a.devices if d.kind == "rdma" for k in d.keys if k.startswith("ib:")})
+    for device, ns, pod, container in rdma:
+        ms.gauge("vigil_rdma_pod_info", "The pod using an RDMA device (1); join with vigil_rdma_port_info on device.",
+                 {"device": device, "namespace": ns, "pod": pod, "container": container}, 1)
+    held = sorted({(*d.ref, d.kind, d.resource, d.device_id, d.source) for d in a.devices})
+    for ns, pod, container, kind, resource, device_id, source in held:
+        ms.gauge("vigil_container_device_info", "A GPU or RDMA device a container holds, as its source names it.",
+                 {"namespace": ns, "pod": pod, "container": container, "kind": kind, "resource": resource,
+                  "device_id": device_id, "source": source}, 1)

@@ -1,0 +1,64 @@
+"""kubelet PodResources API v1 (List) over its unix socket, flattened to one Allocation per device.
+
+The DaemonSet mounts /var/lib/kubelet/pod-resources (the directory: a bind-mounted socket file goes stale
+when the kubelet restarts). A snapshot stores the List answer as protobuf JSON in DIR/containers/pod-resources.json.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import json_format
+
+from agent._proto.kubelet.podresources.v1 import api_pb2, api_pb2_grpc
+from .model import PodRef
+
+
+@dataclass(frozen=True)
+class Allocation:
+    ref: PodRef
+    resource: str  # device plugin resource name, or the DRA driver
+    device_id: str  # the plugin's device id, or the DRA device name
+    source: str  # device-plugin | dra
+    match_text: tuple[str, ...]  # every string that may name the device (the id; a DRA device's CDI names)
+
+
+def flatten(resp: api_pb2.ListPodResourcesResponse) -> list[Allocation]:
+    out = []
+    for pod in resp.pod_resources:
+        for c in pod.containers:
+            ref = PodRef(pod.namespace, pod.name, c.name)
+            for dev in c.devices:
+                out += [Allocation(ref, dev.resource_name, i, "device-plugin", (i,)) for i in dev.device_ids]
+            for dr in c.dynamic_resources:
+                for cr in dr.claim_resources:
+                    cdi = tuple(d.name for d in cr.cdi_devices)
+                    name = cr.device_name or (cdi[0] if cdi else "")
+                    if not name:
+                        continue
+                    resource = cr.driver_name or f"claim:{dr.claim_namespace}/{dr.claim_name}"
+                    out.append(Allocation(ref, resource, name, "dra", tuple(dict.fromkeys((name, *cdi)))))
+    return out
+
+
+def list_allocations(socket: str, timeout: float) -> list[Allocation]:
+    channel = grpc.insecure_channel(f"unix://{socket}", options=[("grpc.max_receive_message_length", 16 << 20)])
+    try:
+        resp = api_pb2_grpc.PodResourcesListerStub(channel).List(api_pb2.ListPodResourcesRequest(), timeout=timeout)
+    finally:
+        channel.close()
+    return flatten(resp)
+
+
+def from_json(text: str) -> list[Allocation]:
+    return flatten(json_format.Parse(text, api_pb2.ListPodResourcesResponse()))
+
+
+def capture_json(socket: str, timeout: float = 5.0) -> str:
+    """For `agent snapshot`: the List answer as protobuf JSON (what from_json reads back)."""
+    channel = grpc.insecure_channel(f"unix://{socket}")
+    try:
+        resp = api_pb2_grpc.PodResourcesListerStub(channel).List(api_pb2.ListPodResourcesRequest(), timeout=timeout)
+    finally:
+        channel.close()
+    return json_format.MessageToJson(resp, indent=1)

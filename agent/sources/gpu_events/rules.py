@@ -1,0 +1,186 @@
+"""From events to findings: which events stick, what clears them, and one finding per (check, GPU).
+
+  fatal, warning  sticky: the GPU's check stays unhealthy until the GPU is reset or the node reboots.
+  info            shown once, in the cycle it is read (`agent --once` shows every info event of the boot).
+  ignore          counted in vigil_gpu_events_total, no finding (a config override).
+
+What counts as a reset of GPU X (clears X's sticky events that happened before it):
+  * amdgpu "GPU reset(N) succeeded!" / "GPU reset succeeded, trying to resume" for X's PCI address;
+  * NVIDIA Xid 154 "GPU recovery action changed from ... to 0x0 (None)", or an NVML recovery-action event
+    whose new action is NONE;
+  * an operator's acknowledgement written to the kernel log after `nvidia-smi -r` (the NVIDIA driver itself logs
+    nothing on a successful reset): `echo "vigil: gpu reset 0000:3b:00.0" > /dev/kmsg` (or `... reset all`).
+A reboot is a new boot id: everything sticky belongs to the old boot and is dropped (state.py).
+A fatal/warning event cleared by a reset in the same read is shown once, as info, "(recovered: GPU reset)".
+
+CPER records are judged against the node's history too, so a stale record never marks a healthy GPU:
+  * notify type BOOT (the driver's record, at boot, of an error from before it)  -> info
+  * dated before this boot, or before the GPU's last reset                       -> info
+  * otherwise by severity: fatal -> fatal, non_fatal_uncorrected -> warning, non_fatal_corrected -> info.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from agent.base.findings import FATAL, INFO, WARNING, Finding, bad, ok
+from .model import CPER, RAS, RESET, XID, GpuEvent
+from .state import EventState, Sticky
+
+SEVERITY_RANK = {INFO: 0, WARNING: 1, FATAL: 2}
+VENDOR_CHECKS = {"nvidia": (XID,), "amd": (RAS, CPER)}
+OK_MESSAGES = {XID: "no unrecovered Xid", RAS: "no unrecovered RAS error", CPER: "no unrecovered CPER record",
+               RESET: "no failed GPU reset"}
+CHECK_KIND = {"gpu.xid": XID, "gpu.ras": RAS, "gpu.cper": CPER, "gpu.reset": RESET}
+
+
+def _action_rank(action: str | None) -> int:
+    a = (action or "").lower()
+    return 3 if "reboot" in a else 2 if "reset" in a else 1 if "drain" in a else 0
+
+
+@dataclass(frozen=True)
+class Shown:
+    """An event shown once (info, or recovered within the read)."""
+
+    check: str
+    entity: str
+    gpu: str
+    kind: str
+    code: str
+    severity: str
+    description: str
+    action: str | None
+    text: str
+    note: str = ""
+
+
+def label(kind: str, code: str) -> str:
+    if kind == XID:
+        return f"Xid {code}"
+    if kind == CPER:
+        return f"CPER {code.replace('_', '-')}"
+    if kind == RAS:
+        return f"RAS {code}"
+    return "GPU reset" if code == "ok" else f"GPU reset {code}"
+
+
+class Tracker:
+    """Applies one read's events, in order, to the state's sticky list; collects what is shown once."""
+
+    def __init__(self, state: EventState, boot_time: float | None = None) -> None:
+        self.state = state
+        self.boot_time = boot_time
+        self.once: list[Shown] = []
+        self._new_keys: set[str] = set()
+
+    def apply(self, ev: GpuEvent, entity: str, gpu: str) -> bool:
+        """Apply one event; False when it duplicates one already recorded (then it is not counted either)."""
+        if ev.recovers:
+            self._reset(ev, entity, gpu)
+            return True
+        if any(s.key == ev.key for s in self.state.sticky):
+            return False
+        if ev.fallen_off_bus and any(s.entity == entity and s.kind == XID and s.code == "79"
+                                     for s in self.state.sticky):
+            return False  # the paragraph that follows an Xid 79 line: the same event
+        severity, note = ev.severity, self._stale(ev, entity)
+        if note:
+            severity = INFO
+        if severity in (FATAL, WARNING):
+            self.state.sticky.append(Sticky(ev.check, entity, gpu, ev.kind, ev.code, severity, ev.description,
+                                            ev.action, ev.text, ev.key, ev.at, ev.pci))
+            self._new_keys.add(ev.key)
+        elif severity == INFO:  # a stale record needs no action: what it reported is over
+            self.once.append(Shown(ev.check, entity, gpu, ev.kind, ev.code, INFO, ev.description,
+                                   None if note else ev.action, ev.text, note))
+        return True
+
+    def _stale(self, ev: GpuEvent, entity: str) -> str:
+        if ev.kind != CPER or ev.severity == INFO:
+            return ""
+        if str(ev.details.get("notify_type", "")).upper() == "BOOT":
+            return "recorded at boot for an error from before this boot"
+        if ev.at is not None and self.boot_time is not None and ev.at < self.boot_time:
+            return "dated before this boot"
+        reset_at = self.state.last_reset.get(entity)
+        if ev.at is not None and reset_at is not None and ev.at <= reset_at:
+            return "dated before the GPU's last reset"
+        return ""
+
+    def _reset(self, ev: GpuEvent, entity: str, gpu: str) -> None:
+        hit = [s for s in self.state.sticky if (ev.all_gpus or s.entity == entity)
+               and (s.at is None or ev.at is None or s.at <= ev.at + 1.0)]
+        for s in hit:
+            self.state.sticky.remove(s)
+            if s.key in self._new_keys:
+                self.once.append(Shown(s.check, s.entity, s.gpu, s.kind, s.code, INFO, s.description, None,
+                                       s.text, "recovered: GPU reset"))
+        if ev.at is not None:
+            for e in ({s.entity for s in hit} | {entity}) if ev.all_gpus else {entity}:
+                self.state.last_reset[e] = max(ev.at, self.state.last_reset.get(e, ev.at))
+        note = f"cleared {len(hit)} sticky event(s)" if hit else ""
+        self.once.append(Shown(ev.check, "" if ev.all_gpus else entity, gpu, ev.kind, ev.code, INFO,
+                               ev.description, None, ev.text, note))
+
+
+def findings(sticky: Iterable[Sticky], once: Iterable[Shown], known: dict[str, str], checks: set[str],
+             remembered: set[tuple[str, str]], node: str) -> list[Finding]:
+    """One finding per (check, entity). `known`: entity -> vendor of the GPUs this node has; `checks`: the
+    kinds whose source ran this cycle (their GPUs get an ok row); `remembered`: (check, entity) pairs reported
+    unhealthy earlier, which get an ok row once they clear."""
+    by_key: dict[tuple[str, str], list] = {}
+    for s in sticky:
+        by_key.setdefault((s.check, s.entity), []).append(s)
+    shown: dict[tuple[str, str], list[Shown]] = {}
+    for o in once:
+        shown.setdefault((o.check, o.entity if o.entity else node), []).append(o)
+    wanted = set(by_key) | set(shown) | set(remembered)
+    for entity, vendor in known.items():
+        for kind in VENDOR_CHECKS.get(vendor, ()):
+            if kind in checks:
+                wanted.add((f"gpu.{kind}", entity))
+    out: list[Finding] = []
+    for check, entity in sorted(wanted):
+        stuck = by_key.get((check, entity))
+        if stuck:
+            out.append(_sticky_finding(check, entity, stuck))
+        elif (check, entity) in shown:
+            out.append(_once_finding(check, entity, shown[(check, entity)]))
+        else:
+            out.append(ok(check, "gpu", entity, OK_MESSAGES.get(CHECK_KIND.get(check, ""), "no event")))
+    return out
+
+
+MAX_TEXT = 200
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 3] + "..."
+
+
+def _value(code: str):
+    return int(code) if code.isdigit() else code
+
+
+def _sticky_finding(check: str, entity: str, stuck: list[Sticky]) -> Finding:
+    # The worst event heads the finding; among equals the earliest (the root cause, e.g. Xid 79 before its 154).
+    worst = max(stuck, key=lambda s: (SEVERITY_RANK[s.severity], _action_rank(s.action), -(s.at or 0.0)))
+    others = sorted({label(s.kind, s.code) for s in stuck} - {label(worst.kind, worst.code)})
+    msg = f"{label(worst.kind, worst.code)}: {worst.description}"
+    if len(stuck) > 1:
+        msg += f" ({len(stuck)} unrecovered events" + (f"; also {', '.join(others)}" if others else "") + ")"
+    msg += f" | {_clip(worst.text)}"
+    return bad(check, "gpu", entity, msg, worst.severity, value=_value(worst.code), action=worst.action)
+
+
+def _once_finding(check: str, entity: str, items: list[Shown]) -> Finding:
+    last = items[-1]
+    codes = sorted({label(i.kind, i.code) for i in items})
+    msg = f"{label(last.kind, last.code)}: {last.description}"
+    if last.note:
+        msg += f" ({last.note})"
+    if len(items) > 1:
+        msg += f"; {len(items)} events this read" + (f" ({', '.join(codes)})" if len(codes) > 1 else "")
+    msg += f" | {_clip(last.text)}"
+    return bad(check, "gpu", entity, msg, INFO, value=_value(last.code), action=last.action)
