@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .config import CollectorSettings, Expectations
+from .errors import error_text
 from .findings import Finding, unknown
 from .metrics import MetricSet
 from .roots import Roots
@@ -76,7 +77,3 @@ class Collector:
     def close(self) -> None:
         pass
 
-
-def error_text(e: BaseException) -> str:
-    msg = str(e)
-    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__

@@ -9,6 +9,12 @@ OK, UNHEALTHY, UNKNOWN = "ok", "unhealthy", "unknown"
 FATAL, WARNING, INFO = "fatal", "warning", "info"
 STATUSES = (OK, UNHEALTHY, UNKNOWN)
 SEVERITIES = (FATAL, WARNING, INFO)
+# A finding's kind. A state holds until a later cycle says otherwise (hysteresis applies, vigil_check_status
+# shows it). An event happened once (an OOM kill, a sysctl written): it appears in exactly one cycle's output,
+# the stream sends it as an info event (hysteresis would merge two OOMs in a row into one state), and
+# vigil_check_status leaves it out (a series alive for one cycle is noise). The rule that makes it says which.
+STATE, EVENT = "state", "event"
+KINDS = (STATE, EVENT)
 
 
 @dataclass(frozen=True)
@@ -26,19 +32,27 @@ class Finding:
     value: Any = None
     threshold: Any = None
     action: str | None = None  # recommended action, NVSentinel-style: "reset the GPU", "drain the node" ...
+    kind: str = STATE
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"bad status {self.status!r}")
         if self.severity not in SEVERITIES:
             raise ValueError(f"bad severity {self.severity!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"bad kind {self.kind!r}")
 
     @property
     def is_fatal(self) -> bool:
         return self.status == UNHEALTHY and self.severity == FATAL
 
+    @property
+    def is_event(self) -> bool:
+        return self.kind == EVENT
+
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        del d["kind"]  # --json lists states and events alike, as it always has
         if d["action"] is None:
             del d["action"]
         return d
@@ -67,18 +81,6 @@ def node_status(findings: Iterable[Finding]) -> str:
         return "unknown"
     return "healthy"
 
-
-# One-shot events rather than states: each appears in exactly one collection cycle's output. The stream sends
-# them as info events (not through hysteresis, which would merge two OOMs in a row into one state), and
-# vigil_check_status leaves them out (a series alive for one cycle is noise).
-EVENT_CHECKS = frozenset({
-    "container.oom_kill", "container.exit_nonzero", "container.events_dropped",
-    "sysctl.changed", "sysctl.rlimit.changed",
-})
-
-
-def is_event(f: Finding) -> bool:
-    return f.check in EVENT_CHECKS
 
 
 EXIT_HEALTHY, EXIT_UNHEALTHY, EXIT_UNKNOWN, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 64, 78

@@ -28,6 +28,14 @@ class Roots:
     def proc(self, *parts: str) -> Path:
         return self.procfs.joinpath(*parts)
 
+    def boot_id(self) -> str | None:
+        """The kernel's boot id (/proc/sys/kernel/random/boot_id, a new one each boot), None when unreadable.
+        The stream tells the aggregator which boot its events belong to; GPU events reset their cursor."""
+        try:
+            return self.proc("sys", "kernel", "random", "boot_id").read_text().strip() or None
+        except (OSError, UnicodeDecodeError):
+            return None
+
 
 @dataclass(frozen=True)
 class NodeFile:

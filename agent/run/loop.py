@@ -11,7 +11,7 @@ from agent import __version__
 from agent.sources import REGISTRY, load
 from agent.base.collector import Collector, Context
 from agent.base.config import Config
-from agent.base.findings import UNHEALTHY, UNKNOWN, Finding, is_event
+from agent.base.findings import UNHEALTHY, UNKNOWN, Finding
 from agent.base.metrics import MetricSet, render
 from .runner import CollectorRunner, Result
 
@@ -45,7 +45,7 @@ def core_metrics(results: Iterable[Result], node: str) -> MetricSet:
         ms.gauge("vigil_collector_duration_seconds", "Duration of the collector's last read.",
                  {"collector": r.collector}, round(r.duration, 6))
         for f in r.output.findings:
-            if is_event(f):
+            if f.is_event:
                 continue
             ms.gauge("vigil_check_status", "Health check status: 1 ok, 0 unhealthy, -1 unknown.",
                      {"check": f.check, "entity": f.entity, "severity": f.severity}, CHECK_STATUS_VALUE[f.status])

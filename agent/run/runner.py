@@ -12,7 +12,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from agent.base.collector import Collector, NoData, Observation, Output, error_text
+from agent.base.collector import Collector, NoData, Observation, Output
+from agent.base.errors import error_text
 from agent.base.findings import Finding
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,6 @@ import asyncio
 import collections
 import json
 import logging
-import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.base.findings import OK, Finding, is_event
+from agent.base import backoff
+from agent.base.findings import OK, Finding
 from .hysteresis import Hysteresis
 from agent.base.metrics import MetricSet, render
 from .spool import Spool, SpoolEvent, SpoolLocked, StateRow
@@ -39,11 +39,7 @@ _SEVERITY = {"fatal": 1, "warning": 2, "info": 3}
 
 def read_boot_id(roots: Any) -> str:
     """/proc/sys/kernel/random/boot_id through the agent's roots (a snapshot without one replays a fixed id)."""
-    try:
-        text = roots.proc("sys", "kernel", "random", "boot_id").read_text().strip()
-    except OSError:
-        return UNKNOWN_BOOT
-    return text or UNKNOWN_BOOT
+    return roots.boot_id() or UNKNOWN_BOOT
 
 
 def parse_targets(value: str) -> list[str]:
@@ -129,9 +125,9 @@ class StreamClient:
     # -- the agent side: findings in -----------------------------------------------------------------------
     def observe(self, result: Any) -> None:
         """Agent observer: one collector Result (agent.run.runner.Result)."""
-        findings = [f for f in result.output.findings if not is_event(f)]
+        findings = [f for f in result.output.findings if not f.is_event]
         for f in result.output.findings:
-            if is_event(f):  # one-shot: an info event each, never merged by hysteresis
+            if f.is_event:  # one-shot: an info event each, never merged by hysteresis
                 self.info(f.check, f.component, f.entity, f.message, status=f.status, severity=f.severity,
                           action=f.action, value=f.value)
         with self._lock:
@@ -361,13 +357,12 @@ class StreamClient:
                 # its own channel, so kube-proxy picks again): retry soon, slowing only if no leader answers
                 # for a while (a failover in progress), instead of backing off as from a failure.
                 standby_streak += 1
-                delay = random.uniform(0, min(self.settings.backoff_max,
-                                              self.settings.backoff_base * 2 ** (standby_streak // 4)))
+                delay = backoff.delay(standby_streak // 4, self.settings.backoff_base, self.settings.backoff_max)
             elif i % len(self.settings.targets) == 0 or code != "UNAVAILABLE":
                 attempt += 1
-                delay = random.uniform(0, min(self.settings.backoff_max, self.settings.backoff_base * 2 ** attempt))
+                delay = backoff.delay(attempt, self.settings.backoff_base, self.settings.backoff_max)
             else:  # a standby or a dead replica: the next one may be the leader, try it at once
-                delay = random.uniform(0, self.settings.backoff_base / 5)
+                delay = backoff.delay(0, self.settings.backoff_base / 5, self.settings.backoff_max)
             await self._sleep(delay)
 
     def _channel(self, target: str) -> Any:

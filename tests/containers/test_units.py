@@ -16,7 +16,6 @@ from agent.sources.containers import events
 from agent.sources.containers.model import Container, RawEvent, TaskState
 from agent.sources.containers.runtime import Watcher
 from agent.sources.containers.table import ContainerTable
-from agent.sources.containers.rules import EVENT_CHECKS
 
 POD = {"io.kubernetes.pod.namespace": "ml", "io.kubernetes.pod.name": "train-0",
        "io.kubernetes.container.name": "worker"}
@@ -115,7 +114,7 @@ def test_events_are_reported_in_the_next_cycle_once_and_overflow_is_said(make_co
     [dropped] = [f for f in out.findings if f.check == "container.events_dropped"]
     assert dropped.value == 1 and dropped.severity == "info"
     # The stream must send these as events, not fold them into per-check state.
-    assert {f.check for f in out.findings if f.status == "unhealthy"} <= EVENT_CHECKS
+    assert all(f.is_event for f in out.findings if f.status == "unhealthy")
 
 
 def test_backoff_grows_with_jitter_and_stays_capped():

@@ -347,8 +347,8 @@ def test_hung_cli_times_out_and_its_process_group_is_killed(on_path, tmp_path):
 
 
 def test_a_malformed_bus_address_is_kept_not_fatal_to_the_reading():
-    from agent.sources.gpu.model import normalize_bdf
+    from agent.base import pci
 
-    assert normalize_bdf("00000000:0C:00.0") == "0000:0c:00.0"
-    assert normalize_bdf("N/A") == "n/a"
-    assert normalize_bdf("xx:0c:00.0") == "xx:0c:00.0"
+    assert pci.label("00000000:0C:00.0") == "0000:0c:00.0"
+    assert pci.label("N/A") == "n/a"
+    assert pci.label("xx:0c:00.0") == "xx:0c:00.0"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agent.sources.gpu_events import kmsg
-from agent.sources.gpu_events.model import normalize_pci
+from agent.base.pci import normalize as normalize_pci
 
 
 def one(text: str, **kw):

@@ -9,6 +9,7 @@ from agent.aggregator.app import Replica, ReplicaOptions, ReplicaThread
 from agent.aggregator.engine import AggregatorConfig
 from agent.base.collector import Output
 from agent.base.findings import bad, ok
+from agent.base.roots import Roots
 from agent.run.runner import Result
 from agent.stream.client import StreamClient, StreamSettings, parse_targets, read_boot_id
 
@@ -165,13 +166,11 @@ def test_targets_and_boot_id(tmp_path):
     with pytest.raises(ValueError):
         parse_targets("nohost")
 
-    class Roots:
-        def proc(self, *parts):
-            return tmp_path.joinpath(*parts)
-    assert read_boot_id(Roots()) == "unknown-boot"
+    roots = Roots(sysfs=tmp_path / "nosys", procfs=tmp_path)
+    assert read_boot_id(roots) == "unknown-boot"
     (tmp_path / "sys" / "kernel" / "random").mkdir(parents=True)
     (tmp_path / "sys" / "kernel" / "random" / "boot_id").write_text("abc\n")
-    assert read_boot_id(Roots()) == "abc"
+    assert read_boot_id(roots) == "abc"
 
 
 def test_stream_metrics_pass_promtool(tmp_path, promtool):
@@ -215,18 +214,19 @@ def test_tls(tmp_path):
 def test_two_oom_kills_in_a_row_are_two_events_not_one_state(tmp_path):
     """One-shot findings (an OOM kill, a sysctl change) become info events, one per occurrence; hysteresis
     would otherwise merge the second OOM of the same container into the first and later report it ok."""
-    from agent.base.findings import WARNING
+    from agent.base.findings import EVENT, WARNING
 
     r, applied = replica()
     c = client(tmp_path, r.port)
     try:
         c.start()
-        oom = bad("container.oom_kill", "container", "ml/train-a/worker", "OOM-killed on gpu3", severity=WARNING)
+        oom = bad("container.oom_kill", "container", "ml/train-a/worker", "OOM-killed on gpu3", severity=WARNING,
+                  kind=EVENT)
         c.observe(Result("containers", Output(findings=[oom]), True, 0.01))
         c.observe(Result("containers", Output(findings=[oom]), True, 0.01))
         c.observe(Result("containers", Output(findings=[]), True, 0.01))
         changed = ok("sysctl.changed", "sysctl", "vm.max_map_count", "65530 -> 262144", severity="info",
-                     value={"old": 65530, "new": 262144})
+                     value={"old": 65530, "new": 262144}, kind=EVENT)
         c.observe(Result("sysctl", Output(findings=[changed]), True, 0.01))
         wait_for(lambda: len(applied) == 3)
         wait_for(lambda: c.spool.stats()["pending_info"] == 0)

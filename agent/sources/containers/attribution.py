@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from agent.sources.gpu.model import normalize_bdf
+from agent.base.pci import normalize as normalize_pci
 from .model import Container, PodRef, SpecFacts
 
 _UUID = re.compile(r"(?:(?:gpu|mig)-)?([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})", re.I)
@@ -43,7 +43,7 @@ def keys_for_id(raw: str, nvidia_index: bool = False) -> list[str]:
 def gpu_keys(g: Any) -> list[str]:
     """Join keys of a GPU reading (agent.sources.gpu.model.GpuReading, or anything with its attributes)."""
     keys = keys_for_id(g.uuid or "")
-    bdf = normalize_bdf(getattr(g, "pci_bus_id", None))
+    bdf = normalize_pci(getattr(g, "pci_bus_id", None))
     if bdf:
         keys.append(f"bdf:{bdf}")
     if getattr(g, "vendor", "") == "nvidia" and not getattr(g, "partition", ""):
@@ -88,7 +88,7 @@ class DeviceResolver:
                     m = re.search(r"^Device Minor:\s*(\d+)", info.read_text(), re.M)
                 except OSError:
                     continue
-                bdf = normalize_bdf(info.parent.name)
+                bdf = normalize_pci(info.parent.name)
                 if m and bdf:
                     self._nvidia_minors[int(m.group(1))] = bdf
         return self._nvidia_minors
@@ -130,7 +130,7 @@ class DeviceResolver:
             name = Path(os.path.realpath(link)).name
         except OSError:
             return None
-        return normalize_bdf(name) if _BDF.fullmatch(name) else None
+        return normalize_pci(name) if _BDF.fullmatch(name) else None
 
 
 # -- attribution ----------------------------------------------------------------------------------------

@@ -28,7 +28,8 @@ from .model import ReportedEvent, RuntimeView
 from .table import ContainerTable
 from . import rules
 from agent.base.metrics import MetricSet
-from agent.base.collector import Collector, Context, NoData, Observation, Output, error_text
+from agent.base.collector import Collector, Context, NoData, Observation, Output
+from agent.base.errors import error_text
 
 
 STATES = ("running", "created", "paused", "stopped", "none", "unknown")

@@ -11,16 +11,13 @@ import time
 from typing import Iterable, Mapping
 
 from .model import ReportedEvent, StreamState
-from agent.base.findings import INFO, WARNING, Finding, bad, ok, unknown
+from agent.base.findings import EVENT, INFO, WARNING, Finding, bad, ok, unknown
 
 C = "container"
 
-# Checks whose findings are events (one per occurrence, reported in one cycle only), not states: the stream
-# sends them as info events (StreamClient.info), not through hysteresis, which would merge two OOM kills of
-# one container in consecutive cycles into one state and then report it "ok" when it stops being repeated.
-from agent.base.findings import EVENT_CHECKS as _ALL_EVENTS
-
-EVENT_CHECKS = frozenset(c for c in _ALL_EVENTS if c.startswith("container."))
+# OOM kills, exits and dropped-event counts are events (kind EVENT: one per occurrence, reported in one cycle
+# only), not states: hysteresis would merge two OOM kills of one container in consecutive cycles into one
+# state and then report it "ok" when it stops being repeated.
 
 
 def _when(at: float) -> str:
@@ -42,13 +39,14 @@ def event_findings(events: Iterable[ReportedEvent], gpu_pods: Mapping[tuple[str,
             out.append(bad("container.oom_kill", C, str(e.ref),
                            f"container {e.ref.container} of pod {e.ref.namespace}/{e.ref.pod}{on} was OOM-killed "
                            f"at {_when(e.at)}", severity=WARNING,
-                           action="raise the container's memory limit or reduce its memory use"))
+                           action="raise the container's memory limit or reduce its memory use", kind=EVENT))
         elif e.kind == "exit":
             code = e.exit_status
             signal = f" (signal {code - 128})" if code is not None and code > 128 else ""
             out.append(bad("container.exit_nonzero", C, str(e.ref),
                            f"container {e.ref.container} of pod {e.ref.namespace}/{e.ref.pod}{on} exited with code "
-                           f"{code}{signal} at {_when(e.at)}{late}", severity=INFO, value=code, threshold=0))
+                           f"{code}{signal} at {_when(e.at)}{late}", severity=INFO, value=code, threshold=0,
+                           kind=EVENT))
     return out
 
 
@@ -57,7 +55,7 @@ def dropped_finding(count: int, node: str) -> list[Finding]:
         return []
     return [bad("container.events_dropped", C, node,
                 f"{count} OOM kills or exits fell out of the recent-events list before a cycle reported them",
-                severity=INFO, value=count)]
+                severity=INFO, value=count, kind=EVENT)]
 
 
 def runtime_finding(stream: StreamState | None, containers: int, namespaces: list[str], node: str,

@@ -23,7 +23,8 @@ import grpc
 from agent._proto.containerd.services.containers.v1 import containers_pb2, containers_pb2_grpc
 from agent._proto.containerd.services.events.v1 import events_pb2, events_pb2_grpc
 from agent._proto.containerd.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
-from agent.base.collector import error_text
+from agent.base import backoff
+from agent.base.errors import error_text
 from . import events
 from .attribution import parse_spec
 from .model import Container, TaskState
@@ -131,8 +132,7 @@ class Watcher:
     def delay(self, attempt: int) -> float:
         """Exponential backoff with jitter: half fixed, half random, so a node never retries in a tight loop
         and a fleet whose containerd was upgraded at once does not reconnect in lockstep."""
-        base = min(self.backoff_max, self.backoff_initial * (2 ** attempt))
-        return base * (0.5 + 0.5 * self._rand())
+        return backoff.delay(attempt, self.backoff_initial, self.backoff_max, "half", self._rand)
 
     # -- the thread ---------------------------------------------------------------------------------------
     def _run(self) -> None:

@@ -12,8 +12,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from agent.base.pci import label as pci_label
 from .backend import BackendUnavailable, run_tool
-from .model import EccCount, GpuInventory, GpuReading, Link, Process, normalize_bdf
+from .model import EccCount, GpuInventory, GpuReading, Link, Process
 
 COMMANDS = ("list", "static", "metric", "process", "bad-pages", "xgmi", "firmware")
 
@@ -167,7 +168,7 @@ def parse_identity(g: GpuReading, listed: dict, static: dict) -> None:
     g.model = text_of(asic.get("market_name"))
     g.serial = text_of(asic.get("asic_serial")) or text_of(board.get("product_serial"))
     g.uuid = text_of(listed.get("uuid"))
-    g.pci_bus_id = normalize_bdf(text_of(listed.get("bdf")) or text_of(section(static, "bus").get("bdf")))
+    g.pci_bus_id = pci_label(text_of(listed.get("bdf")) or text_of(section(static, "bus").get("bdf")))
     g.driver = text_of(section(static, "driver").get("version"))
 
 

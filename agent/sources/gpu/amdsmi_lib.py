@@ -16,8 +16,10 @@ from typing import Any, Callable
 
 from .amd_smi_cli import (HARDWARE_VIOLATIONS, ECC_TYPES, int_of, is_active, parse_links, partition_label, text_of,
     value_of)
+from agent.base.errors import error_text, one_line
+from agent.base.pci import label as pci_label
 from .backend import BackendUnavailable
-from .model import EccCount, GpuInventory, GpuReading, Process, normalize_bdf
+from .model import EccCount, GpuInventory, GpuReading, Process
 
 # Status codes that mean "this GPU does not have it": not worth an error message.
 QUIET_STATUS = {2, 3}  # AMDSMI_STATUS_NOT_SUPPORTED, AMDSMI_STATUS_NOT_YET_IMPLEMENTED
@@ -29,8 +31,6 @@ VIOLATION_KEYS = {"prochot": "active_prochot_thrm", "ppt": "active_ppt_pwr", "so
 NOT_A_BLOCK = {"INVALID", "RESERVED", "LAST"}
 
 
-def one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 def error_code(e: BaseException) -> int | None:
@@ -95,7 +95,7 @@ class _Gpu:
             if error_code(e) not in QUIET_STATUS:
                 self.errors.append(f"gpu{self.index}: {name}: {one_line(e)}")
         except Exception as e:  # a wrapper bug (ctypes, a key it expects) must not lose the whole GPU
-            self.errors.append(f"gpu{self.index}: {name}: {type(e).__name__}: {one_line(e)}")
+            self.errors.append(f"gpu{self.index}: {name}: {error_text(e)}")
         return None
 
     def dict_of(self, name: str, *args: Any) -> dict:
@@ -108,7 +108,7 @@ class _Gpu:
 
 
 def read_identity(gpu: _Gpu, g: GpuReading) -> None:
-    g.pci_bus_id = normalize_bdf(text_of(gpu.call("amdsmi_get_gpu_device_bdf")))
+    g.pci_bus_id = pci_label(text_of(gpu.call("amdsmi_get_gpu_device_bdf")))
     g.uuid = text_of(gpu.call("amdsmi_get_gpu_device_uuid"))
     asic = gpu.dict_of("amdsmi_get_gpu_asic_info")
     g.model = text_of(asic.get("market_name"))

@@ -118,17 +118,3 @@ PCIE_GEN_SPEED_GTS = {1: 2.5, 2: 5.0, 3: 8.0, 4: 16.0, 5: 32.0, 6: 64.0}
 def pcie_gen_speed(gen: int | None) -> float | None:
     """Per-lane rate (GT/s) of a PCIe generation; None when unknown (NVIDIA reports generations, not rates)."""
     return PCIE_GEN_SPEED_GTS.get(int(gen)) if gen is not None else None
-
-
-def normalize_bdf(bdf: str | None) -> str | None:
-    """00000000:0C:00.0 (NVIDIA, 8-digit domain) and 0000:0c:00.0 (AMD) -> 0000:0c:00.0."""
-    if not bdf:
-        return None
-    bdf = bdf.strip().lower()
-    dom, sep, rest = bdf.partition(":")
-    if not sep or rest.count(":") != 1:
-        return bdf
-    try:
-        return f"{int(dom, 16):04x}:{rest}"
-    except ValueError:  # not an address after all: keep it as printed rather than fail the GPU's reading
-        return bdf

@@ -10,8 +10,9 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from agent.base.pci import label as pci_label
 from .backend import BackendUnavailable, run_tool
-from .model import EccCount, GpuInventory, GpuReading, Process, normalize_bdf, pcie_gen_speed
+from .model import EccCount, GpuInventory, GpuReading, Process, pcie_gen_speed
 
 MIB = 1024 * 1024
 
@@ -283,7 +284,7 @@ def parse_gpu(gpu: ET.Element, position: int, driver: str | None) -> GpuReading:
         model=clean(_text(gpu, "product_name")),
         serial=clean(_text(gpu, "serial")),
         uuid=clean(_text(gpu, "uuid")),
-        pci_bus_id=normalize_bdf(clean(_text(gpu, "pci/pci_bus_id")) or clean(gpu.get("id"))),
+        pci_bus_id=pci_label(clean(_text(gpu, "pci/pci_bus_id")) or clean(gpu.get("id"))),
         driver=driver,
         firmware=_firmware(gpu),
         utilization=util / 100.0 if util is not None else None,

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from agent.base.pci import label as pci_label
 from .backend import BackendUnavailable
-from .model import GpuInventory, GpuReading, Link, Process, normalize_bdf, pcie_gen_speed
+from .model import GpuInventory, GpuReading, Link, Process, pcie_gen_speed
 from .nvidia_smi_xml import (SENSOR_GPU, SENSOR_GPU_MAX, SENSOR_MEMORY, classify_throttle, decode_clock_reasons,
     ecc_counts)
 
@@ -200,7 +201,7 @@ def _links(c: _Calls, h: Any, where: str) -> list[tuple[Link, str | None]]:
             out.append((Link(f"nvlink{link}", None, None, kind="nvlink"), None))
             continue
         remote, _ = c.raw("nvmlDeviceGetNvLinkRemotePciInfo", h, link)
-        bdf = normalize_bdf(text(getattr(remote, "busId", None)))
+        bdf = pci_label(text(getattr(remote, "busId", None)))
         out.append((Link(f"nvlink{link}", None, state == NVML_FEATURE_ENABLED, kind="nvlink"), bdf))
     return out
 
@@ -242,7 +243,7 @@ def read_device(c: _Calls, h: Any, position: int, driver: str | None) -> tuple[G
         model=text(c.get(where, "nvmlDeviceGetName", h)),
         serial=text(c.get(where, "nvmlDeviceGetSerial", h)),
         uuid=text(c.get(where, "nvmlDeviceGetUUID", h)),
-        pci_bus_id=normalize_bdf(text(getattr(pci, "busId", None))),
+        pci_bus_id=pci_label(text(getattr(pci, "busId", None))),
         driver=driver,
         firmware=_firmware(c, h, where),
         utilization=util.gpu / 100.0 if util is not None else None,

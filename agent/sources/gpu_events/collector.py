@@ -47,12 +47,13 @@ from . import kmsg as kmsg_parser
 from . import rules
 from . import state as state_store
 from . import xid as xids
-from .model import CPER, RAS, RESET, XID, GpuEvent, normalize_pci
+from .model import CPER, RAS, RESET, XID, GpuEvent
+from agent.base.pci import count_gpus, normalize as normalize_pci
 from .nvml_events import EVENT_RECOVERY_ACTION, EVENT_XID, NvmlEvent, NvmlEventWatcher
 from .state import EventState, Sticky
 from agent.base.metrics import MetricSet
-from agent.base import pci as pci_bus
-from agent.base.collector import Collector, Context, NoData, Observation, Output, error_text
+from agent.base.collector import Collector, Context, NoData, Observation, Output
+from agent.base.errors import error_text
 from agent.sources.gpu.backend import BackendUnavailable, run_tool
 
 log = logging.getLogger(__name__)
@@ -211,10 +212,8 @@ class GpuEventsCollector(Collector):
         return Path(self.settings.state_dir) / state_store.FILENAME
 
     def _boot_id(self) -> str | None:
-        try:
-            return self.ctx.roots.proc("sys", "kernel", "random", "boot_id").read_text().strip() or None
-        except OSError:
-            return "snapshot" if self._snapshot is not None else None
+        boot = self.ctx.roots.boot_id()
+        return "snapshot" if boot is None and self._snapshot is not None else boot
 
     def _btime(self) -> float | None:
         try:
@@ -228,7 +227,7 @@ class GpuEventsCollector(Collector):
     # -- collector contract ------------------------------------------------------------------------------
     def read(self) -> EventsReading:
         if self._pci is None:
-            self._pci = pci_bus.count_gpus(self.ctx.roots.sysfs) or {}
+            self._pci = count_gpus(self.ctx.roots.sysfs) or {}
         state = self._load_state()
         state.new_boot(self._boot_id())
         btime = self._btime()

@@ -29,7 +29,8 @@ import re
 from dataclasses import dataclass
 
 from . import xid as xids
-from .model import RAS, RESET, XID, GpuEvent, normalize_pci
+from .model import RAS, RESET, XID, GpuEvent
+from agent.base.pci import normalize as normalize_pci
 
 _RECORD = re.compile(r"^(\d+),(\d+),(\d+),([^;,]*)(?:,[^;]*)?;(.*)$")
 _DMESG = re.compile(r"^(?:<(\d+)>)?\s*\[\s*(\d+)\.(\d+)\]\s?(.*)$")

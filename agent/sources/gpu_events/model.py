@@ -1,7 +1,7 @@
 """One event model for every source (kernel log, NVML events, amd-smi CPER records)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 XID, RESET, CPER, RAS = "xid", "reset", "cper", "ras"
 CHECKS = {XID: "gpu.xid", RESET: "gpu.reset", CPER: "gpu.cper", RAS: "gpu.ras"}
@@ -30,28 +30,3 @@ class GpuEvent:
     def check(self) -> str:
         return CHECKS[self.kind]
 
-    def with_gpu(self, gpu: str | None) -> "GpuEvent":
-        return replace(self, gpu=gpu)
-
-
-def normalize_pci(addr: str | None) -> str | None:
-    """Kernel and SMI spellings of a PCI function -> 0000:3b:00.0.
-
-    NVRM prints "PCI:0000:3b:00" (no function) or "0000:3b:00" (old drivers), NVML "00000000:3B:00.0", amdgpu
-    "0000:3b:00.0"; a missing function is function 0 (a GPU is function 0 of its device)."""
-    if not addr:
-        return None
-    a = addr.strip().lower()
-    if a.startswith("pci:"):
-        a = a[4:]
-    parts = a.split(":")
-    if len(parts) == 2:  # bus:dev[.fn] without a domain
-        parts = ["0000", *parts]
-    if len(parts) != 3:
-        return None
-    dom, bus, devfn = parts
-    dev, _, fn = devfn.partition(".")
-    try:
-        return f"{int(dom, 16):04x}:{int(bus, 16):02x}:{int(dev, 16):02x}.{int(fn or '0', 16)}"
-    except ValueError:
-        return None

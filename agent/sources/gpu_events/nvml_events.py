@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.sources.gpu.nvml import text as _text  # pynvml's str or bytes, cleaned
-from .model import normalize_pci
+from agent.base.pci import normalize as normalize_pci
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agent.base import backoff
+
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -41,7 +43,8 @@ class ProbeClient:
         self.starts = 0
         self.restarts = 0
         self.last_error: str | None = None
-        self._backoff = backoff_initial
+        # A local child, not a fleet reconnecting: no jitter needed.
+        self._backoff = backoff.Backoff(backoff_initial, backoff_max, jitter="none")
         self._retry_at = 0.0
         self._ready = False
         self._started_at = 0.0
@@ -80,7 +83,7 @@ class ProbeClient:
             if "error" in msg:
                 raise ProbeUnavailable(f"probe read failed: {msg['error']}")
             if self.clock() - self._started_at > 60:
-                self._backoff = self.backoff_initial  # healthy for a while: the next failure retries soon
+                self._backoff.reset()  # healthy for a while: the next failure retries soon
             return msg
 
     def _spawn(self) -> None:
@@ -145,9 +148,9 @@ class ProbeClient:
         """Stop the probe, schedule the next start, and raise."""
         self._stop(kill=True)
         self.last_error = why
-        self._retry_at = self.clock() + self._backoff
-        log.warning("netflow probe: %s; restart in %.0fs", why, self._backoff)
-        self._backoff = min(self.backoff_max, self._backoff * 2)
+        wait = self._backoff.next()
+        self._retry_at = self.clock() + wait
+        log.warning("netflow probe: %s; restart in %.0fs", why, wait)
         raise ProbeUnavailable(why)
 
     def _stop(self, kill: bool = False) -> None:

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent.base.errors import error_text
 from . import decode, inet_diag
 from .policy import PeerPolicy
 
@@ -441,7 +442,7 @@ def main() -> int:
         probe = Probe(json.loads(line))
         send(probe.start())
     except Exception as e:  # noqa: BLE001 - whatever stops the start is the agent's to report
-        send({"error": f"{type(e).__name__}: {e}"})
+        send({"error": error_text(e)})
         return 1
     try:
         for line in sys.stdin:
@@ -450,7 +451,7 @@ def main() -> int:
                 try:
                     send(probe.read())
                 except Exception as e:  # noqa: BLE001 - one failed read is reported, the next may work
-                    send({"error": f"{type(e).__name__}: {e}"})
+                    send({"error": error_text(e)})
             elif op == "stop":
                 break
     finally:

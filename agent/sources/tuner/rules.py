@@ -16,7 +16,7 @@ e.g. "vm.max_map_count 65530 -> 262144 (minimum; would raise)".
 """
 from __future__ import annotations
 
-from agent.base.findings import INFO, WARNING, Finding, bad, ok, unknown
+from agent.base.findings import EVENT, INFO, WARNING, Finding, bad, ok, unknown
 from .apply import (FAILED, READBACK, REPORTED, SATISFIED, UNJUDGED, UNREADABLE, WOULD_WRITE, WRITTEN, PidOutcome,
     RlimitOutcome, SysctlOutcome)
 from .policy import REPORT
@@ -90,7 +90,7 @@ def sysctl_findings(s: SysctlOutcome) -> list[Finding]:
         msg = f"{key} {live} -> {fmt(s.after or ())} ({what})"
         return [ok("sysctl.drift", C, key, msg, WARNING, value=plain(s.now), threshold=plain(desired)),
                 ok("sysctl.changed", C, key, msg, INFO,
-                   value={"old": fmt(s.live or ()), "new": fmt(s.after or ())})]
+                   value={"old": fmt(s.live or ()), "new": fmt(s.after or ())}, kind=EVENT)]
     out = [bad("sysctl.drift", C, key, msg, WARNING, value=plain(s.now), threshold=plain(desired))]
     if s.action == FAILED:
         err = s.write_error or "error"
@@ -122,7 +122,7 @@ def rlimit_findings(r: RlimitOutcome) -> list[Finding]:
         if p.action == WRITTEN and p.live is not None and p.after is not None:
             old, new = fmt_limits(p.live), fmt_limits(p.after)
             out.append(ok("sysctl.rlimit.changed", C, entity, f"{name} (pid {p.pid}) {old} -> {new}", INFO,
-                          value={"pid": p.pid, "old": old, "new": new}))
+                          value={"pid": p.pid, "old": old, "new": new}, kind=EVENT))
     if worst.action == UNREADABLE:
         return [unknown("sysctl.rlimit.drift", C, entity, f"{name}: cannot read the limits ({worst.error}){more}",
                         WARNING), *out]
