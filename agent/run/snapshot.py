@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from agent.sources.gpu.amd_smi_cli import COMMANDS as AMD_SMI_COMMANDS  # what the amd-smi replay reads
-from agent.sources.gpu.backend import BackendUnavailable, run_tool
+from agent.base.tools import Unavailable, run_tool
 
 # Relative to the sysfs / procfs roots. Regular files are copied; unreadable ones are skipped (procfs does the
 # same: a counter that reads EINVAL is not an error).
@@ -40,7 +40,7 @@ def capture(dest: Path, node: str, sysfs: Path = Path("/sys"), procfs: Path = Pa
         for cmd in AMD_SMI_COMMANDS:
             try:
                 (dest / "amd-smi" / f"{cmd}.json").write_text(run_tool(["amd-smi", cmd, "--json"], timeout))
-            except (BackendUnavailable, TimeoutError, RuntimeError, OSError) as e:
+            except (Unavailable, TimeoutError, RuntimeError, OSError) as e:
                 notes.append(f"amd-smi {cmd}: {e}")
         # CPER records: amd-smi 26 prints a table and writes the records as files under --folder.
         cper = dest / "amd-smi" / "cper"
@@ -48,14 +48,14 @@ def capture(dest: Path, node: str, sysfs: Path = Path("/sys"), procfs: Path = Pa
         try:
             out = run_tool(["amd-smi", "ras", "--cper", "--severity", "all", "--folder", str(cper), "--json"], timeout)
             (cper / "stdout.txt").write_text(out)
-        except (BackendUnavailable, TimeoutError, RuntimeError, OSError) as e:
+        except (Unavailable, TimeoutError, RuntimeError, OSError) as e:
             notes.append(f"amd-smi ras --cper: {e}")
     if shutil.which("nvidia-smi"):
         try:
             xml = run_tool(["nvidia-smi", "-q", "-x"], timeout)
             (dest / "nvidia-smi").mkdir(exist_ok=True)
             (dest / "nvidia-smi" / "q.xml").write_text(xml)
-        except (BackendUnavailable, TimeoutError, RuntimeError, OSError) as e:
+        except (Unavailable, TimeoutError, RuntimeError, OSError) as e:
             notes.append(f"nvidia-smi: {e}")
     kmsg = read_kmsg()
     if kmsg is not None:

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.base.pci import label as pci_label
-from .backend import BackendUnavailable, run_tool
+from agent.base.tools import run_tool
+from .backend import BackendUnavailable
 from .model import EccCount, GpuInventory, GpuReading, Link, Process
 
 COMMANDS = ("list", "static", "metric", "process", "bad-pages", "xgmi", "firmware")

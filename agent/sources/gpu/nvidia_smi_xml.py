@@ -11,7 +11,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from agent.base.pci import label as pci_label
-from .backend import BackendUnavailable, run_tool
+from agent.base.tools import run_tool
+from .backend import BackendUnavailable
 from .model import EccCount, GpuInventory, GpuReading, Process, pcie_gen_speed
 
 MIB = 1024 * 1024

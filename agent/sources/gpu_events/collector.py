@@ -54,7 +54,7 @@ from .state import EventState, Sticky
 from agent.base.metrics import MetricSet
 from agent.base.collector import Collector, Context, NoData, Observation, Output
 from agent.base.errors import error_text
-from agent.sources.gpu.backend import BackendUnavailable, run_tool
+from agent.base.tools import Unavailable, run_tool
 
 log = logging.getLogger(__name__)
 
@@ -351,7 +351,7 @@ class GpuEventsCollector(Collector):
             self._amd_list_at = time.monotonic()
             try:
                 self._amd_list(self._tool(["amd-smi", "list", "--json"], self.settings.smi_timeout_seconds), index)
-            except (BackendUnavailable, RuntimeError, TimeoutError, OSError) as e:
+            except (Unavailable, RuntimeError, TimeoutError, OSError) as e:
                 log.debug("gpu_events: amd-smi list failed: %s", e)
         self._static_index = index
         return index
@@ -480,7 +480,7 @@ class GpuEventsCollector(Collector):
                 return []
             try:
                 stdout, files = self._run_cper()
-            except BackendUnavailable as e:
+            except Unavailable as e:
                 sources[CPER_SOURCE] = str(e)
                 self._cper_retry_at = time.monotonic() + self.settings.cper_retry_seconds
                 return []
