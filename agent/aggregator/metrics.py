@@ -7,7 +7,29 @@ import bisect
 from dataclasses import dataclass, field
 from typing import Callable
 
-from agent.base.metrics import MetricSet, render
+from agent.base.metrics import Counter, Gauge, Histogram as HistogramSpec, MetricSet, render
+
+AGGREGATOR_ACTIONS = Counter("vigil_aggregator_actions_total", "Actions on nodes, by action and result (ok, dry_run, "
+                             "refused_budget, error).", ("action", "result"))
+AGGREGATOR_BATCHES_RECEIVED = Counter("vigil_aggregator_batches_received_total", "Event batches received.", ())
+AGGREGATOR_BREAKER_OPEN = Gauge("vigil_aggregator_breaker_open", "1 while the cordon budget's breaker is open.", ())
+AGGREGATOR_CORDON_LATENCY_SECONDS = HistogramSpec("vigil_aggregator_cordon_latency_seconds", "From the report that "
+                                                  "made a node unhealthy to Vigil's taint and cordon written.", ())
+AGGREGATOR_DECISION_LATENCY_SECONDS = HistogramSpec("vigil_aggregator_decision_latency_seconds", "From the report "
+                                                    "that changed a node's verdict to the end of its Kubernetes "
+                                                    "writes.", ())
+AGGREGATOR_DECISIONS = Counter("vigil_aggregator_decisions_total", "Reconciles of a node, by verdict.", ("verdict",))
+AGGREGATOR_EVENTS_RECEIVED = Counter("vigil_aggregator_events_received_total", "Events received from agents, by kind "
+                                     "(duplicate: already applied, acknowledged again).", ("kind",))
+AGGREGATOR_KUBE_RETRIES = Counter("vigil_aggregator_kube_retries_total", "Kubernetes calls retried, by cause.",
+                                  ("reason",))
+AGGREGATOR_LEADER = Gauge("vigil_aggregator_leader", "1 while this replica holds the Lease (and is Ready).", ())
+AGGREGATOR_MAINTENANCE_SKIPS = Counter("vigil_aggregator_maintenance_skips_total", "Decisions not acted on because "
+                                       "the node is annotated vigil.dev/maintenance.", ())
+AGGREGATOR_NODES = Gauge("vigil_aggregator_nodes", "Nodes known to this replica, by verdict.", ("verdict",))
+AGGREGATOR_STREAMS = Gauge("vigil_aggregator_streams", "Agent streams open now.", ())
+AGGREGATOR_STREAMS_REFUSED = Counter("vigil_aggregator_streams_refused_total", "Agent streams refused, by reason.",
+                                     ("reason",))
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -54,46 +76,31 @@ class AggregatorMetrics:
     def metric_set(self) -> MetricSet:
         ms = MetricSet()
         for kind in sorted(set(self.events) | {"state", "info", "duplicate"}):
-            ms.counter("vigil_aggregator_events_received_total", "Events received from agents, by kind "
-                       "(duplicate: already applied, acknowledged again).", {"kind": kind}, self.events.get(kind, 0))
-        ms.counter("vigil_aggregator_batches_received_total", "Event batches received.", {}, self.batches)
-        ms.declare("vigil_aggregator_streams_refused_total", "counter", "Agent streams refused, by reason.")
+            ms.add(AGGREGATOR_EVENTS_RECEIVED, {"kind": kind}, self.events.get(kind, 0))
+        ms.add(AGGREGATOR_BATCHES_RECEIVED, {}, self.batches)
+        ms.declare(AGGREGATOR_STREAMS_REFUSED)
         for reason, n in sorted(self.refused.items()):
-            ms.counter("vigil_aggregator_streams_refused_total", "Agent streams refused, by reason.",
-                       {"reason": reason}, n)
-        ms.gauge("vigil_aggregator_streams", "Agent streams open now.", {}, self.streams)
-        ms.declare("vigil_aggregator_decisions_total", "counter", "Reconciles of a node, by verdict.")
+            ms.add(AGGREGATOR_STREAMS_REFUSED, {"reason": reason}, n)
+        ms.add(AGGREGATOR_STREAMS, {}, self.streams)
+        ms.declare(AGGREGATOR_DECISIONS)
         for verdict, n in sorted(self.decisions.items()):
-            ms.counter("vigil_aggregator_decisions_total", "Reconciles of a node, by verdict.",
-                       {"verdict": verdict}, n)
-        ms.declare("vigil_aggregator_actions_total", "counter",
-                   "Actions on nodes, by action and result (ok, dry_run, refused_budget, error).")
+            ms.add(AGGREGATOR_DECISIONS, {"verdict": verdict}, n)
+        ms.declare(AGGREGATOR_ACTIONS)
         for (action, result), n in sorted(self.actions.items()):
-            ms.counter("vigil_aggregator_actions_total",
-                       "Actions on nodes, by action and result (ok, dry_run, refused_budget, error).",
-                       {"action": action, "result": result}, n)
-        ms.declare("vigil_aggregator_kube_retries_total", "counter", "Kubernetes calls retried, by cause.")
+            ms.add(AGGREGATOR_ACTIONS, {"action": action, "result": result}, n)
+        ms.declare(AGGREGATOR_KUBE_RETRIES)
         for reason, n in sorted(self.kube_retries.items()):
-            ms.counter("vigil_aggregator_kube_retries_total", "Kubernetes calls retried, by cause.",
-                       {"reason": reason}, n)
-        ms.counter("vigil_aggregator_maintenance_skips_total",
-                   "Decisions not acted on because the node is annotated vigil.dev/maintenance.", {},
-                   self.maintenance_skips)
-        ms.gauge("vigil_aggregator_breaker_open", "1 while the cordon budget's breaker is open.", {},
-                 1 if self.breaker_open else 0)
-        ms.gauge("vigil_aggregator_leader", "1 while this replica holds the Lease (and is Ready).", {},
-                 1 if self.leader else 0)
-        ms.declare("vigil_aggregator_nodes", "gauge", "Nodes known to this replica, by verdict.")
+            ms.add(AGGREGATOR_KUBE_RETRIES, {"reason": reason}, n)
+        ms.add(AGGREGATOR_MAINTENANCE_SKIPS, {}, self.maintenance_skips)
+        ms.add(AGGREGATOR_BREAKER_OPEN, {}, 1 if self.breaker_open else 0)
+        ms.add(AGGREGATOR_LEADER, {}, 1 if self.leader else 0)
+        ms.declare(AGGREGATOR_NODES)
         for verdict, n in sorted(self.nodes().items()):
-            ms.gauge("vigil_aggregator_nodes", "Nodes known to this replica, by verdict.", {"verdict": verdict}, n)
+            ms.add(AGGREGATOR_NODES, {"verdict": verdict}, n)
         h = self.decision_latency
-        ms.histogram("vigil_aggregator_decision_latency_seconds",
-                     "From the report that changed a node's verdict to the end of its Kubernetes writes.", {},
-                     h.cumulative(), h.n, h.total)
+        ms.add_histogram(AGGREGATOR_DECISION_LATENCY_SECONDS, {}, h.cumulative(), h.n, h.total)
         h = self.cordon_latency
-        ms.histogram("vigil_aggregator_cordon_latency_seconds",
-                     "From the report that made a node unhealthy to Vigil's taint and cordon written.", {},
-                     h.cumulative(), h.n, h.total)
+        ms.add_histogram(AGGREGATOR_CORDON_LATENCY_SECONDS, {}, h.cumulative(), h.n, h.total)
         return ms
 
     def render(self) -> bytes:

@@ -1,7 +1,13 @@
-"""A small builder for metric families, rendered with prometheus_client's own exposition code.
+"""Metric families, declared once with their label names, rendered with prometheus_client's exposition code.
 
-Collectors fill a MetricSet from their readings; the exporter merges the sets of every collector and renders
-them once per cycle, so a scrape only returns cached bytes.
+A source declares each family once, at module level, in its metrics.py (the shape of client_python's
+`GaugeMetricFamily(name, doc, labels=...)`):
+
+    TEMPERATURE = Gauge("vigil_gpu_temperature_celsius", "GPU temperature by sensor.", ("gpu", "sensor"))
+
+and fills a MetricSet each cycle with samples of those families (`ms.add(TEMPERATURE, labels, value)`). A
+sample whose label names differ from the family's is a programming error, raised at once. The exporter merges
+the sets of every collector and renders them once per cycle, so a scrape only returns cached bytes.
 """
 from __future__ import annotations
 
@@ -12,65 +18,103 @@ from typing import Iterable, Mapping, Sequence
 from prometheus_client.core import Metric
 from prometheus_client.exposition import generate_latest
 
-PREFIX = "vigil_"
+PREFIX = "vigil_"  # every family Vigil exports is named vigil_*: enforced below
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One metric family: its name (counters without the _total suffix), type, help and label names."""
+
+    name: str
+    kind: str  # gauge | counter | histogram
+    doc: str
+    labels: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.name.startswith(PREFIX):
+            raise ValueError(f"metric {self.name}: every Vigil metric is named {PREFIX}*")
+        if self.kind not in ("gauge", "counter", "histogram"):
+            raise ValueError(f"metric {self.name}: unknown type {self.kind}")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"metric {self.name}: a label name repeats in {self.labels}")
+
+
+def Gauge(name: str, doc: str, labels: Sequence[str] = ()) -> Spec:  # noqa: N802 - reads like a type
+    return Spec(name, "gauge", doc, tuple(labels))
+
+
+def Counter(name: str, doc: str, labels: Sequence[str] = ()) -> Spec:  # noqa: N802
+    return Spec(name.removesuffix("_total"), "counter", doc, tuple(labels))
+
+
+def Histogram(name: str, doc: str, labels: Sequence[str] = ()) -> Spec:  # noqa: N802
+    return Spec(name, "histogram", doc, tuple(labels))
 
 
 @dataclass
 class Family:
-    name: str  # for counters: without the _total suffix
-    kind: str  # gauge | counter | histogram | info
-    doc: str
+    spec: Spec
     samples: list[tuple[str, dict[str, str], float]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
 
 
 class MetricSet:
-    """Families keyed by name. Adding the same name twice with another type or help is a programming error."""
+    """Families keyed by name, each with the samples of one cycle."""
 
     def __init__(self) -> None:
         self.families: dict[str, Family] = {}
 
-    def _family(self, name: str, kind: str, doc: str) -> Family:
-        fam = self.families.get(name)
+    def _family(self, spec: Spec) -> Family:
+        fam = self.families.get(spec.name)
         if fam is None:
-            fam = self.families[name] = Family(name, kind, doc)
-        elif fam.kind != kind:
-            raise ValueError(f"metric {name} registered as {fam.kind} and {kind}")
+            fam = self.families[spec.name] = Family(spec)
+        elif fam.spec != spec:
+            raise ValueError(f"metric {spec.name} declared twice, differently: {fam.spec} and {spec}")
         return fam
 
-    def gauge(self, name: str, doc: str, labels: Mapping[str, object], value: float | None) -> None:
-        """Add one gauge sample; a None value (a reading the hardware did not give) is simply not exported."""
-        fam = self._family(name, "gauge", doc)
-        if value is not None:
-            fam.samples.append((name, _labels(labels), float(value)))
+    def _labels(self, spec: Spec, labels: Mapping[str, object]) -> dict[str, str]:
+        if tuple(labels) != spec.labels and set(labels) != set(spec.labels):
+            raise ValueError(f"metric {spec.name}: labels {sorted(labels)}, declared {list(spec.labels)}")
+        return {k: "" if labels[k] is None else str(labels[k]) for k in spec.labels}
 
-    def counter(self, name: str, doc: str, labels: Mapping[str, object], value: float | None) -> None:
-        if name.endswith("_total"):
-            name = name[: -len("_total")]
-        fam = self._family(name, "counter", doc)
+    def add(self, spec: Spec, labels: Mapping[str, object], value: float | None) -> None:
+        """One gauge or counter sample; a None value (a reading the hardware did not give) is not exported."""
+        if spec.kind == "histogram":
+            raise ValueError(f"metric {spec.name}: a histogram takes add_histogram()")
+        fam = self._family(spec)
+        lv = self._labels(spec, labels)
         if value is not None:
-            fam.samples.append((name + "_total", _labels(labels), float(value)))
+            fam.samples.append((spec.name + ("_total" if spec.kind == "counter" else ""), lv, float(value)))
 
-    def histogram(self, name: str, doc: str, labels: Mapping[str, object],
-                  buckets: Sequence[tuple[float, float]], count: float, total: float) -> None:
+    def add_histogram(self, spec: Spec, labels: Mapping[str, object], buckets: Sequence[tuple[float, float]],
+                      count: float, total: float) -> None:
         """`buckets`: (upper bound, cumulative count) pairs, ascending; +Inf is added from `count`."""
-        fam = self._family(name, "histogram", doc)
-        base = _labels(labels)
+        if spec.kind != "histogram":
+            raise ValueError(f"metric {spec.name}: add_histogram() on a {spec.kind}")
+        fam = self._family(spec)
+        base = self._labels(spec, labels)
         for le, cum in buckets:
             if math.isinf(le):
                 continue
-            fam.samples.append((name + "_bucket", {**base, "le": _float_str(le)}, float(cum)))
-        fam.samples.append((name + "_bucket", {**base, "le": "+Inf"}, float(count)))
-        fam.samples.append((name + "_count", base, float(count)))
-        fam.samples.append((name + "_sum", base, float(total)))
+            fam.samples.append((spec.name + "_bucket", {**base, "le": _float_str(le)}, float(cum)))
+        fam.samples.append((spec.name + "_bucket", {**base, "le": "+Inf"}, float(count)))
+        fam.samples.append((spec.name + "_count", base, float(count)))
+        fam.samples.append((spec.name + "_sum", base, float(total)))
 
-    def declare(self, name: str, kind: str, doc: str) -> None:
+    def declare(self, spec: Spec) -> None:
         """Make a family exist (with HELP/TYPE) even when it has no samples this cycle."""
-        self._family(name if kind != "counter" else name.removesuffix("_total"), kind, doc)
+        self._family(spec)
 
     def merge(self, other: "MetricSet") -> None:
         for fam in other.families.values():
-            mine = self._family(fam.name, fam.kind, fam.doc)
-            mine.samples.extend(fam.samples)
+            self._family(fam.spec).samples.extend(fam.samples)
 
     def __iter__(self):
         return iter(self.families.values())
@@ -84,10 +128,6 @@ class MetricSet:
         return None
 
 
-def _labels(labels: Mapping[str, object]) -> dict[str, str]:
-    return {k: "" if v is None else str(v) for k, v in labels.items()}
-
-
 def _float_str(v: float) -> str:
     return repr(float(v))
 
@@ -98,7 +138,7 @@ class _Families:
 
     def collect(self):
         for fam in self._families:
-            m = Metric(fam.name, fam.doc, fam.kind)
+            m = Metric(fam.name, fam.spec.doc, fam.kind)
             for sname, labels, value in fam.samples:
                 m.add_sample(sname, labels, value)
             yield m

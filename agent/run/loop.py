@@ -12,8 +12,15 @@ from agent.sources import REGISTRY, load
 from agent.base.collector import Collector, Context
 from agent.base.config import Config
 from agent.base.findings import UNHEALTHY, UNKNOWN, Finding
-from agent.base.metrics import MetricSet, render
+from agent.base.metrics import Gauge, MetricSet, render
 from .runner import CollectorRunner, Result
+
+AGENT_INFO = Gauge("vigil_agent_info", "Agent identity.", ("node", "version"))
+CHECK_STATUS = Gauge("vigil_check_status", "Health check status: 1 ok, 0 unhealthy, -1 unknown.",
+                     ("check", "entity", "severity"))
+COLLECTOR_DURATION_SECONDS = Gauge("vigil_collector_duration_seconds", "Duration of the collector's last read.",
+                                   ("collector",))
+COLLECTOR_SUCCESS = Gauge("vigil_collector_success", "Whether the collector's last read succeeded.", ("collector",))
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +44,16 @@ def build_collectors(config: Config, ctx: Context, only: Iterable[str] | None = 
 
 def core_metrics(results: Iterable[Result], node: str) -> MetricSet:
     ms = MetricSet()
-    ms.gauge("vigil_agent_info", "Agent identity.", {"version": __version__, "node": node}, 1)
-    ms.declare("vigil_check_status", "gauge", "Health check status: 1 ok, 0 unhealthy, -1 unknown.")
+    ms.add(AGENT_INFO, {"version": __version__, "node": node}, 1)
+    ms.declare(CHECK_STATUS)
     for r in results:
-        ms.gauge("vigil_collector_success", "Whether the collector's last read succeeded.",
-                 {"collector": r.collector}, 1 if r.success else 0)
-        ms.gauge("vigil_collector_duration_seconds", "Duration of the collector's last read.",
-                 {"collector": r.collector}, round(r.duration, 6))
+        ms.add(COLLECTOR_SUCCESS, {"collector": r.collector}, 1 if r.success else 0)
+        ms.add(COLLECTOR_DURATION_SECONDS, {"collector": r.collector}, round(r.duration, 6))
         for f in r.output.findings:
             if f.is_event:
                 continue
-            ms.gauge("vigil_check_status", "Health check status: 1 ok, 0 unhealthy, -1 unknown.",
-                     {"check": f.check, "entity": f.entity, "severity": f.severity}, CHECK_STATUS_VALUE[f.status])
+            ms.add(CHECK_STATUS, {"check": f.check, "entity": f.entity, "severity": f.severity},
+                   CHECK_STATUS_VALUE[f.status])
     return ms
 
 

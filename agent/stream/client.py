@@ -27,8 +27,24 @@ from agent import __version__
 from agent.base import backoff
 from agent.base.findings import OK, Finding
 from .hysteresis import Hysteresis
-from agent.base.metrics import MetricSet, render
+from agent.base.metrics import Counter, Gauge, MetricSet, render
 from .spool import Spool, SpoolEvent, SpoolLocked, StateRow
+
+SPOOL_COALESCED_EVENTS = Counter("vigil_spool_coalesced_events_total", "Unsent non-fatal state events superseded by "
+                                 "a newer state of the same check.", ())
+SPOOL_DROPPED_EVENTS = Counter("vigil_spool_dropped_events_total", "Events the bounded spool dropped (never fatal).",
+                               ("kind",))
+SPOOL_PENDING_EVENTS = Gauge("vigil_spool_pending_events", "Events in the spool awaiting acknowledgement.", ("kind",))
+STREAM_CONNECTED = Gauge("vigil_stream_connected", "Whether the health stream to the aggregator is up.", ())
+STREAM_CONNECTS = Counter("vigil_stream_connects_total", "Health stream sessions established.", ())
+STREAM_EVENTS_ACKED = Counter("vigil_stream_events_acked_total", "Events acknowledged by the aggregator.", ())
+STREAM_EVENTS_SENT = Counter("vigil_stream_events_sent_total", "Events sent on the health stream (resends included).",
+                             ())
+STREAM_FAILURES = Counter("vigil_stream_failures_total", "Health stream sessions that failed, by gRPC code.",
+                          ("code",))
+STREAM_LAST_ACK_AGE_SECONDS = Gauge("vigil_stream_last_ack_age_seconds", "Seconds since the last acknowledgement.",
+                                    ())
+STREAM_UNACKED_EVENTS = Gauge("vigil_stream_unacked_events", "Events sent and not yet acknowledged.", ())
 
 log = logging.getLogger(__name__)
 
@@ -196,30 +212,23 @@ class StreamClient:
     def metrics(self) -> MetricSet:
         c = self._c
         ms = MetricSet()
-        ms.gauge("vigil_stream_connected", "Whether the health stream to the aggregator is up.", {},
-                 1 if c.connected else 0)
-        ms.counter("vigil_stream_connects_total", "Health stream sessions established.", {}, c.connects)
-        ms.declare("vigil_stream_failures_total", "counter", "Health stream sessions that failed, by gRPC code.")
+        ms.add(STREAM_CONNECTED, {}, 1 if c.connected else 0)
+        ms.add(STREAM_CONNECTS, {}, c.connects)
+        ms.declare(STREAM_FAILURES)
         for code, n in sorted(c.failures.items()):
-            ms.counter("vigil_stream_failures_total", "Health stream sessions that failed, by gRPC code.",
-                       {"code": code}, n)
-        ms.counter("vigil_stream_events_sent_total", "Events sent on the health stream (resends included).", {},
-                   c.sent)
-        ms.counter("vigil_stream_events_acked_total", "Events acknowledged by the aggregator.", {}, c.acked)
-        ms.gauge("vigil_stream_unacked_events", "Events sent and not yet acknowledged.", {}, c.inflight)
-        ms.gauge("vigil_stream_last_ack_age_seconds", "Seconds since the last acknowledgement.", {},
-                 None if c.last_ack_at is None else round(time.monotonic() - c.last_ack_at, 3))
+            ms.add(STREAM_FAILURES, {"code": code}, n)
+        ms.add(STREAM_EVENTS_SENT, {}, c.sent)
+        ms.add(STREAM_EVENTS_ACKED, {}, c.acked)
+        ms.add(STREAM_UNACKED_EVENTS, {}, c.inflight)
+        ms.add(STREAM_LAST_ACK_AGE_SECONDS, {},
+               None if c.last_ack_at is None else round(time.monotonic() - c.last_ack_at, 3))
         spool = self.spool
         if spool is not None:
             st = spool.stats()
             for kind in ("state", "info"):
-                ms.gauge("vigil_spool_pending_events", "Events in the spool awaiting acknowledgement.",
-                         {"kind": kind}, st[f"pending_{kind}"])
-                ms.counter("vigil_spool_dropped_events_total", "Events the bounded spool dropped (never fatal).",
-                           {"kind": kind}, st[f"dropped_{kind}"])
-            ms.counter("vigil_spool_coalesced_events_total",
-                       "Unsent non-fatal state events superseded by a newer state of the same check.", {},
-                       st["coalesced"])
+                ms.add(SPOOL_PENDING_EVENTS, {"kind": kind}, st[f"pending_{kind}"])
+                ms.add(SPOOL_DROPPED_EVENTS, {"kind": kind}, st[f"dropped_{kind}"])
+            ms.add(SPOOL_COALESCED_EVENTS, {}, st["coalesced"])
         return ms
 
     def exposition(self) -> bytes:

@@ -30,9 +30,9 @@ from . import rules
 from agent.base.metrics import MetricSet
 from agent.base.collector import Collector, Context, NoData, Observation, Output
 from agent.base.errors import error_text
+from .metrics import CONTAINER_POD_RESOURCES_UP, attribution_metrics, runtime_metrics
 
 
-STATES = ("running", "created", "paused", "stopped", "none", "unknown")
 
 
 @dataclass
@@ -177,8 +177,7 @@ class ContainersCollector(Collector):
         elif reading.runtime_error is not None:
             findings.append(rules.runtime_finding(None, 0, s.namespaces, node, reading.runtime_error))
         if reading.allocations is not None or reading.pod_resources_error is not None:
-            ms.gauge("vigil_container_pod_resources_up", "1 when the kubelet PodResources List answered.", {},
-                     0 if reading.pod_resources_error else 1)
+            ms.add(CONTAINER_POD_RESOURCES_UP, {}, 0 if reading.pod_resources_error else 1)
             held = [d for d in reading.attribution.devices if d.source != "spec"]
             findings.append(rules.pod_resources_finding(
                 len(held), len({(d.ref.namespace, d.ref.pod) for d in held}), node, reading.pod_resources_error))
@@ -222,56 +221,3 @@ def gpu_pods(reading: ContainersReading, rows, events: list[ReportedEvent]) -> d
                 if k in by_key and f"gpu{by_key[k].name}" not in names:
                     names.append(f"gpu{by_key[k].name}")
     return out
-
-
-# -- metrics --------------------------------------------------------------------------------------------
-def runtime_metrics(ms: MetricSet, rt: RuntimeView) -> None:
-    ms.declare("vigil_container_events_total", "counter", "containerd events received, by type.")
-    for kind, n in sorted(rt.events_total.items()):
-        ms.counter("vigil_container_events_total", "containerd events received, by type.", {"type": kind}, n)
-    states = {st: 0 for st in STATES}
-    for c in rt.containers:
-        states[c.status if c.status in states else "unknown"] += 1
-    for st, n in states.items():
-        ms.gauge("vigil_containers", "Containers in the watched containerd namespaces, by task state.",
-                 {"state": st}, n)
-    ms.declare("vigil_container_oom_kills_total", "counter", "OOM kills per container.")
-    ms.declare("vigil_container_nonzero_exits_total", "counter", "Non-zero exits of containers' init processes.")
-    ms.declare("vigil_container_last_exit_code", "gauge", "Exit code of the container's last init process exit.")
-    for ref, st in sorted(rt.stats.items()):
-        labels = {"namespace": ref.namespace, "pod": ref.pod, "container": ref.container}
-        ms.counter("vigil_container_oom_kills_total", "OOM kills per container.", labels, st.oom_kills)
-        ms.counter("vigil_container_nonzero_exits_total", "Non-zero exits of containers' init processes.", labels,
-                   st.nonzero_exits)
-        ms.gauge("vigil_container_last_exit_code", "Exit code of the container's last init process exit.", labels,
-                 st.last_exit_code)
-    if rt.stream is not None:
-        st = rt.stream
-        ms.gauge("vigil_container_event_stream_up", "1 while the containerd event stream is subscribed.", {},
-                 1 if st.up else 0)
-        ms.counter("vigil_container_event_stream_reconnects_total",
-                   "Event stream subscriptions after the first (containerd restarts, broken streams).", {},
-                   st.reconnects)
-        ms.counter("vigil_container_events_possibly_missed_total",
-                   "Changes a re-list found that no event reported (a lower bound of missed events).", {},
-                   st.possibly_missed)
-        ms.counter("vigil_container_event_stream_down_seconds_total",
-                   "Seconds without an event stream since the first subscription.", {},
-                   round(st.down_seconds + st.down_for, 3))
-
-
-def attribution_metrics(ms: MetricSet, a: Attribution, gpu_rows) -> None:
-    if gpu_rows is not None:
-        ms.declare("vigil_gpu_pod_info", "gauge", "The pod using a GPU (1); join with vigil_gpu_info on gpu.")
-        for r in sorted(set(gpu_rows), key=lambda r: (r.gpu, r.namespace, r.pod, r.container)):
-            ms.gauge("vigil_gpu_pod_info", "The pod using a GPU (1); join with vigil_gpu_info on gpu.",
-                     {"gpu": r.gpu, "namespace": r.namespace, "pod": r.pod, "container": r.container}, 1)
-    rdma = sorted({(k[3:], *d.ref) for d in a.devices if d.kind == "rdma" for k in d.keys if k.startswith("ib:")})
-    for device, ns, pod, container in rdma:
-        ms.gauge("vigil_rdma_pod_info", "The pod using an RDMA device (1); join with vigil_rdma_port_info on device.",
-                 {"device": device, "namespace": ns, "pod": pod, "container": container}, 1)
-    held = sorted({(*d.ref, d.kind, d.resource, d.device_id, d.source) for d in a.devices})
-    for ns, pod, container, kind, resource, device_id, source in held:
-        ms.gauge("vigil_container_device_info", "A GPU or RDMA device a container holds, as its source names it.",
-                 {"namespace": ns, "pod": pod, "container": container, "kind": kind, "resource": resource,
-                  "device_id": device_id, "source": source}, 1)

@@ -9,15 +9,15 @@ from typing import Literal
 from agent.base.config import CollectorSettings, ConfigError
 from agent.base.findings import Finding
 from . import rules
-from agent.base.metrics import MetricSet
 from agent.base import pci
 from agent.base.collector import Collector, Context, Observation, Output
 from .backend import BackendUnavailable, GpuBackend
-from .model import GpuInventory, GpuReading, GpuReadings
+from .model import GpuInventory, GpuReadings
 
 log = logging.getLogger(__name__)
 
 Backend = Literal["auto", "amdsmi", "amd-smi", "nvml", "nvidia-smi"]
+from .metrics import gpu_metrics
 
 
 @dataclass
@@ -152,76 +152,3 @@ class GpuCollector(Collector):
                 chain.close()
             except Exception:  # shutting down: nothing more to do
                 log.debug("closing %s backend failed", chain.vendor, exc_info=True)
-
-
-# -- metrics ---------------------------------------------------------------------------------------------
-def gpu_metrics(r: GpuReadings, expected: int | None) -> MetricSet:
-    ms = MetricSet()
-    for inv in r.inventories:
-        ms.gauge("vigil_gpu_backend_info", "GPU backend in use per vendor.",
-                 {"vendor": inv.vendor, "backend": inv.backend}, 1)
-    for vendor, n in sorted(r.pci_gpus.items()):
-        ms.gauge("vigil_gpu_pci_devices", "GPU PCI functions on the bus.", {"vendor": vendor}, n)
-    if r.inventories:
-        ms.gauge("vigil_gpu_devices", "GPUs the SMI reports (whole devices).", {},
-                 sum(1 for g in r.gpus if not g.partition))
-    if expected is not None:
-        ms.gauge("vigil_gpu_devices_expected", "GPUs this node should have (config or node.json).", {}, expected)
-    for g in r.gpus:
-        _one_gpu(ms, g)
-    return ms
-
-
-def _one_gpu(ms: MetricSet, g: GpuReading) -> None:
-    gpu = {"gpu": g.name}
-    ms.gauge("vigil_gpu_info", "GPU identity.", {
-        "gpu": g.name, "vendor": g.vendor, "model": g.model, "serial": g.serial, "uuid": g.uuid,
-        "pci_bus_id": g.pci_bus_id, "driver": g.driver, "partition": g.partition}, 1)
-    for fw, version in sorted(g.firmware.items()):
-        ms.gauge("vigil_gpu_firmware_info", "GPU firmware versions.", {**gpu, "firmware": fw, "version": version}, 1)
-    ms.gauge("vigil_gpu_utilization_ratio", "GPU busy ratio (0..1).", gpu, g.utilization)
-    ms.gauge("vigil_gpu_memory_used_bytes", "GPU memory in use.", gpu, g.memory_used_bytes)
-    ms.gauge("vigil_gpu_memory_total_bytes", "GPU memory size.", gpu, g.memory_total_bytes)
-    for sensor, t in sorted(g.temperatures.items()):
-        ms.gauge("vigil_gpu_temperature_celsius", "GPU temperature by sensor.", {**gpu, "sensor": sensor}, t)
-    for sensor, t in sorted(g.temperature_limits.items()):
-        ms.gauge("vigil_gpu_temperature_slowdown_celsius", "Temperature at which the GPU slows down.",
-                 {**gpu, "sensor": sensor}, t)
-    ms.gauge("vigil_gpu_power_watts", "GPU power draw.", gpu, g.power_watts)
-    ms.gauge("vigil_gpu_power_limit_watts", "GPU power cap.", gpu, g.power_limit_watts)
-    for e in g.ecc:
-        labels = {**gpu, "type": e.type, "block": e.block}
-        if e.volatile:
-            ms.counter("vigil_gpu_ecc_errors_total", "ECC errors since the driver loaded (volatile).", labels, e.count)
-        else:
-            ms.counter("vigil_gpu_ecc_aggregate_errors_total", "ECC errors over the GPU's lifetime (exported, not "
-                       "judged).", labels, e.count)
-    ms.gauge("vigil_gpu_retired_pages", "Memory pages retired.", gpu, g.retired_pages)
-    ms.gauge("vigil_gpu_pending_retirement_pages", "Memory pages pending retirement.", gpu, g.pending_pages)
-    ms.gauge("vigil_gpu_row_remap_pending", "1 when a row remap waits for a GPU reset.", gpu,
-             _bool(g.row_remap_pending))
-    ms.gauge("vigil_gpu_row_remap_failure", "1 when a row remap failed.", gpu, _bool(g.row_remap_failure))
-    ms.gauge("vigil_gpu_remapped_rows", "Remapped rows by cause.", {**gpu, "cause": "correctable"},
-             g.row_remap_correctable)
-    ms.gauge("vigil_gpu_remapped_rows", "Remapped rows by cause.", {**gpu, "cause": "uncorrectable"},
-             g.row_remap_uncorrectable)
-    ms.gauge("vigil_gpu_pcie_link_width", "PCIe link width now.", gpu, g.pcie_width)
-    ms.gauge("vigil_gpu_pcie_link_max_width", "PCIe link width the GPU supports.", gpu, g.pcie_max_width)
-    ms.gauge("vigil_gpu_pcie_link_speed_gts", "PCIe per-lane rate now (GT/s).", gpu, g.pcie_speed_gts)
-    ms.gauge("vigil_gpu_pcie_link_max_speed_gts", "PCIe per-lane rate the GPU supports (GT/s).", gpu,
-             g.pcie_max_speed_gts)
-    ms.counter("vigil_gpu_pcie_replays_total", "PCIe replays.", gpu, g.pcie_replay_count)
-    for link in g.links:
-        if link.up is None:
-            continue
-        labels = {**gpu, "link": link.name, "peer": link.peer or ""}
-        ms.gauge("vigil_gpu_link_up", "XGMI/NVLink link state (1 up).", labels, 1 if link.up else 0)
-        ms.counter("vigil_gpu_link_errors_total", "XGMI/NVLink link errors.", labels, link.errors)
-    for reason in sorted(set(g.throttle_active)):
-        ms.gauge("vigil_gpu_throttle_active", "1 for each active clock throttle reason.",
-                 {**gpu, "reason": reason, "hardware": "true" if reason in g.throttle_hardware else "false"}, 1)
-    ms.gauge("vigil_gpu_processes", "Processes using the GPU.", gpu, len(g.processes))
-
-
-def _bool(v: bool | None) -> int | None:
-    return None if v is None else int(v)

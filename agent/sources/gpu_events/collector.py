@@ -52,6 +52,7 @@ from agent.base.pci import count_gpus, normalize as normalize_pci
 from .nvml_events import EVENT_RECOVERY_ACTION, EVENT_XID, NvmlEvent, NvmlEventWatcher
 from .state import EventState, Sticky
 from agent.base.metrics import MetricSet
+from .metrics import GPU_EVENT_SOURCE_UP, GPU_EVENTS
 from agent.base.collector import Collector, Context, NoData, Observation, Output
 from agent.base.errors import error_text
 from agent.base.tools import Unavailable, run_tool
@@ -59,7 +60,6 @@ from agent.base.tools import Unavailable, run_tool
 log = logging.getLogger(__name__)
 
 KMSG, NVML, CPER_SOURCE = "kmsg", "nvml", "cper"
-EVENTS_HELP = "GPU events seen by this agent since it started (Xids, resets, CPER records, RAS errors)."
 CPER_SEVERITY = {
     cper_parser.FATAL_SEV: (xids.FATAL, "fatal hardware error",
                             "drain the GPU and reset it; send the CPER file to AMD support if it recurs"),
@@ -270,12 +270,11 @@ class GpuEventsCollector(Collector):
 
     def evaluate(self, reading: EventsReading, previous: Observation | None, elapsed: float | None) -> Output:
         ms = MetricSet()
-        ms.declare("vigil_gpu_events_total", "counter", EVENTS_HELP)
+        ms.declare(GPU_EVENTS)
         for (gpu, kind, code), n in sorted(reading.counts.items()):
-            ms.counter("vigil_gpu_events_total", EVENTS_HELP, {"gpu": gpu, "kind": kind, "code": code}, n)
+            ms.add(GPU_EVENTS, {"gpu": gpu, "kind": kind, "code": code}, n)
         for source, why in sorted(reading.sources.items()):
-            ms.gauge("vigil_gpu_event_source_up", "1 when this GPU event source was read in the last cycle.",
-                     {"source": source}, 1 if why is None else 0)
+            ms.add(GPU_EVENT_SOURCE_UP, {"source": source}, 1 if why is None else 0)
         out = rules.findings(reading.sticky, reading.once, reading.known, reading.checks, reading.remembered,
                              self.ctx.node)
         for check, message in reading.problems:

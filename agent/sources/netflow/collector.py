@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 from agent.base.config import CollectorSettings, ConfigError
 from agent.base.findings import WARNING, Finding, ok, unknown
 from . import rules
-from agent.base.metrics import MetricSet
 from .accounting import Ledger, Snapshot
-from .decode import RTT_BOUNDS_US
 from .pods import PodIndex
 from .policy import PeerPolicy, PolicyError, host_networks, local_addresses
 from agent.base.collector import Collector, Context, NoData, Observation, Output
+from .metrics import netflow_metrics
 
 
 def default_classes() -> dict[str, list[str]]:
@@ -170,64 +169,3 @@ class NetflowCollector(Collector):
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
-
-
-# -- metrics ---------------------------------------------------------------------------------------------
-RTT_HELP = ("Smoothed RTT of TCP connections by peer class: each connection at close, and each live connection "
-            "that moved data once per read.")
-
-
-def netflow_metrics(r: NetflowReading) -> MetricSet:
-    ms = MetricSet()
-    ms.gauge("vigil_netflow_probe_up", "1 when the netflow probe process answers.", {}, 1 if r.state == "ok" else 0)
-    ms.gauge("vigil_netflow_programs_loaded", "BPF programs the netflow probe has attached.", {},
-             r.programs if r.state == "ok" else 0)
-    ms.counter("vigil_netflow_probe_restarts_total", "Times the netflow probe process was started again.", {},
-               r.restarts)
-    for name, n, cap in r.maps:
-        ms.gauge("vigil_netflow_map_fill_ratio", "Fill of the probe's bounded BPF maps at the last read (0..1).",
-                 {"map": name}, round(n / cap, 6) if cap else None)
-    ms.gauge("vigil_netflow_live_read_duration_seconds", "Time the probe's last read of live sockets (inet_diag) "
-             "took.", {}, r.live_read_seconds)
-    s = r.snapshot
-    if s is None:
-        return ms
-    for name, value in (("records", s.probe_counters.get("records_lost")),
-                        ("agg", s.probe_counters.get("agg_overflow")),
-                        ("live", s.probe_counters.get("live_overflow")),
-                        ("sk_storage", s.probe_counters.get("storage_fail"))):
-        ms.counter("vigil_netflow_map_overflows_total", "Entries a full BPF map could not take: close records "
-                   "lost (records), closes aggregated without their pod (agg), open sockets not read live, counted "
-                   "at close only (live), sockets without state (sk_storage).", {"map": name}, value)
-    for kind, n in sorted(s.live_sockets.items()):
-        ms.gauge("vigil_netflow_live_sockets", "TCP sockets in the last read of live sockets; untracked ones were "
-                 "opened before the probe started (their last bytes before closing are not seen).",
-                 {"tracked": "true" if kind == "tracked" else "false"}, n)
-    for (cls, ns, pod), (sent, received) in sorted(s.bytes_by_pod.items()):
-        labels = {"peer_class": cls, "namespace": ns, "pod": pod}
-        ms.counter("vigil_tcp_flow_sent_bytes_total", "TCP payload bytes sent and acknowledged, by peer class and "
-                   "local pod.", labels, sent)
-        ms.counter("vigil_tcp_flow_received_bytes_total", "TCP payload bytes received, by peer class and local "
-                   "pod.", labels, received)
-    for (direction, cls), n in sorted(s.opens.items()):
-        ms.counter("vigil_tcp_connections_total", "TCP connections established (egress: this node connected; "
-                   "ingress: it accepted).", {"direction": direction, "peer_class": cls}, n)
-    for (direction, cls), n in sorted(s.closes.items()):
-        ms.counter("vigil_tcp_connections_closed_total", "TCP connections closed, by the direction they were "
-                   "opened in.", {"direction": direction, "peer_class": cls}, n)
-    for cls, n in sorted(s.connect_failed.items()):
-        ms.counter("vigil_tcp_connect_failures_total", "Outgoing TCP connections that never got established.",
-                   {"peer_class": cls}, n)
-    for cls, t in sorted(s.by_class.items()):
-        ms.counter("vigil_tcp_retransmits_total", "TCP segments retransmitted, by peer class.",
-                   {"peer_class": cls}, t.retrans)
-        ms.counter("vigil_tcp_sent_segments_total", "TCP segments sent (retransmissions included), by peer class: "
-                   "the denominator of the retransmit ratio.", {"peer_class": cls}, t.segs_out)
-    ms.declare("vigil_tcp_rtt_seconds", "histogram", RTT_HELP)
-    for cls, (buckets, sum_us, count) in sorted(s.rtt.items()):
-        cum, pairs = 0, []  # cumulative, as Prometheus buckets are
-        for bound, n in zip(RTT_BOUNDS_US, buckets):
-            cum += n
-            pairs.append((bound / 1e6, cum))
-        ms.histogram("vigil_tcp_rtt_seconds", RTT_HELP, {"peer_class": cls}, pairs, count, sum_us / 1e6)
-    return ms

@@ -13,16 +13,15 @@ from dataclasses import dataclass, field
 
 from agent.base.config import CollectorSettings
 from . import rules
-from agent.base.metrics import MetricSet
 from agent.base.collector import Collector, Context, NoData, Observation, Output
 from .hotplug import RESCAN, HotplugWatcher
-from .sysfs import (ERROR_TYPES, WORD_COUNTERS, DeviceReading, Layout, NetdevState, PortReading, bits_of, discover,
-    is_saturated, read_device, read_netdev_sysfs)
+from .sysfs import DeviceReading, Layout, NetdevState, PortReading, discover, read_device, read_netdev_sysfs
 
 log = logging.getLogger(__name__)
 
 # Even with a watcher, rediscover now and then: a uevent can be missed (a netns without them, a socket overrun).
 FULL_RESCAN_SECONDS = 300.0
+from .metrics import rdma_metrics
 
 
 @dataclass
@@ -156,80 +155,3 @@ def netlink_links(names: set[str]) -> dict[str, NetdevState]:
                 out[name] = NetdevState(name, msg.get_attr("IFLA_CARRIER"), msg.get_attr("IFLA_MTU"),
                                         oper.lower() if isinstance(oper, str) else None, "netlink")
     return out
-
-
-# -- metrics ---------------------------------------------------------------------------------------------
-_DIRECTIONS = (("received", "port_rcv_data", "port_rcv_packets"), ("transmitted", "port_xmit_data",
-                                                                    "port_xmit_packets"))
-
-
-def rdma_metrics(r: RdmaReading, expected: int | None, prev: RdmaReading | None = None,
-                 elapsed: float | None = None) -> MetricSet:
-    ms = MetricSet()
-    ms.gauge("vigil_rdma_ports", "RDMA ports present.", {}, len(r.ports))
-    if expected is not None:
-        ms.gauge("vigil_rdma_ports_expected", "RDMA ports this node should have (config or node.json).", {},
-                 expected)
-    ms.gauge("vigil_rdma_hotplug_info", "How device changes are noticed: udev, kernel (uevents without udevd) "
-             "or rescan (sysfs on every read).", {"mode": r.hotplug}, 1)
-    prev_ports = {p.key: p for p in prev.ports} if prev is not None else {}
-    for d in r.devices:
-        ms.gauge("vigil_rdma_device_info", "RDMA device identity.", {
-            "device": d.name, "fw": d.fw_ver, "board_id": d.board_id, "hca_type": d.hca_type,
-            "node_guid": d.node_guid}, 1)
-        for p in d.ports:
-            _port(ms, d, p, r.resets.get(p.key, 0), prev_ports.get(p.key), elapsed)
-    return ms
-
-
-def _port(ms: MetricSet, d: DeviceReading, p: PortReading, resets: int, prev: PortReading | None,
-          elapsed: float | None) -> None:
-    lp = {"device": p.device, "port": str(p.port)}
-    ms.gauge("vigil_rdma_port_info", "RDMA port identity.", {**lp, "link_layer": p.link_layer, "rate": p.rate,
-                                                             "fw": d.fw_ver}, 1)
-    ms.gauge("vigil_rdma_port_state", "1 when the port is ACTIVE and LinkUp, 0 otherwise.", lp,
-             None if p.state_id is None else int(p.up))
-    ms.gauge("vigil_rdma_port_state_id", "IBA logical port state (1 DOWN, 2 INIT, 3 ARMED, 4 ACTIVE).", lp,
-             p.state_id)
-    ms.gauge("vigil_rdma_port_physical_state_id", "IBA physical port state (2 Polling, 3 Disabled, 5 LinkUp ...).",
-             lp, p.phys_state_id)
-    ms.gauge("vigil_rdma_port_rate_bytes_per_second", "Negotiated signalling rate of the port.", lp,
-             p.rate_bytes_per_second)
-    for direction, data, packets in _DIRECTIONS:
-        ms.counter(f"vigil_rdma_port_{direction}_bytes_total", f"Bytes {direction} on the port (port_*_data x 4).",
-                   lp, p.octets(data))
-        ms.counter(f"vigil_rdma_port_{direction}_packets_total", f"Packets {direction} on the port.", lp,
-                   p.data(packets)[0])
-        if prev is not None and elapsed:
-            # Prometheus can take rate() of the counters; this gauge saves a query on dashboards and shows a
-            # reset as the traffic since the reset, never as a negative number.
-            d_bytes, _ = rules.delta(prev.octets(data), p.octets(data))
-            ms.gauge("vigil_rdma_port_throughput_bytes_per_second", "Bytes per second between the last two reads.",
-                     {**lp, "direction": direction}, None if d_bytes is None else round(d_bytes / elapsed, 3))
-    for name, value in sorted(p.counters.items()):
-        if name in ERROR_TYPES:
-            ms.counter("vigil_rdma_port_errors_total", "Port error counters (IB PMA), by type.",
-                       {**lp, "type": ERROR_TYPES[name]}, value)
-        elif name not in _DATA_NAMES:
-            ms.counter("vigil_rdma_port_stats_total", "Other port counters (counters/*: xmit_wait, unicast, "
-                       "multicast ...), by file name.", {**lp, "counter": name}, value)
-        if bits_of(name) is not None:
-            ms.gauge("vigil_rdma_port_stat_saturated", "1 when a narrow counter sits at its maximum and hides "
-                     "new counts.", {**lp, "counter": name}, int(is_saturated(name, value)))
-    for name, value in sorted(p.hw_counters.items()):
-        ms.counter("vigil_rdma_hw_stats_total", "Driver hardware counters (hw_counters/*), by name.",
-                   {**lp, "counter": name}, value)
-    for name, value in sorted(p.hw_gauges.items()):
-        ms.gauge("vigil_rdma_hw_resources", "Driver resource counts (hw_counters/active_*), by name.",
-                 {**lp, "resource": name}, value)
-    ms.gauge("vigil_rdma_port_stats_unavailable", "Counter files that read N/A or could not be read.", lp,
-             p.unavailable)
-    ms.counter("vigil_rdma_port_stats_resets_total", "Times the port's counters went backwards (driver reload, "
-               "counters cleared) since the agent started.", lp, resets)
-    if p.netdev is not None:
-        ln = {**lp, "netdev": p.netdev.name}
-        ms.gauge("vigil_rdma_netdev_carrier", "Carrier of the RoCE port's net device (1 up).", ln, p.netdev.carrier)
-        ms.gauge("vigil_rdma_netdev_mtu_bytes", "MTU of the RoCE port's net device.", ln, p.netdev.mtu)
-
-
-_DATA_NAMES = frozenset(WORD_COUNTERS) | {"port_rcv_packets", "port_xmit_packets"}

@@ -30,17 +30,16 @@ from typing import Any, Literal
 
 from agent.base.config import CollectorSettings
 from . import rules
-from agent.base.metrics import MetricSet
 from . import profile as prof
 from .apply import RlimitOutcome, SysctlOutcome, Tuner, resolve_mode
-from .policy import REPORT, RlimitEntry, SysctlEntry
+from .policy import RlimitEntry, SysctlEntry
 from .prlimit import ProcessLimits, PsutilLimits
-from .values import field_labels, fmt, is_numeric
 from agent.base.collector import Collector, Context, NoData, Observation, Output
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SOURCE = prof.DEFAULT_PROFILE.removesuffix(".yaml")  # "gpu-training"
+from .metrics import tuner_metrics
 
 
 @dataclass
@@ -126,83 +125,3 @@ class SysctlCollector(Collector):
     def evaluate(self, reading: TunerReading, previous: Observation | None, elapsed: float | None) -> Output:
         findings = rules.evaluate(self.ctx.node, reading.mode, reading.mode_reason, reading.sysctls, reading.rlimits)
         return Output(tuner_metrics(reading), findings)
-
-
-# -- metrics ---------------------------------------------------------------------------------------------
-WRITE_RESULTS = ("ok", "failed", "dry_run")
-
-
-def tuner_metrics(r: TunerReading) -> MetricSet:
-    """Field labels: "" for a single value, "0", "1", "2" by position for multi-field keys (tcp_rmem's
-    min/default/max). Words (tcp_congestion_control) have no number: they go to the *_info families."""
-    ms = MetricSet()
-    ms.gauge("vigil_tuner_info", "Node tuner mode and where its profile came from.",
-             {"mode": r.mode, "profile": r.profile, "file_limits": r.file_limits}, 1)
-    for name, doc in (("vigil_sysctl_value", "Live sysctl value by field."),
-                      ("vigil_sysctl_desired", "Declared sysctl value by field."),
-                      ("vigil_sysctl_drift", "1 when the live sysctl value does not satisfy its policy."),
-                      ("vigil_process_rlimit", "File limit of a named host process (the lowest across its "
-                                               "processes; +Inf unlimited)."),
-                      ("vigil_process_rlimit_desired", "Declared file limit of a named host process."),
-                      ("vigil_process_rlimit_drift", "1 when a process's file limit does not satisfy its policy."),
-                      ("vigil_tuner_processes", "Running processes matching a profile's process name.")):
-        ms.declare(name, "gauge", doc)
-    ms.declare("vigil_tuner_writes_total", "counter", "Sysctl writes by result (dry_run: would have written).")
-    ms.declare("vigil_tuner_rlimit_writes_total", "counter", "File limit changes by result.")
-    for s in r.sysctls:
-        _sysctl_metrics(ms, s, r.writes)
-    seen: set[str] = set()
-    for rl in r.rlimits:
-        _rlimit_metrics(ms, rl, r.rlimit_writes, seen)
-    return ms
-
-
-def _sysctl_metrics(ms: MetricSet, s: SysctlOutcome, writes: dict[tuple[str, str], int]) -> None:
-    key = s.entry.key
-    now, want = s.now, s.entry.value
-    if now is not None:
-        if is_numeric(now):
-            for label, v in zip(field_labels(now), now):
-                ms.gauge("vigil_sysctl_value", "Live sysctl value by field.", {"key": key, "field": label}, v)
-        elif now:
-            ms.gauge("vigil_sysctl_value_info", "Live value of a sysctl that is a word.",
-                     {"key": key, "value": fmt(now)}, 1)
-    if want is not None:
-        if is_numeric(want):
-            for label, v in zip(field_labels(want), want):
-                ms.gauge("vigil_sysctl_desired", "Declared sysctl value by field.", {"key": key, "field": label}, v)
-        else:
-            ms.gauge("vigil_sysctl_desired_info", "Declared value of a sysctl that is a word.",
-                     {"key": key, "value": fmt(want)}, 1)
-    drift = s.drift
-    ms.gauge("vigil_sysctl_drift", "1 when the live sysctl value does not satisfy its policy.", {"key": key},
-             None if drift is None else int(drift))
-    if s.entry.policy != REPORT:  # report entries are never written: no write series
-        for result in WRITE_RESULTS:
-            ms.counter("vigil_tuner_writes_total", "Sysctl writes by result (dry_run: would have written).",
-                       {"key": key, "result": result}, writes.get((key, result), 0))
-
-
-def _rlimit_metrics(ms: MetricSet, r: RlimitOutcome, writes: dict[tuple[str, str, str], int],
-                    seen: set[str]) -> None:
-    e = r.entry
-    if e.process not in seen:
-        seen.add(e.process)
-        ms.gauge("vigil_tuner_processes", "Running processes matching a profile's process name.",
-                 {"process": e.process}, len(r.pids))
-    labels = {"process": e.process, "resource": e.resource}
-    known = [p.now for p in r.pids if p.now is not None]
-    for i, kind in enumerate(("soft", "hard")):
-        if known:  # several processes of one name: the lowest limit is the one that bites
-            ms.gauge("vigil_process_rlimit", "File limit of a named host process (the lowest across its "
-                     "processes; +Inf unlimited).", {**labels, "kind": kind}, min(n[i] for n in known))
-        declared = e.soft if kind == "soft" else e.hard
-        ms.gauge("vigil_process_rlimit_desired", "Declared file limit of a named host process.",
-                 {**labels, "kind": kind}, declared)
-    drift = rules.pid_drift(r.pids)
-    ms.gauge("vigil_process_rlimit_drift", "1 when a process's file limit does not satisfy its policy.", labels,
-             None if drift is None else int(drift))
-    if e.policy != REPORT:
-        for result in WRITE_RESULTS:
-            ms.counter("vigil_tuner_rlimit_writes_total", "File limit changes by result.", {**labels, "result": result},
-                       writes.get((e.process, e.resource, result), 0))
