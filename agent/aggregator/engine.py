@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from agent import wire
 from . import state as st
 from .kube import Conflict, Kube, node_event, now_iso
 from .lease import NotLeader
@@ -25,9 +26,6 @@ from .policy import (ADMIT, ALREADY, NONE, OPENED, UNHEALTHY, BudgetConfig, Ledg
 
 log = logging.getLogger(__name__)
 
-STATUS = {0: "unknown", 1: "ok", 2: "unhealthy", 3: "unknown"}
-SEVERITY = {0: "fatal", 1: "fatal", 2: "warning", 3: "info"}
-KIND = {0: "state", 1: "state", 2: "info"}
 CONDITION_EVENT = {"False": ("VigilUnhealthy", "Warning"), "True": ("VigilHealthy", "Normal"),
                    "Unknown": ("VigilAgentSilent", "Warning")}
 
@@ -47,7 +45,7 @@ class AggregatorConfig:
 
 
 def problems(digest: Iterable[Any]) -> list[st.Problem]:
-    return [st.Problem(p.check, p.entity, STATUS.get(p.status, "unknown"), SEVERITY.get(p.severity, "fatal"),
+    return [st.Problem(p.check, p.entity, wire.status_from_proto(p.status), wire.severity_from_proto(p.severity),
                        p.message) for p in digest]
 
 
@@ -147,8 +145,9 @@ class Engine:
         now = self.clock()
         m = self.metrics
         m.batches += 1
-        incoming = [st.IncomingEvent(e.seq, KIND.get(e.kind, "state"), e.check, e.entity,
-                                     STATUS.get(e.status, "unknown"), SEVERITY.get(e.severity, "fatal"), e.message)
+        incoming = [st.IncomingEvent(e.seq, wire.kind_from_proto(e.kind), e.check, e.entity,
+                                     wire.status_from_proto(e.status), wire.severity_from_proto(e.severity),
+                                     e.message)
                     for e in events]
         res = st.apply_batch(node, boot_id, epoch, incoming, now)
         if res.duplicates:
