@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from agent import wire
+from agent.base.backoff import delay as backoff_delay
 from . import state as st
-from .kube import Conflict, Kube, node_event, now_iso
+from .kube import Kube, node_event, now_iso
 from .lease import NotLeader
 from .metrics import AggregatorMetrics
 from .policy import (ADMIT, ALREADY, NONE, OPENED, UNHEALTHY, BudgetConfig, Ledger, PolicyConfig, Verdict,
@@ -218,7 +219,8 @@ class Engine:
                 pass
             except Exception as e:  # noqa: BLE001 - retried with backoff, level-triggered
                 n = self._failures[name] = self._failures.get(name, 0) + 1
-                delay = min(30.0, self.cfg.retry_seconds * 2 ** (n - 1))
+                # no jitter: one process retrying its own reconcile
+                delay = backoff_delay(n - 1, self.cfg.retry_seconds, 30.0, jitter="none")
                 log.warning("reconcile %s failed (%s); retrying in %.1fs", name, e, delay)
                 asyncio.get_running_loop().call_later(delay, self._enqueue, name)
             finally:
@@ -314,18 +316,8 @@ class Engine:
         def change(n: dict[str, Any]) -> dict[str, Any] | None:
             return quarantined(n, verdict.reason, now_iso(wall), episode)
 
-        def write() -> tuple[bool, dict[str, Any] | None]:
-            new = change(obj) if obj else None  # first with the Node just read (one request saved) ...
-            if new is None:
-                return kube.update_node(name, change)
-            new["metadata"]["resourceVersion"] = obj["metadata"]["resourceVersion"]
-            try:
-                return True, kube.replace_node(name, new)
-            except Conflict:  # ... then read-modify-write until it sticks
-                if kube.on_retry is not None:
-                    kube.on_retry("409")
-                return kube.update_node(name, change)
-        written, now_obj = await self._io(write)
+        # first with the Node just read (one request saved), then read-modify-write until it sticks
+        written, now_obj = await self._io(lambda: kube.update_node(name, change, current=obj or None))
         if written and since is not None:
             lat = self.clock() - since
             m.cordon_latency.observe(lat)
