@@ -166,19 +166,20 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 def _update_lease(kube, args: argparse.Namespace, change) -> dict | None:  # noqa: ANN001
-    from .kube import Conflict
+    """Read-modify-write the Lease: `change(lease)` edits it in place (annotations always present)."""
+    from .kube import Conflict, read_modify_write
 
-    for _ in range(8):
-        lease = kube.get_lease(args.namespace, args.lease_name)
-        if lease is None:
-            return None
+    def modify(lease: dict) -> dict:
         lease["metadata"].setdefault("annotations", {})
         change(lease)
-        try:
-            return kube.replace_lease(args.namespace, args.lease_name, lease)
-        except Conflict:
-            continue
-    raise RuntimeError("the Lease keeps changing; try again")
+        return lease
+    try:
+        written, lease = read_modify_write(lambda: kube.get_lease(args.namespace, args.lease_name), modify,
+                                           lambda body: kube.replace_lease(args.namespace, args.lease_name, body),
+                                           on_retry=kube.on_retry, what="lease")
+    except Conflict:
+        raise RuntimeError("the Lease keeps changing; try again") from None
+    return lease if written else None
 
 
 def cmd_reset_breaker(args: argparse.Namespace) -> int:

@@ -16,8 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from agent import wire
+from agent.base.backoff import delay as backoff_delay
 from . import state as st
-from .kube import Conflict, Kube, node_event, now_iso
+from .kube import Kube, node_event, now_iso
 from .lease import NotLeader
 from .metrics import AggregatorMetrics
 from .policy import (ADMIT, ALREADY, NONE, OPENED, UNHEALTHY, BudgetConfig, Ledger, PolicyConfig, Verdict,
@@ -25,9 +27,6 @@ from .policy import (ADMIT, ALREADY, NONE, OPENED, UNHEALTHY, BudgetConfig, Ledg
 
 log = logging.getLogger(__name__)
 
-STATUS = {0: "unknown", 1: "ok", 2: "unhealthy", 3: "unknown"}
-SEVERITY = {0: "fatal", 1: "fatal", 2: "warning", 3: "info"}
-KIND = {0: "state", 1: "state", 2: "info"}
 CONDITION_EVENT = {"False": ("VigilUnhealthy", "Warning"), "True": ("VigilHealthy", "Normal"),
                    "Unknown": ("VigilAgentSilent", "Warning")}
 
@@ -47,7 +46,7 @@ class AggregatorConfig:
 
 
 def problems(digest: Iterable[Any]) -> list[st.Problem]:
-    return [st.Problem(p.check, p.entity, STATUS.get(p.status, "unknown"), SEVERITY.get(p.severity, "fatal"),
+    return [st.Problem(p.check, p.entity, wire.status_from_proto(p.status), wire.severity_from_proto(p.severity),
                        p.message) for p in digest]
 
 
@@ -147,8 +146,9 @@ class Engine:
         now = self.clock()
         m = self.metrics
         m.batches += 1
-        incoming = [st.IncomingEvent(e.seq, KIND.get(e.kind, "state"), e.check, e.entity,
-                                     STATUS.get(e.status, "unknown"), SEVERITY.get(e.severity, "fatal"), e.message)
+        incoming = [st.IncomingEvent(e.seq, wire.kind_from_proto(e.kind), e.check, e.entity,
+                                     wire.status_from_proto(e.status), wire.severity_from_proto(e.severity),
+                                     e.message)
                     for e in events]
         res = st.apply_batch(node, boot_id, epoch, incoming, now)
         if res.duplicates:
@@ -219,7 +219,8 @@ class Engine:
                 pass
             except Exception as e:  # noqa: BLE001 - retried with backoff, level-triggered
                 n = self._failures[name] = self._failures.get(name, 0) + 1
-                delay = min(30.0, self.cfg.retry_seconds * 2 ** (n - 1))
+                # no jitter: one process retrying its own reconcile
+                delay = backoff_delay(n - 1, self.cfg.retry_seconds, 30.0, jitter="none")
                 log.warning("reconcile %s failed (%s); retrying in %.1fs", name, e, delay)
                 asyncio.get_running_loop().call_later(delay, self._enqueue, name)
             finally:
@@ -315,18 +316,8 @@ class Engine:
         def change(n: dict[str, Any]) -> dict[str, Any] | None:
             return quarantined(n, verdict.reason, now_iso(wall), episode)
 
-        def write() -> tuple[bool, dict[str, Any] | None]:
-            new = change(obj) if obj else None  # first with the Node just read (one request saved) ...
-            if new is None:
-                return kube.update_node(name, change)
-            new["metadata"]["resourceVersion"] = obj["metadata"]["resourceVersion"]
-            try:
-                return True, kube.replace_node(name, new)
-            except Conflict:  # ... then read-modify-write until it sticks
-                if kube.on_retry is not None:
-                    kube.on_retry("409")
-                return kube.update_node(name, change)
-        written, now_obj = await self._io(write)
+        # first with the Node just read (one request saved), then read-modify-write until it sticks
+        written, now_obj = await self._io(lambda: kube.update_node(name, change, current=obj or None))
         if written and since is not None:
             lat = self.clock() - since
             m.cordon_latency.observe(lat)

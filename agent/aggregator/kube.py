@@ -3,7 +3,8 @@
 Objects travel as plain JSON dicts (`_preload_content=False` on reads, dict bodies on writes), so a
 read-modify-write never drops a field that the client's models do not know.
 - spec.taints has no merge key: taints, cordon and Vigil's record are written by read-modify-write of the whole
-  Node with its resourceVersion (the server answers 409 on a stale one), retried after a fresh read.
+  Node with its resourceVersion (the server answers 409 on a stale one), retried after a fresh read
+  (`read_modify_write`, the one such loop: Nodes here, the Lease's ledger in lease.py, the CLI's Lease edits).
 - conditions merge by `type` through the nodes/status subresource (a strategic-merge patch).
 - Events get deterministic names: a retried create answers 409 instead of making a duplicate.
 - 5xx, 429 and timeouts are retried with jittered backoff (`retrying`); 409 is never retried blindly.
@@ -14,16 +15,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import random
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable, TypeVar
+
+from agent.base.backoff import delay
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 STRATEGIC = "application/strategic-merge-patch+json"
-MERGE = "application/merge-patch+json"
 
 
 class Conflict(Exception):
@@ -103,8 +104,42 @@ def retrying(fn: Callable[[], T], attempts: int = 5, base: float = 0.05, cap: fl
                 raise err from e
             if on_retry is not None:
                 on_retry(str(err).split(" ", 1)[0])
-            time.sleep(random.uniform(0, min(cap, base * 2 ** (i + 1))))
+            time.sleep(delay(i + 1, base, cap, jitter="full"))
     raise AssertionError("unreachable")
+
+
+Obj = dict[str, Any]
+
+
+def read_modify_write(read: Callable[[], Obj | None], change: Callable[[Obj], Obj | None],
+                      write: Callable[[Obj], Obj], *, attempts: int = 8,
+                      on_retry: Callable[[str], None] | None = None, current: Obj | None = None,
+                      what: str = "object") -> tuple[bool, Obj | None]:
+    """Optimistic concurrency, the way Kubernetes' own helpers do it: `read()` the object (None: it does not
+    exist), `change(obj)` returns the new object or None (nothing to do), `write(new)` replaces it with the read
+    object's resourceVersion as precondition (set here, so no caller can forget it) and raises Conflict when the
+    object changed since. On a Conflict, on_retry("409") and again from a fresh read, at most `attempts` reads, so
+    the change is computed from what is there now and never applied twice.
+    `current`: a copy the caller read earlier, tried first (one request saved) and not counted. Only a write
+    proves such a copy current (the server checks its resourceVersion): when it shows nothing to do, or its
+    write conflicts, the object is read afresh.
+    Returns (written, the object as it is now: the written one, or the one read; None when it does not exist)."""
+    for i in range(-1 if current is not None else 0, attempts):
+        obj = current if i < 0 else read()
+        if obj is None:
+            return False, None
+        new = change(obj)
+        if new is None:
+            if i < 0:
+                continue
+            return False, obj
+        new.setdefault("metadata", {})["resourceVersion"] = obj["metadata"]["resourceVersion"]
+        try:
+            return True, write(new)
+        except Conflict:
+            if on_retry is not None:
+                on_retry("409")
+    raise Conflict(f"{what}: still conflicting after {attempts} attempts")
 
 
 class Kube:
@@ -172,25 +207,11 @@ class Kube:
         return self._req("PATCH", "/api/v1/nodes/{name}/status", {"name": name}, patch, STRATEGIC)
 
     def update_node(self, name: str, change: Callable[[dict[str, Any]], dict[str, Any] | None],
-                    attempts: int = 8) -> tuple[bool, dict[str, Any] | None]:
-        """Read-modify-write: `change(node)` returns the new node or None (nothing to do). Retries on 409 with a
-        fresh read, so the change is computed from what is there now and never applied twice.
-        Returns (written, the node as it is now)."""
-        for _ in range(attempts):
-            node = self.get_node(name)
-            if node is None:
-                return False, None
-            new = change(node)
-            if new is None:
-                return False, node
-            new.setdefault("metadata", {})["resourceVersion"] = node["metadata"]["resourceVersion"]
-            try:
-                return True, self.replace_node(name, new)
-            except Conflict:
-                if self.on_retry is not None:
-                    self.on_retry("409")
-                continue
-        raise Conflict(f"node {name}: still conflicting after {attempts} attempts")
+                    attempts: int = 8, current: dict[str, Any] | None = None) -> tuple[bool, dict[str, Any] | None]:
+        """Read-modify-write (`read_modify_write`): `change(node)` returns the new node or None (nothing to do);
+        `current`, the Node as the caller just read it, is tried first. Returns (written, the node as it is now)."""
+        return read_modify_write(lambda: self.get_node(name), change, lambda new: self.replace_node(name, new),
+                                 attempts=attempts, on_retry=self.on_retry, current=current, what=f"node {name}")
 
     # -- events -------------------------------------------------------------------------------------------
     def create_event(self, namespace: str, body: dict[str, Any]) -> bool:
@@ -200,9 +221,6 @@ class Kube:
             return True
         except Conflict:
             return False
-
-    def list_events(self, namespace: str) -> list[dict[str, Any]]:
-        return self._req("GET", "/api/v1/namespaces/{namespace}/events", {"namespace": namespace}).get("items") or []
 
     # -- leases -------------------------------------------------------------------------------------------
     LEASES = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"

@@ -6,7 +6,7 @@
 - Hold: renew every retry_period; a holder that could not renew for renew_deadline (< lease duration) steps
   down before anyone else may take over, so two replicas never act at once.
 - The cordon budget's ledger lives on the Lease (annotation policy.LEDGER) and is changed only by the holder,
-  through `update_ledger`: read-modify-write with the resourceVersion, retried on 409.
+  through `update_ledger`: read-modify-write with the resourceVersion, retried on 409 (kube.read_modify_write).
 The Kubernetes calls are blocking (kube.Kube); they run in the aggregator's executor.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import logging
 import time
 from typing import Any, Awaitable, Callable, TypeVar
 
-from .kube import Conflict, Kube, micro_time
+from .kube import Conflict, Kube, micro_time, read_modify_write
 from .policy import LEDGER, Ledger
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,10 @@ T = TypeVar("T")
 
 class NotLeader(Exception):
     pass
+
+
+class _LeaseLost(Exception):
+    """The Lease is gone or held by another (found in the executor; stepping down happens on the loop)."""
 
 
 class LeaderElector:
@@ -77,7 +81,7 @@ class LeaderElector:
                         "spec": self._spec(None, acquire=True)}
                 try:
                     self._lease = await self._run(lambda: self.kube.create_lease(self.namespace, body))
-                except Conflict:
+                except Conflict:  # not a stale read to retry: another replica created it first; it holds the Lease
                     return
                 self._renewed(now)
                 return
@@ -98,7 +102,7 @@ class LeaderElector:
                 new = dict(lease, spec=self._spec(spec, acquire=True))
             try:
                 self._lease = await self._run(lambda: self.kube.replace_lease(self.namespace, self.name, new))
-            except Conflict:
+            except Conflict:  # not retried: another replica won the race (or renewed); the next round re-reads
                 return
             self._renewed(now)
 
@@ -147,31 +151,44 @@ class LeaderElector:
         return Ledger.from_json(((lease.get("metadata") or {}).get("annotations") or {}).get(LEDGER))
 
     async def update_ledger(self, change: Callable[[Ledger], tuple[T, Ledger | None]], attempts: int = 8) -> T:
-        """Read-modify-write the ledger as the holder: `change(ledger)` returns (result, new ledger or None)."""
+        """Read-modify-write the ledger as the holder: `change(ledger)` returns (result, new ledger or None).
+        The first attempt uses the Lease as last seen (the holder is the ledger's only writer); every attempt
+        checks leadership first. The loop runs in the executor, so `change` must be pure (it is: policy.admit,
+        policy.unhold)."""
+        ns, name = self.namespace, self.name
+        out: list[T] = []
         async with self._lock:
-            lease = self._lease
-            for _ in range(attempts):
+            seen = [self._lease]
+
+            def read() -> dict[str, Any]:
                 if not self.is_leader():
                     raise NotLeader(self.identity)
+                lease = seen.pop() if seen else None
                 if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.identity:
-                    lease = await self._run(lambda: self.kube.get_lease(self.namespace, self.name))
+                    lease = self.kube.get_lease(ns, name)
                     if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.identity:
-                        self._lose("the Lease is gone or held by another")
-                        raise NotLeader(self.identity)
+                        raise _LeaseLost()
+                return lease
+
+            def modify(lease: dict[str, Any]) -> dict[str, Any] | None:
                 ann = (lease.get("metadata") or {}).get("annotations") or {}
                 result, new = change(Ledger.from_json(ann.get(LEDGER)))
+                out[:] = [result]
                 if new is None:
-                    self._lease = lease
-                    return result
+                    return None
                 meta = dict(lease.get("metadata") or {})
                 meta["annotations"] = dict(ann, **{LEDGER: new.to_json()})
-                body = dict(lease, metadata=meta)
-                try:
-                    self._lease = await self._run(lambda: self.kube.replace_lease(self.namespace, self.name, body))
-                    return result
-                except Conflict:
-                    lease = await self._run(lambda: self.kube.get_lease(self.namespace, self.name))
-            raise Conflict("ledger: still conflicting")
+                return dict(lease, metadata=meta)
+
+            try:
+                _, lease = await self._run(lambda: read_modify_write(
+                    read, modify, lambda body: self.kube.replace_lease(ns, name, body), attempts=attempts,
+                    what="ledger"))
+            except _LeaseLost:
+                self._lose("the Lease is gone or held by another")
+                raise NotLeader(self.identity) from None
+            self._lease = lease
+            return out[0]
 
 
 class StaticLeader:
