@@ -2,7 +2,7 @@ import shutil
 
 import pytest
 
-from support import AGENT, FIXTURES, ROOT, is_root  # noqa: F401  (re-exported for older imports)
+from tests.support import AGENT, FIXTURES, ROOT, is_root  # noqa: F401  (re-exported for older imports)
 
 
 def pytest_addoption(parser):

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from support import AGENT, FIXTURES
+from tests.support import AGENT, FIXTURES
 
 
 def once(*args):

@@ -5,7 +5,7 @@ import pytest
 
 from agent.base.config import ConfigError, load
 from agent.run.loop import collector_schemas
-from support import AGENT
+from tests.support import AGENT
 
 
 @pytest.mark.parametrize("text, key", [
@@ -70,7 +70,7 @@ def test_bad_stream_config_names_the_key(text, key):
 
 def test_the_readme_configuration_example_is_valid():
     """The YAML an operator copies from the README must load as it is."""
-    from support import ROOT
+    from tests.support import ROOT
 
     text = (ROOT / "README.md").read_text().split("## Configuration", 1)[1]
     block = text.split("```yaml", 1)[1].split("```", 1)[0]

@@ -13,7 +13,7 @@ from agent.base.config import load
 from agent.run.loop import build_collectors, collector_schemas, exposition, run_all_once
 from agent.base.roots import Roots, merge_expectations, read_node_file
 from agent.run.runner import CollectorRunner
-from support import AGENT, FIXTURES
+from tests.support import AGENT, FIXTURES
 
 NODES = sorted(p.name for p in FIXTURES.iterdir()
                if p.is_dir() and any((p / d).exists() for d in ("amd-smi", "nvidia-smi", "sys", "proc")))

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from support import ROOT
+from tests.support import ROOT
 
 
 def test_generated_stubs_match_the_protos(tmp_path):

@@ -132,7 +132,7 @@ def test_healthz_fails_when_a_collector_loop_is_dead():
 def test_a_hanging_amdsmi_library_call_trips_the_deadline():
     """The amdsmi backend over the faithful library fake, with one getter stuck as a call in D-state would be."""
     from agent.sources.gpu.amdsmi_lib import AmdSmiLibBackend
-    from gpu import fake_amdsmi as fake
+    from tests.gpu import fake_amdsmi as fake
 
     release = threading.Event()
 

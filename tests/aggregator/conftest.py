@@ -1,5 +1,6 @@
 import pytest
-from aggsupport import Harness
+
+from .helpers import Harness
 
 
 @pytest.fixture

@@ -3,10 +3,10 @@ the official client: condition, taint, cordon, record, Events; idempotence, retr
 recovery, silence and the cordon budget. The engine runs on a fake clock and is reconciled by hand."""
 import json
 
-from aggsupport import OTHER_TAINT, event, fatal
-
 from agent.aggregator import policy as P
 from agent.aggregator.policy import BudgetConfig
+
+from .helpers import OTHER_TAINT, event, fatal
 
 
 def vigil_condition(node):

@@ -4,11 +4,11 @@ import json
 import subprocess
 import sys
 
-from agg_e2e import ROOT
-
 from agent.aggregator import policy as P
 from agent.aggregator.cli import main
 from agent.aggregator.kube import Kube
+
+from .helpers import ROOT
 
 
 def test_cleanup_removes_only_what_vigil_added(fake, tmp_path, capsys):

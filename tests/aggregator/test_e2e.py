@@ -6,11 +6,12 @@ import sqlite3
 
 import grpc
 import pytest
-from agg_e2e import agent_pod, kill, leader_of, replica, start_agent, start_emitter, stop, wait_for
 
 from agent._proto.vigil.v1 import health_pb2 as pb
 from agent._proto.vigil.v1 import health_pb2_grpc as pbg
 from agent.aggregator import policy as P
+
+from .helpers import agent_pod, kill, leader_of, replica, start_agent, start_emitter, stop, wait_for
 
 NODES = {"node-a": "mi300x-rocm71-healthy", "node-b": "mi300x-rocm62-healthy", "node-f": "mi300x-faulty"}
 

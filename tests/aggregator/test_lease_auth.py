@@ -8,16 +8,9 @@ from agent.aggregator.auth import AuthError, TokenReviewer
 from agent.aggregator.kube import Kube
 from agent.aggregator.lease import LeaderElector, NotLeader
 from agent.aggregator.policy import ADMIT, BudgetConfig, admit, reset
+from tests.support.clock import FakeClock
 
 SA = "system:serviceaccount:vigil:vigil-agent"
-
-
-class Clock:
-    def __init__(self):
-        self.t = 100.0
-
-    def __call__(self):
-        return self.t
 
 
 def elector(fk, ident, clock):
@@ -26,22 +19,22 @@ def elector(fk, ident, clock):
 
 
 def test_one_leader_and_takeover_only_after_the_lease_duration(fake):
-    clock = Clock()
+    clock = FakeClock(100.0)
     a, b = elector(fake, "a", clock), elector(fake, "b", clock)
     run = asyncio.new_event_loop().run_until_complete
     run(a.step())
     run(b.step())
     assert a.is_leader() and not b.is_leader()
-    clock.t += 5
+    clock.step(5)
     run(a.step())  # a renews
     run(b.step())
     assert a.is_leader() and not b.is_leader()
     # a dies: no more renewals. b sees the same record for a full lease duration before taking over
-    clock.t += 14
+    clock.step(14)
     run(b.step())
     assert not b.is_leader()
     assert not a.is_leader(), "a holder that could not renew within renew_deadline stops acting"
-    clock.t += 2
+    clock.step(2)
     run(b.step())
     assert b.is_leader()
     lease = fake.get("leases", "vigil-aggregator", "vigil")
@@ -51,19 +44,19 @@ def test_one_leader_and_takeover_only_after_the_lease_duration(fake):
 
 
 def test_clean_release_hands_over_at_once(fake):
-    clock = Clock()
+    clock = FakeClock(100.0)
     a, b = elector(fake, "a", clock), elector(fake, "b", clock)
     run = asyncio.new_event_loop().run_until_complete
     run(a.step())
     run(a.release())
     run(b.step())
-    clock.t += 1.5  # the released lease has a 1 s duration
+    clock.step(1.5)  # the released lease has a 1 s duration
     run(b.step())
     assert b.is_leader()
 
 
 def test_ledger_on_the_lease_with_optimistic_concurrency(fake):
-    clock = Clock()
+    clock = FakeClock(100.0)
     a = elector(fake, "a", clock)
     run = asyncio.new_event_loop().run_until_complete
     run(a.step())

@@ -17,7 +17,7 @@ from agent.sources.gpu.amd_smi_cli import AmdSmiCliBackend
 from agent.sources.gpu.model import GpuReading
 from agent.sources.containers.attribution import gpu_pod_table, keys_for_id, rows_from_shared
 from agent.sources.containers.model import PodRef
-from support import AGENT, FIXTURES
+from tests.support import AGENT, FIXTURES
 
 from .helpers import dra, extract_rootfs
 

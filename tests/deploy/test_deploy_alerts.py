@@ -12,8 +12,9 @@ import subprocess
 
 import pytest
 import yaml
-from deploy_support import (PROMETHEUS_RULE, ROOT, RULE_HEADER, RULES, RULES_TEST, prometheus_rule_object,
-                            rendered)
+
+from .helpers import (PROMETHEUS_RULE, ROOT, RULE_HEADER, RULES, RULES_TEST, prometheus_rule_object,
+                      rendered)
 
 # What the issue asks alerts for, and the rule that answers each.
 REQUIRED = {"GPU unhealthy": "VigilGPUUnhealthy", "RDMA port down": "VigilRDMAPortDown",
@@ -54,9 +55,9 @@ def test_every_alert_is_unit_tested_firing():
 
 def test_prometheus_rule_object_is_the_rule_file(tmp_path, promtool):
     """The PrometheusRule that kustomize renders carries exactly the rule file's groups; extracted again, promtool
-    accepts it. The file on disk is the generated one (deploy_support.py sync-rules)."""
+    accepts it. The file on disk is the generated one (tests/deploy/helpers.py sync-rules)."""
     expected_text = RULE_HEADER + yaml.safe_dump(prometheus_rule_object(), sort_keys=False, width=120)
-    assert PROMETHEUS_RULE.read_text() == expected_text, "run: .venv/bin/python tests/deploy/deploy_support.py sync-rules"
+    assert PROMETHEUS_RULE.read_text() == expected_text, "run: .venv/bin/python tests/deploy/helpers.py sync-rules"
     obj = next(o for o in rendered("monitoring") if o["kind"] == "PrometheusRule")
     assert obj["apiVersion"] == "monitoring.coreos.com/v1"
     assert obj["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]

@@ -23,7 +23,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from deploy_support import AGENT, DAEMONSET, container, kustomize, rendered
+
+from .helpers import AGENT, DAEMONSET, container, kustomize, rendered
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (setpriv, namespaces, BCC); CI runs as root")
 

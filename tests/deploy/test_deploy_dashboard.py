@@ -23,8 +23,9 @@ import time
 from pathlib import Path
 
 import pytest
-from deploy_support import (AGENT, AGGREGATOR, DASHBOARD, FIXTURES, RULES, Procs, Prometheus, container, expand,
-                            free_port, one, pod_monitor_scrape_config, rendered, split_args, wait_http)
+
+from .helpers import (AGENT, AGGREGATOR, DASHBOARD, FIXTURES, RULES, Procs, Prometheus, container, expand,
+                      free_port, one, pod_monitor_scrape_config, rendered, split_args, wait_http)
 
 DASH = json.loads(DASHBOARD.read_text())
 # Fixture nodes the agents replay: AMD with uncorrectable ECC and a narrow PCIe link (plus pods holding GPUs and a

@@ -25,8 +25,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from deploy_support import (FIXTURES, ROOT, container, expand, free_port, http_get, one, rendered, split_args,
-                            wait_http)
+
+from .helpers import (FIXTURES, ROOT, container, expand, free_port, http_get, one, rendered, split_args,
+                      wait_http)
 
 pytestmark = [
     pytest.mark.skipif(os.environ.get("VIGIL_IMAGE_TEST") != "1",

@@ -19,11 +19,12 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from deploy_support import (AGENT, AGGREGATOR, DAEMONSET, FIXTURES, OPERATOR_KINDS, OVERLAYS, ROOT, TREES, container,
-                            expand, help_choices, help_flags, help_text, kustomize, one, rendered, split_args)
 
 import agent
 from agent.base.config import DEFAULT_PORT
+
+from .helpers import (AGENT, AGGREGATOR, DAEMONSET, FIXTURES, OPERATOR_KINDS, OVERLAYS, ROOT, TREES, container,
+                      expand, help_choices, help_flags, help_text, kustomize, one, rendered, split_args)
 
 # Oldest Kubernetes Vigil supports (TokenReview's node-name extra is 1.30+; older clusters use the pod lookup)
 # and the newest kubernetes-validate knows.
@@ -384,7 +385,7 @@ def test_resources_cover_the_measured_agent(tmp_path):
     plus the eBPF child's documented cost (REAL-PARTS.md: up to ~200 MB with a program loaded)."""
     import psutil
 
-    from deploy_support import free_port, wait_http
+    from .helpers import free_port, wait_http
     port = free_port()
     p = subprocess.Popen([str(AGENT), "--snapshot", str(FIXTURES / "mi300x-rocm71-busy"), "--listen",
                           f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

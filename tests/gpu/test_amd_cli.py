@@ -14,7 +14,7 @@ import pytest
 from agent.sources.gpu.amd_smi_cli import AmdSmiCliBackend, decode_json, parse_links, parse_outputs, value_of
 from agent.sources.gpu.backend import BackendUnavailable
 from agent.sources.gpu.model import EccCount
-from support import FIXTURES
+from tests.support import FIXTURES
 
 AMD_NODES = {  # node -> GPUs amd-smi reports
     "mi300x-rocm71-healthy": 8, "mi300x-rocm62-healthy": 8, "mi300x-rocm71-ecc-correctable": 8,

@@ -10,7 +10,7 @@ import pytest
 from agent.sources.gpu.amdsmi_lib import AmdSmiLibBackend
 from agent.sources.gpu.amd_smi_cli import AmdSmiCliBackend
 from agent.sources.gpu.backend import BackendUnavailable
-from support import FIXTURES
+from tests.support import FIXTURES
 
 from . import fake_amdsmi as fake
 

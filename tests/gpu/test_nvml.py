@@ -10,14 +10,13 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the fake sits beside this file, package or not
-import fake_pynvml  # noqa: E402
-from fake_pynvml import FakePynvml, load_capture  # noqa: E402
+from agent.sources.gpu import nvml as gpu_nvidia
+from agent.sources.gpu.backend import BackendUnavailable
+from agent.sources.gpu.nvml import NvmlBackend
+from agent.sources.gpu.nvidia_smi_xml import parse_xml
 
-from agent.sources.gpu import nvml as gpu_nvidia  # noqa: E402
-from agent.sources.gpu.backend import BackendUnavailable  # noqa: E402
-from agent.sources.gpu.nvml import NvmlBackend  # noqa: E402
-from agent.sources.gpu.nvidia_smi_xml import parse_xml  # noqa: E402
+from . import fake_pynvml
+from .fake_pynvml import FakePynvml, load_capture
 
 ROOT = Path(__file__).resolve().parents[2]
 H100_XML = ROOT / "fixtures" / "nodes" / "h100-nvidia" / "nvidia-smi" / "q.xml"

@@ -9,13 +9,10 @@ subclassing; tests/gpu/fake_pynvml.py is untouched.
 from __future__ import annotations
 
 import queue
-import sys
 import threading
-from pathlib import Path
 from types import SimpleNamespace
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gpu"))
-from fake_pynvml import ERROR_CODES, FakePynvml, NVMLError, load_capture  # noqa: E402
+from tests.gpu.fake_pynvml import ERROR_CODES, FakePynvml, NVMLError, load_capture
 
 EVENT_XID = 0x8
 EVENT_RECOVERY_ACTION = 0x8000

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from support import AGENT, FIXTURES
+from tests.support import AGENT, FIXTURES
 
 
 def once(*args):

@@ -181,9 +181,8 @@ def test_probe_outlives_the_threads_that_read_it(bpf_host):
 
 
 AGENT_SCRIPT = """
-import sys, time
-sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
-from netflow.helpers import make_collector
+import time
+from tests.netflow.helpers import make_collector
 c = make_collector({})
 r = c.read()
 print(r.state, c.client.pid, flush=True)
@@ -200,7 +199,7 @@ def test_probe_exits_when_the_agent_is_killed(bpf_host):
     from .helpers import REPO
 
     base = sock_ops_programs()
-    agent = subprocess.Popen([sys.executable, "-c", AGENT_SCRIPT, str(REPO)], stdout=subprocess.PIPE, text=True)
+    agent = subprocess.Popen([sys.executable, "-c", AGENT_SCRIPT], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         state, pid = agent.stdout.readline().split()
         assert state == "ok"

@@ -170,7 +170,7 @@ def test_agent_flows_lists_a_live_loopback_flow():
     import socket
     import subprocess
 
-    from support import AGENT
+    from tests.support import AGENT
 
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))

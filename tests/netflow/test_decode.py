@@ -4,11 +4,11 @@ import re
 import struct
 
 import pytest
-from support import ROOT
 
 from agent.sources.netflow import decode
 from agent.sources.netflow.decode import (CLOSE_WAIT, CLOSING, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, LAST_ACK,
     RTT_BOUNDS_US, Totals, live_payload)
+from tests.support import ROOT
 
 C_SOURCE = (ROOT / "bpf" / "tcpflow.c").read_text()
 

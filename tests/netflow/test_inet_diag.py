@@ -140,7 +140,7 @@ def test_top_view_lists_the_heaviest_flows(tmp_path):
     import subprocess
     import sys
 
-    from support import ROOT
+    from tests.support import ROOT
 
     cfg = tmp_path / "agent.yaml"
     cfg.write_text("netflow:\n  classes:\n    t_top: ['127.77.15.0/24']\n")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from .support import AGENT, node_dir
+from .helpers import AGENT, node_dir
 
 
 def once(node: str, *extra: str) -> subprocess.CompletedProcess:

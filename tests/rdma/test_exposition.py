@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.base.collector import Observation
 from agent.base.metrics import render
 
-from .support import RDMA_NODES, collector, node_dir, read, run
+from .helpers import RDMA_NODES, collector, node_dir, read, run
 
 
 def flap_output():

@@ -2,16 +2,26 @@
 builds fixtures/nodes/rdma-*/ from them (checked byte for byte when the captures are at hand)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 
 import pytest
 
-from .support import FIXTURES, RDMA_NODES, ROOT
+from .helpers import FIXTURES, RDMA_NODES, ROOT
 
-sys.path.insert(0, str(ROOT / "fixtures" / "tools"))
-import ttar  # noqa: E402
+
+def _load_ttar():
+    """fixtures/tools/ttar.py is a standalone tool, not a package: load it from its file."""
+    spec = importlib.util.spec_from_file_location("ttar", ROOT / "fixtures" / "tools" / "ttar.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["ttar"] = mod  # its dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+ttar = _load_ttar()
 
 SHARED = ROOT.parent / "shared" / "fixtures" / "rdma"
 

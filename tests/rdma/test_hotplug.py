@@ -15,7 +15,7 @@ import pytest
 from agent.sources.rdma import collector as rdma_mod
 from agent.sources.rdma.hotplug import RESCAN, HotplugWatcher
 
-from .support import IB, ROOT, collector, copy_node, one, run
+from .helpers import IB, ROOT, collector, copy_node, one, run
 
 
 class FakeMonitor:

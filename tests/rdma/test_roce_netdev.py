@@ -9,7 +9,7 @@ import shutil
 from agent.sources.rdma.collector import netlink_links
 from agent.sources.rdma.sysfs import NetdevState, discover
 
-from .support import IB, collector, copy_node, node_dir, one, run
+from .helpers import IB, collector, copy_node, node_dir, one, run
 
 
 def ionic(reading):

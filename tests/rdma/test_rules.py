@@ -13,7 +13,7 @@ from agent.base.config import ConfigError, from_mapping
 from agent.base.findings import node_status
 from agent.sources.rdma import rules
 
-from .support import collector, node_dir, one, problems, read, run
+from .helpers import collector, node_dir, one, problems, read, run
 
 
 def flap(settings: RdmaSettings | None = None, elapsed: float = 10.0):

@@ -13,7 +13,7 @@ from agent.sources.rdma import sysfs as rdma_sysfs
 from agent.sources.rdma.collector import rdma_metrics
 from agent.sources.rdma.sysfs import is_saturated, parse_counter, parse_rate, parse_state
 
-from .support import IB, collector, copy_node, node_dir, read, run
+from .helpers import IB, collector, copy_node, node_dir, read, run
 
 E2E = node_dir("rdma-quirks") / "reference" / "node_exporter_e2e_infiniband_metrics.prom"
 

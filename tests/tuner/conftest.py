@@ -1,4 +1,4 @@
-"""Fixtures of the tuner tests (helpers live in tuner_support.py, importable by name from the tests)."""
+"""Fixtures of the tuner tests (helpers live in helpers.py beside this file: `from .helpers import ...`)."""
 from __future__ import annotations
 
 import subprocess
@@ -6,7 +6,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from tuner_support import HOST_NET_KEYS, read_procfs
+from .helpers import HOST_NET_KEYS, read_procfs
 
 
 # -- network namespaces ------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import re
 import subprocess
 
 import pytest
-from tuner_support import AGENT, REPO
+from .helpers import AGENT, REPO
 
 from agent.sources.tuner.collector import SysctlSettings
 from agent.base.config import ConfigError, build, load

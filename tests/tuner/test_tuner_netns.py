@@ -7,7 +7,7 @@ unchanged afterwards. Needs root (ip netns add, setns); CI runs the suite as roo
 from __future__ import annotations
 
 import pytest
-from tuner_support import in_netns, needs_ip, needs_root
+from .helpers import in_netns, needs_ip, needs_root
 
 pytestmark = [pytest.mark.root, needs_root, needs_ip, pytest.mark.usefixtures("host_net_untouched")]
 

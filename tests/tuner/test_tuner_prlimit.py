@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from tuner_support import by_check, collector, one_pass
+from .helpers import by_check, collector, one_pass
 
 from agent.base.metrics import render
 

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 
 import pytest
-from tuner_support import AGENT, by_check, collector, make_procfs, one_pass, read_procfs
+from .helpers import AGENT, by_check, collector, make_procfs, one_pass, read_procfs
 
 from agent.base.metrics import render
 from agent.sources.tuner import procfs as procfs_io

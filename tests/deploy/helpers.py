@@ -1,7 +1,7 @@
 """Helpers of the deployment tests: rendering with the real `kubectl kustomize`, the flags the real CLIs accept,
 the rule file <-> PrometheusRule sync, and starting real processes (agents, the aggregator, Prometheus).
 
-    .venv/bin/python tests/deploy/deploy_support.py sync-rules   # rewrite prometheusrule.yaml from vigil-alerts.yaml
+    .venv/bin/python tests/deploy/helpers.py sync-rules   # rewrite prometheusrule.yaml from vigil-alerts.yaml
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ TREES = {"base": DAEMONSET / "base", **{f"overlays/{o}": DAEMONSET / "overlays" 
 OPERATOR_KINDS = {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
 
 RULE_HEADER = ("# Generated from vigil-alerts.yaml (the groups are identical; tests/deploy/test_deploy_alerts.py fails on\n"
-               "# any difference). Regenerate: .venv/bin/python tests/deploy/deploy_support.py sync-rules\n")
+               "# any difference). Regenerate: .venv/bin/python tests/deploy/helpers.py sync-rules\n")
 
 
 # -- rendering --------------------------------------------------------------------------------------------------
