@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import __version__
 from agent.sources import REGISTRY
-from agent.base.collector import Context
+from agent.base.collector import Context, RunMode
 from agent.base.config import DEFAULT_PORT, Config, ConfigError, load, parse_listen
 from agent.run.loop import Agent, build_collectors, collector_schemas, run_all_once
 from agent.run.report import report_json, report_table
@@ -101,10 +101,10 @@ def setup(args: argparse.Namespace) -> tuple[Config, Context]:
     node_file = read_node_file(roots.snapshot / "node.json") if roots.snapshot else None
     node = args.node_name or config.agent.node_name or (node_file.node if node_file else None) or config.node_name
     expect = merge_expectations(config.agent.expect, node_file.expect) if node_file else config.agent.expect
-    ctx = Context(roots=roots, node=node, expect=expect)
-    # Run-mode facts some collectors need: the tuner never writes in --once unless --tune asks it to.
-    ctx.shared.update(once=bool(args.once), tune=bool(getattr(args, "tune", False)),
-                      tuner_mode=getattr(args, "tuner_mode", None))
+    # The tuner never writes in --once unless --tune asks it to.
+    mode = RunMode(once=bool(args.once), tune=bool(getattr(args, "tune", False)),
+                   tuner_mode=getattr(args, "tuner_mode", None))
+    ctx = Context(roots=roots, node=node, expect=expect, mode=mode)
     return config, ctx
 
 
@@ -126,13 +126,13 @@ def cmd_once(args: argparse.Namespace) -> int:
         c.close()
     findings = [f for r in results for f in r.output.findings]
     # Which pod holds which GPU: joined here, after both sources have read (they run concurrently).
-    from agent.sources.containers.attribution import gpu_pod_table, rows_from_shared
+    from agent.sources.containers.attribution import gpu_pod_rows, gpu_pod_table
     if args.json:
-        pods = {"gpu_pods": [r.to_json() for r in rows_from_shared(ctx.shared)]} if "pod_devices" in ctx.shared \
+        pods = {"gpu_pods": [r.to_json() for r in gpu_pod_rows(ctx.facts)]} if ctx.facts.pod_devices is not None \
             else None
         print(report_json(ctx.node, findings, pods))
     else:
-        sys.stdout.write(report_table(ctx.node, findings, args.verbose) + gpu_pod_table(ctx.shared))
+        sys.stdout.write(report_table(ctx.node, findings, args.verbose) + gpu_pod_table(ctx.facts))
         failed = [r.collector for r in results if not r.success]
         if failed:
             print(f"\ncollectors that failed: {', '.join(failed)}")

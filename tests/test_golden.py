@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from agent.cli import main as cli_main  # noqa: F401  (the CLI must import cleanly)
-from agent.base.collector import Context
+from agent.base.collector import Context, RunMode
 from agent.base.config import load
 from agent.run.loop import build_collectors, collector_schemas, exposition, run_all_once
 from agent.base.roots import Roots, merge_expectations, read_node_file
@@ -23,8 +23,7 @@ def render_node(name: str) -> str:
     roots = Roots.from_snapshot(FIXTURES / name)
     nf = read_node_file(roots.snapshot / "node.json")
     config = load(None, collector_schemas())
-    ctx = Context(roots, nf.node or name, merge_expectations(config.agent.expect, nf.expect))
-    ctx.shared.update(once=True, tune=False, tuner_mode=None)
+    ctx = Context(roots, nf.node or name, merge_expectations(config.agent.expect, nf.expect), mode=RunMode(once=True))
     collectors = build_collectors(config, ctx)
     results = run_all_once([CollectorRunner(c) for c in collectors])
     for c in collectors:

@@ -23,13 +23,33 @@ class NoData(Exception):
     """The source is simply absent on this node (no RDMA devices, no containerd): not a failure."""
 
 
+@dataclass(frozen=True)
+class RunMode:
+    """How the agent was started, for the collectors whose behaviour depends on it."""
+
+    once: bool = False  # `agent --once`: one pass; no background watchers, nothing persisted
+    tune: bool = False  # `--once --tune`: the tuner may write in this one pass
+    tuner_mode: str | None = None  # `--tuner-mode`, overriding the config
+
+
+@dataclass
+class Facts:
+    """What one source publishes for the others in the same agent (each field has one writer). Sources run
+    concurrently, so a reader sees the writer's latest value or None (not published yet)."""
+
+    gpus: list[Any] | None = None  # the GPU source's readings (GpuReading): join keys for events and pods
+    pod_devices: dict[str, tuple[Any, ...]] | None = None  # containers: device join key -> (PodRef, ...)
+    pid_pods: dict[int, Any] | None = None  # containers: a running container's init pid -> (namespace, pod)
+    cgroup_pods: dict[str, Any] | None = None  # cgroup path -> pod, for a runtime that reports cgroups
+
+
 @dataclass
 class Context:
     roots: Roots
     node: str
     expect: Expectations
-    # Set by the agent when another collector's state is useful (container source -> pod attribution).
-    shared: dict[str, Any] = field(default_factory=dict)
+    mode: RunMode = field(default_factory=RunMode)
+    facts: Facts = field(default_factory=Facts)
 
 
 @dataclass

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.base.collector import Context
+from agent.base.collector import Context, Facts, RunMode
 from agent.sources.containers.collector import ContainersCollector, ContainersSettings
 from agent.base.config import Expectations, build
 from agent.run.runner import CollectorRunner
@@ -57,8 +57,9 @@ def make_collector(tmp_path):
                                               **section}, "containers")
         roots = Roots.from_snapshot(snapshot) if snapshot else Roots(Path(sysfs or tmp_path / "sys"),
                                                                      Path(procfs or tmp_path / "proc"))
-        ctx = Context(roots, "node-1", Expectations())
-        ctx.shared.update(shared or {})
+        shared = dict(shared or {})
+        mode = RunMode(once=shared.pop("once", False))
+        ctx = Context(roots, "node-1", Expectations(), mode=mode, facts=Facts(**shared))
         c = ContainersCollector(settings, ctx)
         made.append(c)
         return c

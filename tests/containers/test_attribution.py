@@ -15,7 +15,7 @@ from google.protobuf import json_format
 from agent.base.collector import NoData
 from agent.sources.gpu.amd_smi_cli import AmdSmiCliBackend
 from agent.sources.gpu.model import GpuReading
-from agent.sources.containers.attribution import gpu_pod_table, keys_for_id, rows_from_shared
+from agent.sources.containers.attribution import gpu_pod_table, keys_for_id, gpu_pod_rows
 from agent.sources.containers.model import PodRef
 from tests.support import AGENT, FIXTURES
 
@@ -65,19 +65,19 @@ def test_amd_node_eight_gpus_three_pods(make_collector, cycles, pod_resources, t
     assert c.value("vigil_container_pod_resources_up") == 1
     [f] = c.findings_of("container.pod_resources")
     assert f.status == "ok" and "9 GPU/RDMA devices held by 3 pods" in f.message
-    assert collector.ctx.shared["pod_devices"]["bdf:0000:9f:00.0"] == (PodRef(*b),)
+    assert collector.ctx.facts.pod_devices["bdf:0000:9f:00.0"] == (PodRef(*b),)
 
     # `agent --once` view: every GPU with its pod.
-    table = gpu_pod_table(collector.ctx.shared)
+    table = gpu_pod_table(collector.ctx.facts)
     assert "0000:0c:00.0  ml/train-a (worker)" in table
     assert "0000:df:00.0  infer/serve-c (sidecar)" in table
-    assert len(rows_from_shared(collector.ctx.shared)) == 8
+    assert len(gpu_pod_rows(collector.ctx.facts)) == 8
 
     # A pod that ends gives its GPUs back: their attribution series go.
     pod_resources.set({k: v for k, v in AMD_PODS.items() if k != ("ml", "train-b")})
     c.once()
     assert {r[0] for r in pod_info(c.result.output.metrics)} == {"0", "1", "2", "3", "6", "7"}
-    assert "0000:9f:00.0  -" in gpu_pod_table(collector.ctx.shared)
+    assert "0000:9f:00.0  -" in gpu_pod_table(collector.ctx.facts)
 
     # A kubelet that died leaves its socket file behind: reported as unknown, not fatal, not "no data".
     pod_resources.stop()
@@ -202,7 +202,7 @@ def test_snapshot_replays_pod_resources(make_collector, tmp_path):
     out = collector.evaluate(collector.read(), None, None)
     # In a one-shot run the GPU collector reads concurrently: the join happens after both, not in a metric.
     assert "vigil_gpu_pod_info" not in out.metrics.families
-    assert "0000:38:00.0  ml/train-a (worker)" in gpu_pod_table(collector.ctx.shared)
+    assert "0000:38:00.0  ml/train-a (worker)" in gpu_pod_table(collector.ctx.facts)
 
 
 def test_agent_once_lists_the_pod_on_each_gpu(tmp_path):

@@ -53,7 +53,7 @@ def test_first_cycle_lists_existing_containers_with_pod_identity(containerd, mak
     assert runtime.status == "ok" and "2 containers in k8s.io" in runtime.message
     # The netflow source attributes sockets to pods through the running containers' init pids.
     pid, _ = containerd.task("c-run")
-    assert c.collector.ctx.shared["pid_pods"] == {pid: GPU_POD[:2]}
+    assert c.collector.ctx.facts.pid_pods == {pid: GPU_POD[:2]}
 
 
 def test_run_exec_kill_delete(containerd, make_collector, cycles, pod_resources, promtool):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.base.collector import Context
+from agent.base.collector import Context, RunMode
 from agent.sources.gpu_events.collector import GpuEventsCollector, GpuEventsSettings
 from agent.base.config import Expectations
 from agent.base.roots import Roots
@@ -47,8 +47,7 @@ class Node:
     def collector(self, once: bool = False, tool=None, nvml_lib=None, **settings) -> GpuEventsCollector:
         s = GpuEventsSettings(state_dir=str(self.state_dir), kmsg_path=str(self.kmsg),
                               nvml_events=nvml_lib is not None, **settings)
-        ctx = Context(Roots(self.sys, self.proc), "n1", Expectations())
-        ctx.shared.update(once=once)
+        ctx = Context(Roots(self.sys, self.proc), "n1", Expectations(), mode=RunMode(once=once))
         kw = {"tool": tool} if tool is not None else {}
         return GpuEventsCollector(s, ctx, nvml_lib=nvml_lib, **kw)
 

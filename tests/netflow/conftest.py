@@ -73,16 +73,19 @@ def v6_port():
 
 
 @pytest.fixture(scope="session")
-def shared():
-    return {}
+def facts():
+    """What the container source would publish; tests set its pod maps."""
+    from agent.base.collector import Facts
+
+    return Facts()
 
 
 @pytest.fixture(scope="session")
-def netflow(testnet, v6_port, shared):
+def netflow(testnet, v6_port, facts):
     """One probe for the session (compiling and loading BPF takes a second or two): a netflow collector with
     the tests' peer classes."""
     classes, ports = peer_classes(v6_port)
-    c = make_collector({"classes": classes, "ports": ports}, shared)
+    c = make_collector({"classes": classes, "ports": ports}, facts)
     yield c
     c.close()
 

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.base.collector import Context
+from agent.base.collector import Context, Facts
 from agent.sources.netflow.collector import NetflowCollector, NetflowSettings
 from agent.base.config import Expectations, build
 from agent.base.metrics import MetricSet
@@ -36,9 +36,9 @@ def peer_classes(v6_port: int) -> tuple[dict[str, list[str]], dict[int, str]]:
     return classes, {v6_port: "t6"}
 
 
-def make_collector(section: dict, shared: dict | None = None) -> NetflowCollector:
+def make_collector(section: dict, facts: Facts | None = None) -> NetflowCollector:
     settings = build(NetflowSettings, {"host_addresses_class": "", "timeout_seconds": 20.0, **section}, "netflow")
-    ctx = Context(roots=Roots(), node="test-node", expect=Expectations(), shared=shared if shared is not None else {})
+    ctx = Context(roots=Roots(), node="test-node", expect=Expectations(), facts=facts or Facts())
     return NetflowCollector(settings, ctx)
 
 

@@ -143,13 +143,13 @@ def test_across_a_network_namespace_pair(netflow, testnet, v):
     on_host.close()
 
 
-def test_local_pod_from_the_container_source(netflow, shared, cgroup):
+def test_local_pod_from_the_container_source(netflow, facts, cgroup):
     """A client in a pod's cgroup: its bytes carry the pod, through pid_pods (while it lives) and through
     cgroup_pods; the server's (in no pod) carry none."""
     srv = listener("127.77.3.1")
     before = Scrape(netflow)
     live = CgroupClient(cgroup, srv, "127.77.3.2", up=9_000, down=900)
-    shared["pid_pods"] = {live.proc.pid: ("team-a", "loader-0")}
+    facts.pid_pods = {live.proc.pid: ("team-a", "loader-0")}
     live.run()
     mid = Scrape(netflow, before.observation)
     assert flow(mid, before, "t3_srv", namespace="team-a", pod="loader-0") == (9_000, 900)
@@ -162,8 +162,8 @@ def test_local_pod_from_the_container_source(netflow, shared, cgroup):
     assert flow(after, before, "t3_srv", namespace="", pod="") == (0, 0)
     assert flow(after, before, "t3_cli", namespace="", pod="") == (906, 9_005)
     # The same cgroup named by path instead of by process.
-    shared.pop("pid_pods")
-    shared["cgroup_pods"] = {"/" + cgroup.name: {"namespace": "team-b", "pod": "reader-1"}}
+    facts.pid_pods = None
+    facts.cgroup_pods = {"/" + cgroup.name: {"namespace": "team-b", "pod": "reader-1"}}
     third = CgroupClient(cgroup, srv, "127.77.3.2", up=77, down=7)
     third.run()
     third.close()
@@ -172,7 +172,7 @@ def test_local_pod_from_the_container_source(netflow, shared, cgroup):
     # The pod of the first client is no longer known: its series are dropped, the class keeps the bytes.
     assert final.total("vigil_tcp_flow_sent_bytes_total", namespace="team-a") == 0
     assert delta(final, before, "vigil_tcp_sent_segments_total", peer_class="t3_srv") > 0
-    shared.pop("cgroup_pods")
+    facts.cgroup_pods = None
     srv.close()
 
 

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from agent.base.collector import Context, NoData, Observation
+from agent.base.collector import Context, Facts, NoData, Observation
 from agent.sources.netflow.collector import NetflowCollector, NetflowReading, NetflowSettings
 from agent.base.config import Expectations
 from agent.sources.netflow import rules
@@ -36,8 +36,8 @@ class FakeClient:
         self.closed = True
 
 
-def collector(client=None, roots=None, **shared):
-    ctx = Context(roots=roots or Roots(), node="n1", expect=Expectations(), shared=shared)
+def collector(client=None, roots=None, **facts):
+    ctx = Context(roots=roots or Roots(), node="n1", expect=Expectations(), facts=Facts(**facts))
     return NetflowCollector(NetflowSettings(), ctx, client=client)
 
 

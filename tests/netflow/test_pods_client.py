@@ -33,15 +33,14 @@ def test_pods_by_pid_and_by_cgroup_path(tmp_path):
     idx = PodIndex(procfs(tmp_path, {10: "/kubepods/pod-a/ctr-1", 11: "/kubepods/pod-b/ctr-2"}))
     assert idx("x", "/kubepods/pod-a/ctr-1") == ("", "")  # nothing shared yet
     assert idx.pods is None
-    idx.refresh({"pid_pods": {10: ("team-a", "a-0"), 11: ("team-b", "b-0")},
-                 "cgroup_pods": {"/system.slice/x.scope": "ops/x"}})
+    idx.refresh({10: ("team-a", "a-0"), 11: ("team-b", "b-0")}, {"/system.slice/x.scope": "ops/x"})
     assert idx(5, "/kubepods/pod-a/ctr-1") == ("team-a", "a-0")
     assert idx(5, "/kubepods/pod-a/ctr-1/sub") == ("team-a", "a-0")  # a child cgroup of the container
     assert idx(5, "/system.slice/x.scope") == ("ops", "x")
     assert idx(5, "/../../kubepods/pod-b/ctr-2") == ("team-b", "b-0")  # seen from another cgroup namespace
     assert idx(5, "/elsewhere") == ("", "") and idx(0, None) == ("", "")
     assert idx.pods == {("team-a", "a-0"), ("team-b", "b-0"), ("ops", "x")}
-    idx.refresh({"pid_pods": {11: ("team-b", "b-0")}})
+    idx.refresh({11: ("team-b", "b-0")}, None)
     assert idx(5, "/kubepods/pod-a/ctr-1") == ("", "")
 
 

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from agent.base.collector import RunMode
 from agent.sources.rdma import collector as rdma_mod
 from agent.sources.rdma.hotplug import RESCAN, HotplugWatcher
 
@@ -219,5 +220,5 @@ def test_once_mode_starts_no_watcher(tmp_path, monkeypatch):
 
     monkeypatch.setattr(rdma_mod, "HotplugWatcher", forbidden)
     c = collector(copy_node("rdma-8port-healthy", tmp_path), live=True)
-    c.ctx.shared["once"] = True
+    c.ctx.mode = RunMode(once=True)
     assert c.read().hotplug == RESCAN

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.base.collector import Context
+from agent.base.collector import Context, RunMode
 from agent.sources.tuner.collector import SysctlCollector, SysctlSettings
 from agent.base.config import Expectations, build
 from agent.base.roots import Roots
@@ -37,12 +37,12 @@ def read_procfs(root: Path, key: str) -> str:
     return root.joinpath("sys", *key.split(".")).read_text().strip()
 
 
-def collector(section: dict, procfs: Path, *, limits=None, **shared) -> SysctlCollector:
+def collector(section: dict, procfs: Path, *, limits=None, **mode) -> SysctlCollector:
     """A sysctl collector from a config section, validated the way the agent's config loader does it. File
     limits default to none, so no test touches a real daemon by accident."""
     settings = build(SysctlSettings, {"file_limits": {}, **section}, "sysctl")
     ctx = Context(roots=Roots(procfs=procfs), node="test-node", expect=Expectations(),
-                  shared={"once": False, "tune": False, "tuner_mode": None, **shared})
+                  mode=RunMode(**mode))
     return SysctlCollector(settings, ctx, limits=limits)
 
 

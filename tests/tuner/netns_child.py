@@ -2,7 +2,7 @@
 the real `agent` CLI) against /proc, whose sys/net now shows that namespace's values.
 
 usage: netns_child.py NETNS SPEC_JSON
-SPEC: {"kind": "passes" | "cli", "config": {sysctl section}, "shared": {...}, "passes": N, "argv": [...],
+SPEC: {"kind": "passes" | "cli", "config": {sysctl section}, "mode": {RunMode fields}, "passes": N, "argv": [...],
        "read": [keys to read before and after]}
 Prints, as its last line, one JSON object: before, after, passes (findings and metric samples of each pass),
 warnings (log lines at WARNING and above), exit (the CLI's exit status).
@@ -65,7 +65,7 @@ def main() -> int:
             doc["exit"] = agent_main(spec["argv"])
         print(buf.getvalue())
     else:
-        from agent.base.collector import Context
+        from agent.base.collector import Context, RunMode
         from agent.sources.tuner.collector import SysctlCollector, SysctlSettings
         from agent.base.config import Expectations, build
         from agent.base.roots import Roots
@@ -74,8 +74,8 @@ def main() -> int:
         logging.getLogger("agent").addHandler(handler)
         # No file limits unless the spec names some: a test must never prlimit a real daemon.
         settings = build(SysctlSettings, {"file_limits": {}, **spec["config"]}, "sysctl")
-        shared = {"once": False, "tune": False, "tuner_mode": None, **spec.get("shared", {})}
-        c = SysctlCollector(settings, Context(Roots(procfs=Path("/proc")), "netns", Expectations(), shared))
+        mode = RunMode(**spec.get("mode", {}))
+        c = SysctlCollector(settings, Context(Roots(procfs=Path("/proc")), "netns", Expectations(), mode=mode))
         for _ in range(spec.get("passes", 1)):
             out = c.evaluate(c.read(), None, None)
             doc["passes"].append({

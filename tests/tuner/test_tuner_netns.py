@@ -38,9 +38,9 @@ def initial(netns: str) -> dict[str, str]:
     return in_netns(netns, {"config": {"profile": {}}, "passes": 0, "read": KEYS})["before"]
 
 
-def run(netns: str, profile: dict, mode: str, passes: int = 1, **shared) -> dict:
+def run(netns: str, profile: dict, mode: str, passes: int = 1, **run_mode) -> dict:
     return in_netns(netns, {"config": {"mode": mode, "profile": profile}, "passes": passes, "read": KEYS,
-                            "shared": shared})
+                            "mode": run_mode})
 
 
 def test_enforce_raises_a_namespaced_key_and_reads_it_back(netns):

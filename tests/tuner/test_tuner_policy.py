@@ -5,6 +5,7 @@ import math
 
 import pytest
 
+from agent.base.collector import RunMode
 from agent.sources.tuner.apply import resolve_mode
 from agent.sources.tuner.policy import RlimitEntry, SysctlEntry, decide, decide_rlimit
 from agent.sources.tuner.profile import key_parts
@@ -86,4 +87,4 @@ def test_rlimit_minimum_never_lowers():
     ("enforce", {"once": True, "tune": True}, True, "dry-run"),  # a snapshot is never written
 ])
 def test_mode_resolution(configured, shared, replay, mode):
-    assert resolve_mode(configured, shared, replay)[0] == mode
+    assert resolve_mode(configured, RunMode(**shared), replay)[0] == mode

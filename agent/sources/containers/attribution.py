@@ -245,18 +245,18 @@ def join_gpus(gpus: Iterable[Any], pod_devices: Mapping[str, Iterable[PodRef]]) 
     return rows
 
 
-def rows_from_shared(shared: Mapping[str, Any]) -> list[GpuPod]:
-    """The join from what the collectors published: shared["gpus"] (GPU collector) and shared["pod_devices"]."""
-    return join_gpus(shared.get("gpus") or [], shared.get("pod_devices") or {})
+def gpu_pod_rows(facts: Any) -> list[GpuPod]:
+    """The join of what the two sources published: facts.gpus (GPU source) and facts.pod_devices."""
+    return join_gpus(facts.gpus or [], facts.pod_devices or {})
 
 
-def gpu_pod_table(shared: Mapping[str, Any]) -> str:
+def gpu_pod_table(facts: Any) -> str:
     """`agent --once`: every GPU with the pod using it ("-" when idle); "" when attribution is unavailable."""
-    gpus = list(shared.get("gpus") or [])
-    if "pod_devices" not in shared or not gpus:
+    gpus = list(facts.gpus or [])
+    if facts.pod_devices is None or not gpus:
         return ""
     by_gpu: dict[str, list[str]] = {}
-    for r in rows_from_shared(shared):
+    for r in gpu_pod_rows(facts):
         by_gpu.setdefault(r.gpu, []).append(f"{r.namespace}/{r.pod} ({r.container})")
     lines = [("GPU", "PCI BUS ID", "POD (CONTAINER)")]
     lines += [(g.name, g.pci_bus_id or g.uuid or "", ", ".join(by_gpu.get(g.name, [])) or "-") for g in gpus]

@@ -5,11 +5,11 @@ Live, the first read starts the event watcher thread (agent/sources/containers/r
 first listing; later reads copy the table. `agent --once` lists containerd once instead, and a snapshot replays
 DIR/containers/pod-resources.json (attribution only). Nothing starts at import or construction.
 
-The join with the GPU collector: the GPU collector publishes its readings as ctx.shared["gpus"]; this collector
-publishes ctx.shared["pod_devices"] (join key -> (namespace, pod, container) tuples) and exports
+The join with the GPU collector: the GPU collector publishes its readings as ctx.facts.gpus; this collector
+publishes ctx.facts.pod_devices (join key -> (namespace, pod, container) tuples) and exports
 vigil_gpu_pod_info{gpu,namespace,pod,container} itself, so dashboards join on `gpu` and no GPU series carries
 pod labels. In one-shot runs the two collectors read concurrently, so there the join is left to
-agent.sources.containers.attribution.gpu_pod_table/rows_from_shared after both finished.
+agent.sources.containers.attribution.gpu_pod_table/gpu_pod_rows after both finished.
 
 Each OOM kill or non-zero exit is reported once, in the first cycle after it happened: the table numbers them
 (seq) in a bounded list, and evaluate() reports those above the previous reading's last seq. A failed cycle
@@ -117,7 +117,7 @@ class ContainersCollector(Collector):
             return None, None
         from . import runtime
 
-        if self.ctx.shared.get("once"):
+        if self.ctx.mode.once:
             try:
                 listing = runtime.list_once(s.socket, s.namespaces, s.rpc_timeout_seconds)
             except Exception as e:
@@ -148,17 +148,17 @@ class ContainersCollector(Collector):
     def _attribute(self, runtime, runtime_error, allocations, pr_error) -> ContainersReading:
         s = self.settings
         resolver = DeviceResolver(self.ctx.roots.sysfs, self.ctx.roots.procfs)
-        gpus = list(self.ctx.shared.get("gpus") or [])
+        gpus = list(self.ctx.facts.gpus or [])
         attribution = attribute(allocations or [], runtime.containers if runtime else [], resolver, gpus,
                                 s.gpu_resource_prefixes, s.rdma_resource_prefixes, s.spec_fallback)
-        self.ctx.shared["pod_devices"] = attribution.pod_devices()
+        self.ctx.facts.pod_devices = attribution.pod_devices()
         if runtime is not None:
             # For the netflow source: a running container's init pid -> its pod (it maps the pid's cgroup).
-            self.ctx.shared["pid_pods"] = {c.pid: c.pod for c in runtime.containers
+            self.ctx.facts.pid_pods = {c.pid: c.pod for c in runtime.containers
                                            if c.pid and c.pod and c.status == "running"}
         event_keys = {e.seq: spec_gpu_keys(e.spec, resolver) for e in runtime.recent} if runtime else {}
         return ContainersReading(runtime, runtime_error, allocations, pr_error, attribution, gpus,
-                                 join=not self.ctx.shared.get("once"), event_gpu_keys=event_keys)
+                                 join=not self.ctx.mode.once, event_gpu_keys=event_keys)
 
     # -- evaluate: pure -----------------------------------------------------------------------------------
     def evaluate(self, reading: ContainersReading, previous: Observation | None,

@@ -130,7 +130,7 @@ class GpuCollector(Collector):
                 unavailable[chain.vendor] = str(e)
         readings = GpuReadings(inventories, self._pci or {}, unavailable)
         # Other sources (GPU events, pod attribution) map PCI addresses and UUIDs to GPU indexes with this.
-        self.ctx.shared["gpus"] = readings.gpus
+        self.ctx.facts.gpus = readings.gpus
         return readings
 
     def evaluate(self, reading: GpuReadings, previous: Observation | None, elapsed: float | None) -> Output:

@@ -15,7 +15,7 @@ Sources, each optional (a missing one is reported by vigil_gpu_event_source_up, 
 
 Findings: one per (check, GPU) for gpu.xid (NVIDIA), gpu.ras and gpu.cper (AMD), gpu.reset (failed resets);
 sticky/once semantics and what a reset is: agent/sources/gpu_events/rules.py. The entity is gpuN when the event's PCI
-address maps to a GPU index (the gpu collector's readings in ctx.shared["gpus"] when it publishes them, else
+address maps to a GPU index (the gpu collector's readings in ctx.facts.gpus when it publishes them, else
 /proc/driver/nvidia/gpus/*/information, NVML, `amd-smi list`, or a snapshot's SMI files), else
 "pci:0000:3b:00.0".
 
@@ -205,7 +205,7 @@ class GpuEventsCollector(Collector):
 
     @property
     def _persist(self) -> bool:
-        return bool(self.settings.state_dir) and self._snapshot is None and not self.ctx.shared.get("once")
+        return bool(self.settings.state_dir) and self._snapshot is None and not self.ctx.mode.once
 
     @property
     def state_path(self) -> Path:
@@ -322,7 +322,7 @@ class GpuEventsCollector(Collector):
     # -- GPU index ---------------------------------------------------------------------------------------
     def _gpu_index(self, refresh_amd: bool = False) -> GpuIndex:
         index = GpuIndex()
-        for g in self.ctx.shared.get("gpus") or []:  # the gpu collector's readings, when it publishes them
+        for g in self.ctx.facts.gpus or []:  # the gpu collector's readings, when it publishes them
             get = g.get if isinstance(g, dict) else lambda k, g=g: getattr(g, k, None)
             if get("partition"):
                 continue

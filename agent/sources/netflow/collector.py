@@ -132,7 +132,7 @@ class NetflowCollector(Collector):
             state = "starting" if isinstance(e, ProbeStarting) else "unavailable"
             kept = self.ledger.snapshot() if self.ledger.cycle else None  # the counters so far
             return NetflowReading(state, str(e), restarts=self._client.restarts, snapshot=kept)
-        self.pods.refresh(self.ctx.shared)
+        self.pods.refresh(self.ctx.facts.pid_pods, self.ctx.facts.cgroup_pods)
         self.ledger.apply(raw, self.pods)
         if self.pods.pods is not None:
             self.ledger.forget_pods(self.pods.pods)

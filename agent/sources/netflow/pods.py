@@ -1,8 +1,8 @@
 """Which pod a socket belongs to: its cgroup (the probe reports the cgroup v2 id and path of the task that
-connected or listened) matched against what the container source shares in `ctx.shared`:
+connected or listened) matched against what the container source publishes in `ctx.facts`:
 
-  shared["pid_pods"]     {pid: pod}          a container's processes (the cgroup comes from /proc/PID/cgroup)
-  shared["cgroup_pods"]  {cgroup path: pod}  when the container source knows the cgroups itself
+  facts.pid_pods     {pid: pod}          a container's processes (the cgroup comes from /proc/PID/cgroup)
+  facts.cgroup_pods  {cgroup path: pod}  when a container source knows the cgroups itself
 
 A pod is (namespace, pod), a (namespace, pod, container) tuple, an object with .namespace and .pod, a dict
 with those keys, or "namespace/pod". No source, or no match: ("", "").
@@ -50,9 +50,7 @@ class PodIndex:
         self._pid_paths: dict[int, str | None] = {}
         self._source: tuple[int, int] = (0, 0)
 
-    def refresh(self, shared: Mapping[str, Any]) -> None:
-        pid_pods = shared.get("pid_pods")
-        cgroup_pods = shared.get("cgroup_pods")
+    def refresh(self, pid_pods: Mapping[int, Any] | None, cgroup_pods: Mapping[str, Any] | None) -> None:
         if pid_pods is None and cgroup_pods is None:
             self.by_path, self.by_name, self.pods = {}, {}, None
             return

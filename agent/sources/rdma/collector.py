@@ -112,7 +112,7 @@ class RdmaCollector(Collector):
 
     # -- layout and hot-plug --------------------------------------------------------------------------
     def _hotplug_mode(self) -> str:
-        if not self.live or not self.settings.udev or self.ctx.shared.get("once"):
+        if not self.live or not self.settings.udev or self.ctx.mode.once:
             return RESCAN  # a snapshot never changes under us, and --once reads once: no watcher to start
         if self._watcher is None:
             self._watcher = HotplugWatcher()

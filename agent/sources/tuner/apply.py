@@ -11,7 +11,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from . import procfs
 from .policy import REPORT, Decision, RlimitEntry, SysctlEntry, decide, decide_rlimit
@@ -39,13 +39,13 @@ def errno_name(e: OSError) -> str:
     return errno.errorcode.get(e.errno or 0, type(e).__name__)
 
 
-def resolve_mode(configured: str, shared: Mapping, replay: bool) -> tuple[str, str]:
+def resolve_mode(configured: str, run: Any, replay: bool) -> tuple[str, str]:
     """The effective mode and why. --tuner-mode overrides the config; --once never writes unless --tune
     (which means enforce unless --tuner-mode says otherwise); a snapshot replay never writes into the snapshot."""
-    flag = shared.get("tuner_mode")
+    flag = run.tuner_mode
     mode, why = (flag, "set by --tuner-mode") if flag else (configured, "set in the config")
-    if shared.get("once"):
-        if shared.get("tune"):
+    if run.once:
+        if run.tune:
             if not flag:
                 mode, why = ENFORCE, "--once --tune writes"
         elif mode == ENFORCE:

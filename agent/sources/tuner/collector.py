@@ -108,7 +108,7 @@ class SysctlCollector(Collector):
         if not root.joinpath("sys").is_dir():
             raise NoData(f"{root}/sys not found")
         replay = self.ctx.roots.snapshot is not None
-        mode, why = resolve_mode(self.settings.mode, self.ctx.shared, replay)
+        mode, why = resolve_mode(self.settings.mode, self.ctx.mode, replay)
         if self._tuner is None:
             limits = self._limits if self._limits is not None else PsutilLimits() if self._live_proc() else None
             self._tuner = Tuner(root, limits)
