@@ -52,13 +52,3 @@ def list_allocations(socket: str, timeout: float) -> list[Allocation]:
 
 def from_json(text: str) -> list[Allocation]:
     return flatten(json_format.Parse(text, api_pb2.ListPodResourcesResponse()))
-
-
-def capture_json(socket: str, timeout: float = 5.0) -> str:
-    """For `agent snapshot`: the List answer as protobuf JSON (what from_json reads back)."""
-    channel = grpc.insecure_channel(f"unix://{socket}")
-    try:
-        resp = api_pb2_grpc.PodResourcesListerStub(channel).List(api_pb2.ListPodResourcesRequest(), timeout=timeout)
-    finally:
-        channel.close()
-    return json_format.MessageToJson(resp, indent=1)

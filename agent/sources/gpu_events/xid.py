@@ -122,8 +122,6 @@ for _c in NVLINK5:
 RECOVERY_ACTION_CHANGED = 154
 _CATALOGUE[RECOVERY_ACTION_CHANGED] = ("GPU recovery action changed", INFO, A_NONE)
 
-APPLICATION_FAULTS = frozenset({13, 31, 43})
-
 
 @dataclass(frozen=True)
 class XidInfo:
