@@ -21,7 +21,7 @@ from agent.base.collector import Context, RunMode
 from agent.base.config import DEFAULT_PORT, Config, ConfigError, load, parse_listen
 from agent.run.loop import Agent, build_collectors, collector_schemas, run_all_once
 from agent.run.report import report_json, report_table
-from agent.base.findings import EXIT_CONFIG, EXIT_USAGE, exit_code, node_status
+from agent.base.findings import EXIT_CONFIG, EXIT_USAGE, FATAL, UNKNOWN, exit_code, node_status, unknown
 from agent.base.roots import Roots, merge_expectations, read_node_file
 from agent.run.runner import CollectorRunner
 
@@ -98,6 +98,10 @@ def setup(args: argparse.Namespace) -> tuple[Config, Context]:
         roots = Roots.from_snapshot(resolve_snapshot(args.snapshot))
     else:
         roots = Roots(Path(args.sysfs or "/sys"), Path(args.procfs or "/proc"))
+        # A root that does not exist would read as a node without hardware: a configuration error instead.
+        for flag, path in (("--sysfs", roots.sysfs), ("--procfs", roots.procfs)):
+            if not path.is_dir():
+                raise ConfigError(f"{flag}: {path} is not a directory")
     node_file = read_node_file(roots.snapshot / "node.json") if roots.snapshot else None
     node = args.node_name or config.agent.node_name or (node_file.node if node_file else None) or config.node_name
     expect = merge_expectations(config.agent.expect, node_file.expect) if node_file else config.agent.expect
@@ -125,15 +129,26 @@ def cmd_once(args: argparse.Namespace) -> int:
     for c in collectors:
         c.close()
     findings = [f for r in results for f in r.output.findings]
+    absent = {r.collector: "; ".join(r.output.absent) for r in results if r.output.absent}
+    if not findings:
+        # Nothing checked is not healthy (DESIGN §0): every enabled source found nothing to look at.
+        why = "; ".join(f"{name}: {text}" for name, text in absent.items()) or "no source is enabled"
+        findings.append(unknown("agent.coverage", "agent", ctx.node, f"nothing was checked ({why})"))
     # Which pod holds which GPU: joined here, after both sources have read (they run concurrently).
     from agent.sources.containers.attribution import gpu_pod_rows, gpu_pod_table
     if args.json:
-        pods = {"gpu_pods": [r.to_json() for r in gpu_pod_rows(ctx.facts)]} if ctx.facts.pod_devices is not None \
-            else None
-        print(report_json(ctx.node, findings, pods))
+        extra = {"gpu_pods": [r.to_json() for r in gpu_pod_rows(ctx.facts)]} if ctx.facts.pod_devices is not None \
+            else {}
+        if absent:
+            extra["absent"] = absent
+        print(report_json(ctx.node, findings, extra or None))
     else:
         sys.stdout.write(report_table(ctx.node, findings, args.verbose) + gpu_pod_table(ctx.facts))
-        failed = [r.collector for r in results if not r.success]
+        if absent:
+            print("\nnot on this node: " + "; ".join(f"{name} ({text})" for name, text in absent.items()))
+        # A collector that failed, or whose fatal checks could not run: what made the node unknown.
+        failed = [r.collector for r in results if not r.success
+                  or any(f.status == UNKNOWN and f.severity == FATAL for f in r.output.findings)]
         if failed:
             print(f"\ncollectors that failed: {', '.join(failed)}")
     return exit_code(node_status(findings))

@@ -28,7 +28,8 @@ def test_faulty_node_table_names_the_broken_gpus_and_exits_1():
 def test_json_report_matches_design_contract():
     p = once("--json", "--snapshot", "mi300x-faulty")
     doc = json.loads(p.stdout)
-    assert set(doc) == {"node", "status", "findings"} and doc["status"] == "unhealthy"
+    assert {"node", "status", "findings"} <= set(doc) <= {"node", "status", "findings", "absent", "gpu_pods"}
+    assert doc["status"] == "unhealthy"
     f = next(f for f in doc["findings"] if f["status"] == "unhealthy" and f["severity"] == "fatal")
     assert {k: f[k] for k in ("check", "component", "entity", "value", "threshold")} == {
         "check": "gpu.ecc.uncorrectable", "component": "gpu", "entity": "gpu3", "value": 2, "threshold": 0}
@@ -95,3 +96,40 @@ def test_snapshot_capture_then_replay(tmp_path):
     live = json.loads(once("--json", "--only", "gpu", "--node-name", "ci-node").stdout)
     replay = json.loads(once("--json", "--only", "gpu", "--snapshot", str(snap)).stdout)
     assert live == replay
+
+
+def test_nothing_checked_is_unknown_not_healthy(tmp_path):
+    """A machine with neither GPUs nor RDMA ports, asked about exactly those: the agent could not look at
+    anything, so it must not say HEALTHY (DESIGN §0)."""
+    (tmp_path / "sys").mkdir()
+    (tmp_path / "proc").mkdir()
+    p = once("--only", "gpu,rdma", "--sysfs", str(tmp_path / "sys"), "--procfs", str(tmp_path / "proc"))
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "UNKNOWN" in p.stdout.splitlines()[0]
+    assert "agent.coverage" in p.stdout and "nothing was checked" in p.stdout
+    assert "not on this node: gpu (no GPU found" in p.stdout and "rdma (no RDMA devices" in p.stdout
+    doc = json.loads(once("--json", "--only", "gpu,rdma", "--sysfs", str(tmp_path / "sys"),
+                          "--procfs", str(tmp_path / "proc")).stdout)
+    assert doc["status"] == "unknown" and set(doc["absent"]) == {"gpu", "rdma"}
+
+
+@pytest.mark.parametrize("flag", ["--sysfs", "--procfs"])
+def test_a_root_that_does_not_exist_is_a_configuration_error(tmp_path, flag):
+    p = once(flag, str(tmp_path / "nope"))
+    assert p.returncode == 78
+    assert f"{flag}: {tmp_path / 'nope'} is not a directory" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_no_gpu_is_said_as_zero_devices_and_in_the_report():
+    """A node with RDMA ports and no GPU is judged on its ports, says it has no GPU, and exports 0 devices."""
+    p = once("--snapshot", "rdma-8port-healthy")
+    assert p.returncode == 0 and "not on this node: gpu (no GPU found" in p.stdout
+    assert "vigil_gpu_devices 0.0" in (FIXTURES / "rdma-8port-healthy" / "golden" / "metrics.prom").read_text()
+
+
+def test_an_unknown_node_names_what_could_not_run():
+    """Exit 2 lists the collectors behind it (docs/deploy.md promises this line): here GPUs are on the PCI bus
+    and no SMI output was captured, so the GPU source ran but its fatal checks could not."""
+    p = once("--snapshot", "mi300x-smi-broken")
+    assert p.returncode == 2
+    assert "collectors that failed: gpu" in p.stdout

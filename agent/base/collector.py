@@ -56,6 +56,9 @@ class Context:
 class Output:
     metrics: MetricSet = field(default_factory=MetricSet)
     findings: list[Finding] = field(default_factory=list)
+    # What the source looked for and did not find ("no RDMA devices under /sys/class/infiniband"): absent
+    # hardware is not a failure, but `--once` says so, and a node where nothing at all was found is unknown.
+    absent: list[str] = field(default_factory=list)
 
 
 @dataclass

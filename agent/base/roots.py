@@ -28,6 +28,16 @@ class Roots:
     def proc(self, *parts: str) -> Path:
         return self.procfs.joinpath(*parts)
 
+    def show(self, path: Path) -> str:
+        """A path as a message names it: relative to the snapshot when replaying one (the same text on every
+        machine a snapshot is replayed on), else as it is."""
+        if self.snapshot is not None:
+            try:
+                return str(Path("<snapshot>") / path.relative_to(self.snapshot))
+            except ValueError:
+                pass
+        return str(path)
+
     def boot_id(self) -> str | None:
         """The kernel's boot id (/proc/sys/kernel/random/boot_id, a new one each boot), None when unreadable.
         The stream tells the aggregator which boot its events belong to; GPU events reset their cursor."""

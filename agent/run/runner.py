@@ -61,7 +61,7 @@ class CollectorRunner:
             err = box["error"]
             if isinstance(err, NoData):
                 self._previous = None
-                return Result(self.name, Output(), True, duration)
+                return Result(self.name, Output(absent=[str(err) or "nothing to read"]), True, duration)
             self._log_error(err)  # type: ignore[arg-type]
             return Result(self.name, Output(findings=self.collector.failed(err)), False, duration)  # type: ignore[arg-type]
         obs = Observation(box["reading"], time.monotonic())

@@ -140,7 +140,12 @@ class GpuCollector(Collector):
             if inv.errors:  # one finding per backend: (check, entity) must be unique in a cycle
                 findings.append(Finding("gpu.backend", "gpu", inv.backend, "unknown", "warning",
                                         "; ".join(inv.errors)))
-        return Output(gpu_metrics(reading, self.ctx.expect.gpus), findings)
+        out = Output(gpu_metrics(reading, self.ctx.expect.gpus), findings)
+        if not reading.inventories and not self.ctx.expect.gpus and not sum(reading.pci_gpus.values()):
+            where = "none on the PCI bus" if self._pci is not None else "no PCI device tree to count them on"
+            tried = "; ".join(f"{v}: {why}" for v, why in sorted(reading.unavailable.items()))
+            out.absent.append(f"no GPU found ({where}, none expected" + (f"; {tried}" if tried else "") + ")")
+        return out
 
     def unresponsive(self, stuck_seconds: float) -> list[Finding]:
         names = [c.current.name if c.current else c.vendor for c in (self._chains or [])]

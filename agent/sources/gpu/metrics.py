@@ -50,6 +50,8 @@ def gpu_metrics(r: GpuReadings, expected: int | None) -> MetricSet:
         ms.add(GPU_PCI_DEVICES, {"vendor": vendor}, n)
     if r.inventories:
         ms.add(GPU_DEVICES, {}, sum(1 for g in r.gpus if not g.partition))
+    elif not r.unavailable and not sum(r.pci_gpus.values()) and not expected:
+        ms.add(GPU_DEVICES, {}, 0)  # looked, found none: say 0 rather than nothing
     if expected is not None:
         ms.add(GPU_DEVICES_EXPECTED, {}, expected)
     for g in r.gpus:

@@ -84,7 +84,7 @@ class RdmaCollector(Collector):
             devices.append(dev)
         missing = self._track_presence(devices)
         if not devices and not missing and not self.ctx.expect.rdma_ports:
-            raise NoData(f"no RDMA devices under {ib_root}")
+            raise NoData(f"no RDMA devices under {self.ctx.roots.show(ib_root)}")
         self._attach_netdevs(devices)
         return RdmaReading(devices, missing, hotplug)
 

@@ -106,7 +106,7 @@ class SysctlCollector(Collector):
     def read(self) -> TunerReading:
         root = self.ctx.roots.procfs
         if not root.joinpath("sys").is_dir():
-            raise NoData(f"{root}/sys not found")
+            raise NoData(f"{self.ctx.roots.show(root / 'sys')} not found")
         replay = self.ctx.roots.snapshot is not None
         mode, why = resolve_mode(self.settings.mode, self.ctx.mode, replay)
         if self._tuner is None:
