@@ -6,7 +6,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from agent.base.collector import Collector, Context, NoData
+from agent.base.collector import Collector, Context, NoData, Output
 from agent.sources.gpu.collector import GpuCollector, GpuSettings, _Chain
 from agent.sources.gpu.model import GpuInventory, GpuReading
 from agent.base.config import CollectorSettings, Expectations
@@ -185,3 +185,50 @@ def test_once_header_counts_info_events_apart_from_warnings():
                 ok("gpu.count", "gpu", "n1", "1 of 1 GPUs visible")]
     header = report_table("n1", findings).splitlines()[0]
     assert "(0 fatal, 0 warning, 0 unknown, 1 ok, 1 info)" in header, header
+
+
+class Elapsed(Collector):
+    """Reports the `elapsed` the runner hands to evaluate() (what every rate divides by)."""
+
+    name, component = "elapsed", "test"
+    Settings = CollectorSettings
+
+    def read(self):
+        return 1
+
+    def evaluate(self, reading, previous, elapsed):
+        from agent.base.findings import ok
+
+        return Output(findings=[ok("test.rate", "test", "n1", "rate", value=elapsed)])
+
+
+def test_rates_are_timed_on_the_runners_clock():
+    """Two reads 30 s apart on the injected clock: evaluate() divides by 30."""
+    from tests.support.clock import FakeClock
+
+    clock = FakeClock()
+    runner = CollectorRunner(Elapsed(CollectorSettings(), ctx()), clock=clock)
+    assert runner.run_once().output.findings[0].value is None  # first reading: no rate yet
+    clock.step(30)
+    second = runner.run_once()
+    assert second.output.findings[0].value == 30
+    assert second.duration == 0  # the clock stood still during the read
+
+
+def test_healthz_goes_stale_on_the_agents_clock():
+    """A loop that has not come round for 3 intervals + deadline + 5 s fails liveness; before that it passes.
+    Hours of silence, stepped on the injected clock."""
+    from tests.support.clock import FakeClock
+
+    clock = FakeClock()
+    agent = Agent([Absent(CollectorSettings(interval_seconds=3600, timeout_seconds=10), ctx())], "n1", clock=clock)
+    agent.start()  # the first cycle runs at once; the next one is an hour away in real time
+    try:
+        assert agent.alive() == (True, "ok")
+        clock.step(3 * 3600 + 10 + 5)
+        assert agent.alive() == (True, "ok")
+        clock.step(1)
+        ok, why = agent.alive()
+        assert not ok and why == "collector loop absent silent for 10816s"
+    finally:
+        agent.stop()

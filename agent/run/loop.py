@@ -80,9 +80,11 @@ def run_all_once(runners: list[CollectorRunner]) -> list[Result]:
 class Agent:
     """The long-running agent loop. `on_cycle` observers get every Result (the stream uses it)."""
 
-    def __init__(self, collectors: list[Collector], node: str) -> None:
+    def __init__(self, collectors: list[Collector], node: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.node = node
-        self.runners = [CollectorRunner(c) for c in collectors]
+        # Heartbeats and liveness ages use `clock`; the loops' schedule is real time (they sleep on an Event).
+        self.clock = clock
+        self.runners = [CollectorRunner(c, clock) for c in collectors]
         self._latest: dict[str, Result] = {}
         self._lock = threading.Lock()
         self._exposition = exposition([], node)
@@ -111,7 +113,7 @@ class Agent:
     def _publish(self, result: Result) -> None:
         with self._lock:
             self._latest[result.collector] = result
-            self._heartbeats[result.collector] = time.monotonic()
+            self._heartbeats[result.collector] = self.clock()
             body = exposition(list(self._latest.values()), self.node)
             self._exposition = body
         for obs in self.observers:
@@ -138,7 +140,7 @@ class Agent:
     def alive(self) -> tuple[bool, str]:
         """The loop is alive when every collector loop has come round within a few intervals. A stuck read
         still comes round (the runner abandons it), so a hung SMI call never fails liveness."""
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             for runner in self.runners:
                 last = self._heartbeats.get(runner.name)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Callable
 
 from agent.base.collector import Collector, NoData, Observation, Output
 from agent.base.errors import error_text
@@ -25,12 +26,12 @@ class Result:
     output: Output
     success: bool
     duration: float
-    finished_at: float = field(default_factory=time.monotonic)
 
 
 class CollectorRunner:
-    def __init__(self, collector: Collector) -> None:
+    def __init__(self, collector: Collector, clock: Callable[[], float] = time.monotonic) -> None:
         self.collector = collector
+        self.clock = clock  # durations, rates' elapsed, stuck time; the read's join deadline stays real time
         self.timeout = collector.settings.timeout_seconds
         self.interval = collector.settings.interval_seconds
         self._previous: Observation | None = None
@@ -43,7 +44,7 @@ class CollectorRunner:
         return self.collector.name
 
     def run_once(self) -> Result:
-        start = time.monotonic()
+        start = self.clock()
         if self._stuck is not None:
             if self._stuck.is_alive():
                 return self._unresponsive(start)
@@ -55,25 +56,28 @@ class CollectorRunner:
         if t.is_alive():
             self._stuck, self._stuck_since = t, start
             log.warning("collector %s: read exceeded %.1fs deadline; abandoned", self.name, self.timeout)
-            return self._unresponsive(time.monotonic())
-        duration = time.monotonic() - start
+            return self._unresponsive(self.clock())
+        duration = self.clock() - start
         if "error" in box:
             err = box["error"]
             if isinstance(err, NoData):
                 self._previous = None
-                return Result(self.name, Output(absent=[str(err) or "nothing to read"]), True, duration)
+                return self._result(Output(absent=[str(err) or "nothing to read"]), True, duration)
             self._log_error(err)  # type: ignore[arg-type]
-            return Result(self.name, Output(findings=self.collector.failed(err)), False, duration)  # type: ignore[arg-type]
-        obs = Observation(box["reading"], time.monotonic())
+            return self._result(Output(findings=self.collector.failed(err)), False, duration)  # type: ignore[arg-type]
+        obs = Observation(box["reading"], self.clock())
         prev = self._previous
         try:
             out = self.collector.evaluate(obs.reading, prev, obs.at - prev.at if prev else None)
         except Exception as e:  # a rule bug must not take the scrape down either
             log.exception("collector %s: evaluate failed", self.name)
-            return Result(self.name, Output(findings=self.collector.failed(e)), False, duration)
+            return self._result(Output(findings=self.collector.failed(e)), False, duration)
         self._previous = obs
         self._last_error = None
-        return Result(self.name, out, True, duration)
+        return self._result(out, True, duration)
+
+    def _result(self, output: Output, success: bool, duration: float) -> Result:
+        return Result(self.name, output, success, duration)
 
     def _read(self, box: dict[str, object]) -> None:
         try:
@@ -84,7 +88,7 @@ class CollectorRunner:
     def _unresponsive(self, now: float) -> Result:
         stuck_for = now - self._stuck_since
         findings: list[Finding] = self.collector.unresponsive(stuck_for)
-        return Result(self.name, Output(findings=findings), False, stuck_for)
+        return self._result(Output(findings=findings), False, stuck_for)
 
     def _log_error(self, err: BaseException) -> None:
         text = error_text(err)

@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from agent import __version__
+from agent import __version__, wire
 from agent.base import backoff
 from agent.base.findings import OK, Finding
 from .hysteresis import Hysteresis
@@ -49,8 +48,6 @@ STREAM_UNACKED_EVENTS = Gauge("vigil_stream_unacked_events", "Events sent and no
 log = logging.getLogger(__name__)
 
 UNKNOWN_BOOT = "unknown-boot"
-_STATUS = {"ok": 1, "unhealthy": 2, "unknown": 3}
-_SEVERITY = {"fatal": 1, "warning": 2, "info": 3}
 
 
 def read_boot_id(roots: Any) -> str:
@@ -93,18 +90,12 @@ def finding_row(collector: str, f: Finding) -> StateRow:
     return StateRow(f.check, f.entity, collector, f.component, f.status, f.severity, f.message)
 
 
-def event_payload(seq: int, kind: int, check: str, component: str, entity: str, status: str, severity: str,
+def event_payload(seq: int, kind: str, check: str, component: str, entity: str, status: str, severity: str,
                   message: str, action: str | None = None, value: Any = None, threshold: Any = None,
                   observed_at: float | None = None) -> bytes:
-    from agent._proto.vigil.v1 import health_pb2 as pb
-
-    return pb.Event(
-        seq=seq, kind=kind, check=check, component=component, entity=entity,
-        status=_STATUS[status], severity=_SEVERITY[severity], message=message, action=action or "",
-        observed_at_unix_ms=int((observed_at if observed_at is not None else time.time()) * 1000),
-        value="" if value is None else json.dumps(value, default=str),
-        threshold="" if threshold is None else json.dumps(threshold, default=str),
-    ).SerializeToString()
+    """A serialized vigil.v1.Event, as the spool stores it (kind: wire.STATE or wire.INFO)."""
+    return wire.event_message(seq, kind, check, component, entity, status, severity, message, action, value,
+                              threshold, observed_at).SerializeToString()
 
 
 @dataclass
@@ -120,8 +111,10 @@ class _Counters:
 
 
 class StreamClient:
-    def __init__(self, settings: StreamSettings, node: str, boot_id: str, version: str = __version__) -> None:
+    def __init__(self, settings: StreamSettings, node: str, boot_id: str, version: str = __version__,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
+        self.clock = clock  # every age and timeout it computes; sleeps and waits stay real time
         self.node = node
         self.boot_id = boot_id
         self.version = version
@@ -164,7 +157,7 @@ class StreamClient:
         observed_at = time.time()
 
         def payload(seq: int) -> bytes:
-            return event_payload(seq, 2, check, component, entity, status, severity, message, action, value,
+            return event_payload(seq, wire.INFO, check, component, entity, status, severity, message, action, value,
                                  observed_at=observed_at)
         with self._lock:  # held while writing: the spool cannot close under us, nor an early event overtake
             spool = self.spool
@@ -187,7 +180,8 @@ class StreamClient:
 
     def _item(self, collector: str, f: Finding):
         return finding_row(collector, f), lambda seq: event_payload(
-            seq, 1, f.check, f.component, f.entity, f.status, f.severity, f.message, f.action, f.value, f.threshold)
+            seq, wire.STATE, f.check, f.component, f.entity, f.status, f.severity, f.message, f.action, f.value,
+            f.threshold)
 
     def _record(self, spool: Spool, collector: str, f: Finding) -> None:
         spool.record_states([self._item(collector, f)], self.boot_id)
@@ -221,7 +215,7 @@ class StreamClient:
         ms.add(STREAM_EVENTS_ACKED, {}, c.acked)
         ms.add(STREAM_UNACKED_EVENTS, {}, c.inflight)
         ms.add(STREAM_LAST_ACK_AGE_SECONDS, {},
-               None if c.last_ack_at is None else round(time.monotonic() - c.last_ack_at, 3))
+               None if c.last_ack_at is None else round(self.clock() - c.last_ack_at, 3))
         spool = self.spool
         if spool is not None:
             st = spool.stats()
@@ -234,7 +228,7 @@ class StreamClient:
     def exposition(self) -> bytes:
         """Rendered at most once a second (a scrape stays cheap)."""
         at, body = self._cache
-        now = time.monotonic()
+        now = self.clock()
         if now - at >= 1.0 or not body:
             body = render(self.metrics())
             self._cache = (now, body)
@@ -304,12 +298,12 @@ class StreamClient:
 
     async def _open_spool(self) -> None:
         s = self.settings
-        deadline = None if s.lock_timeout is None else time.monotonic() + s.lock_timeout
+        deadline = None if s.lock_timeout is None else self.clock() + s.lock_timeout
         while not self._stop.is_set():  # type: ignore[union-attr]
             try:
                 spool = Spool(s.spool_path, max_events=s.max_events, max_info=s.max_info, lock_timeout=0)
             except SpoolLocked:
-                if deadline is not None and time.monotonic() >= deadline:
+                if deadline is not None and self.clock() >= deadline:
                     raise
                 await self._sleep(0.5)
                 continue
@@ -403,7 +397,7 @@ class StreamClient:
             rows, as_of = spool.digest()
             await call.write(pb.AgentMessage(hello=pb.Hello(
                 node=self.node, boot_id=self.boot_id, spool_epoch=spool.epoch, agent_version=self.version,
-                digest=_problems(pb, rows), digest_seq=as_of)))
+                digest=_problems(rows), digest_seq=as_of)))
             first = await asyncio.wait_for(call.read(), self.settings.ack_timeout_seconds)
             if first is grpc_eof() or not first.HasField("welcome"):
                 await _raise_status(call)
@@ -442,7 +436,7 @@ class StreamClient:
                 return
             if msg.HasField("ack") and msg.ack.seq > state.acked:
                 state.acked = msg.ack.seq
-                state.last_ack = time.monotonic()
+                state.last_ack = self.clock()
                 self._c.last_ack_at = state.last_ack
                 self._c.acked += spool.ack(msg.ack.seq)
                 self._c.inflight = max(0, state.unacked())
@@ -453,7 +447,7 @@ class StreamClient:
         spool = self.spool
         assert spool is not None
         s = self.settings
-        last_beat = time.monotonic()
+        last_beat = self.clock()
         wake = self._wake
         assert wake is not None
         while not self._stop.is_set():  # type: ignore[union-attr]
@@ -476,17 +470,17 @@ class StreamClient:
                 self._c.sent += len(batch)
                 self._c.inflight = state.unacked()
                 if state.oldest_unacked_at is None:
-                    state.oldest_unacked_at = time.monotonic()
+                    state.oldest_unacked_at = self.clock()
                 continue
-            now = time.monotonic()
+            now = self.clock()
             if state.unacked() and now - max(state.last_ack, state.oldest_unacked_at or now) > s.ack_timeout_seconds:
                 raise _StreamBroken("DEADLINE_EXCEEDED", f"no ack for {s.ack_timeout_seconds:.0f}s")
             if now - last_beat >= heartbeat:
                 rows, as_of = spool.digest()
-                await call.write(pb.AgentMessage(heartbeat=pb.Heartbeat(digest=_problems(pb, rows),
+                await call.write(pb.AgentMessage(heartbeat=pb.Heartbeat(digest=_problems(rows),
                                                                         digest_seq=as_of)))
                 last_beat = now
-            timeout = max(0.01, min(heartbeat - (time.monotonic() - last_beat), 1.0))
+            timeout = max(0.01, min(heartbeat - (self.clock() - last_beat), 1.0))
             try:
                 await asyncio.wait_for(wake.wait(), timeout)
             except asyncio.TimeoutError:
@@ -542,6 +536,5 @@ def _by_boot(batch: list[SpoolEvent]) -> list[tuple[str, list[SpoolEvent]]]:
     return out
 
 
-def _problems(pb: Any, rows: list[StateRow]) -> list[Any]:
-    return [pb.Problem(check=r.check, entity=r.entity, severity=_SEVERITY[r.severity], status=_STATUS[r.status],
-                       message=r.message) for r in rows]
+def _problems(rows: list[StateRow]) -> list[Any]:
+    return [wire.problem_message(r.check, r.entity, r.status, r.severity, r.message) for r in rows]

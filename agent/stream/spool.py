@@ -142,15 +142,11 @@ class Spool:
         return seq
 
     # -- writing ------------------------------------------------------------------------------------------
-    def record_state(self, row: StateRow, boot_id: str, make_payload: Callable[[int], bytes]) -> int | None:
-        """Report the current state of (check, entity). Returns the new event's seq, or None when the
-        (status, severity) is what the spool last reported (only the message is refreshed then).
-        A key never reported before whose state is ok makes no event: no news."""
-        return self.record_states([(row, make_payload)], boot_id)[0]
-
     def record_states(self, items: list[tuple[StateRow, Callable[[int], bytes]]], boot_id: str) -> list[int | None]:
-        """record_state for every item of one collector cycle, in ONE transaction (one fsync per cycle at most,
-        not one per finding)."""
+        """Report the current state of each (check, entity) of one collector cycle, in ONE transaction (one fsync
+        per cycle at most, not one per finding). Per item: the new event's seq, or None when the (status,
+        severity) is what the spool last reported (only the message is refreshed then); a key never reported
+        before whose state is ok makes no event: no news."""
         if not items:
             return []
         with self._lock:

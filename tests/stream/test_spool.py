@@ -15,12 +15,17 @@ def payload(seq):
     return f"e{seq}".encode()
 
 
+def record(s, r, boot_id, make_payload):
+    """One state change on its own: record_states with one item."""
+    return s.record_states([(r, make_payload)], boot_id)[0]
+
+
 def test_state_changes_only_and_ok_news_is_no_news(tmp_path):
     s = Spool(tmp_path / "spool.db")
-    assert s.record_state(row(status="ok"), "b1", payload) is None  # never reported, ok: nothing to say
-    assert s.record_state(row(), "b1", payload) == 1
-    assert s.record_state(row(message="other text"), "b1", payload) is None  # same state: no event
-    assert s.record_state(row(status="ok"), "b1", payload) == 2
+    assert record(s, row(status="ok"), "b1", payload) is None  # never reported, ok: nothing to say
+    assert record(s, row(), "b1", payload) == 1
+    assert record(s, row(message="other text"), "b1", payload) is None  # same state: no event
+    assert record(s, row(status="ok"), "b1", payload) == 2
     assert [e.seq for e in s.pending()] == [1, 2]
     digest, as_of = s.digest()
     assert digest == [] and as_of == 2
@@ -39,13 +44,13 @@ def test_restart_keeps_epoch_seq_pending_and_state(tmp_path):
     path = tmp_path / "spool.db"
     s = Spool(path)
     epoch = s.epoch
-    s.record_state(row(), "b1", payload)
+    record(s, row(), "b1", payload)
     s.record_info("oom", "pod", "b1", payload)
     s.close()
     s = Spool(path)
     assert s.epoch == epoch
     assert [e.seq for e in s.pending()] == [1, 2]
-    assert s.record_state(row(), "b1", payload) is None  # already reported before the restart
+    assert record(s, row(), "b1", payload) is None  # already reported before the restart
     s.ack(2)
     assert s.record_info("oom", "pod", "b1", payload) == 3  # seq never restarts, even with an empty outbox
     s.close()
@@ -67,16 +72,16 @@ def test_info_ring_drops_oldest_and_counts(tmp_path):
 
 def test_full_spool_drops_info_first_then_non_fatal_never_fatal(tmp_path):
     s = Spool(tmp_path / "spool.db", max_events=4, max_info=10)
-    s.record_state(row("a", "gpu0"), "b1", payload)  # 1 fatal
+    record(s, row("a", "gpu0"), "b1", payload)  # 1 fatal
     s.record_info("oom", "p1", "b1", payload)  # 2 info
-    s.record_state(row("b", "gpu0", severity="warning"), "b1", payload)  # 3 warning
+    record(s, row("b", "gpu0", severity="warning"), "b1", payload)  # 3 warning
     s.record_info("oom", "p2", "b1", payload)  # 4 info
-    s.record_state(row("c", "gpu0"), "b1", payload)  # 5 fatal: full -> oldest info (2) goes
+    record(s, row("c", "gpu0"), "b1", payload)  # 5 fatal: full -> oldest info (2) goes
     assert [e.seq for e in s.pending()] == [1, 3, 4, 5]
-    s.record_state(row("d", "gpu0"), "b1", payload)  # 6 fatal -> info 4 goes
-    s.record_state(row("e", "gpu0"), "b1", payload)  # 7 fatal -> no info left: the warning (3) goes
+    record(s, row("d", "gpu0"), "b1", payload)  # 6 fatal -> info 4 goes
+    record(s, row("e", "gpu0"), "b1", payload)  # 7 fatal -> no info left: the warning (3) goes
     assert [e.seq for e in s.pending()] == [1, 5, 6, 7]
-    s.record_state(row("f", "gpu0"), "b1", payload)  # 8 fatal: only fatals left, all kept, counted
+    record(s, row("f", "gpu0"), "b1", payload)  # 8 fatal: only fatals left, all kept, counted
     assert [e.seq for e in s.pending()] == [1, 5, 6, 7, 8]
     st = s.stats()
     assert (st["dropped_info"], st["dropped_state"], st["over_capacity"]) == (2, 1, 1)
@@ -86,19 +91,19 @@ def test_full_spool_drops_info_first_then_non_fatal_never_fatal(tmp_path):
 
 def test_coalesces_superseded_non_fatal_keeps_fatal(tmp_path):
     s = Spool(tmp_path / "spool.db")
-    s.record_state(row("w", severity="warning"), "b1", payload)  # 1
-    s.record_state(row("w", severity="warning", status="ok"), "b1", payload)  # 2 supersedes 1
-    s.record_state(row("f"), "b1", payload)  # 3 fatal
-    s.record_state(row("f", status="ok"), "b1", payload)  # 4: the fatal 3 stays
+    record(s, row("w", severity="warning"), "b1", payload)  # 1
+    record(s, row("w", severity="warning", status="ok"), "b1", payload)  # 2 supersedes 1
+    record(s, row("f"), "b1", payload)  # 3 fatal
+    record(s, row("f", status="ok"), "b1", payload)  # 4: the fatal 3 stays
     assert [e.seq for e in s.pending()] == [2, 3, 4]
     assert s.stats()["coalesced"] == 1
 
 
 def test_digest_lists_non_ok_with_messages(tmp_path):
     s = Spool(tmp_path / "spool.db")
-    s.record_state(row("x", "gpu1", message="2 errors"), "b1", payload)
-    s.record_state(row("x", "gpu1", message="3 errors"), "b1", payload)
-    s.record_state(row("y", "gpu2", status="unknown"), "b1", payload)
+    record(s, row("x", "gpu1", message="2 errors"), "b1", payload)
+    record(s, row("x", "gpu1", message="3 errors"), "b1", payload)
+    record(s, row("y", "gpu2", status="unknown"), "b1", payload)
     digest, as_of = s.digest()
     assert [(r.check, r.entity, r.status, r.message) for r in digest] == [
         ("x", "gpu1", "unhealthy", "3 errors"), ("y", "gpu2", "unknown", "m")]

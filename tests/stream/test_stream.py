@@ -271,6 +271,7 @@ def test_a_standby_refusal_is_retried_soon_not_backed_off(tmp_path):
 # Found in review: restarts and flapping checks against the spool.
 from agent.stream.spool import Spool, StateRow  # noqa: E402
 from agent.stream.client import event_payload  # noqa: E402
+from agent.wire import STATE  # noqa: E402
 
 
 def _settings(tmp_path, **kw):
@@ -278,8 +279,9 @@ def _settings(tmp_path, **kw):
 
 
 def _fatal(sp, check, entity):
-    sp.record_state(StateRow(check, entity, "gpu", "gpu", "unhealthy", "fatal", "2 errors"), "b0",
-                    lambda seq: event_payload(seq, 1, check, "gpu", entity, "unhealthy", "fatal", "2 errors"))
+    sp.record_states([(StateRow(check, entity, "gpu", "gpu", "unhealthy", "fatal", "2 errors"),
+                       lambda seq: event_payload(seq, STATE, check, "gpu", entity, "unhealthy", "fatal", "2 errors"))],
+                     "b0")
 
 
 def test_a_stale_fatal_key_from_the_previous_run_is_cleared_when_the_spool_opens_first(tmp_path):
@@ -302,7 +304,7 @@ def test_a_flapping_fatal_check_cannot_grow_the_outbox_without_bound(tmp_path):
     sp = Spool(tmp_path / "spool.db", max_events=10, max_info=5)
     for _ in range(100):
         for status in ("unhealthy", "ok"):
-            sp.record_state(StateRow("gpu.xid", "gpu0", "gpu", "gpu", status, "fatal", "m"), "b", lambda seq: b"x")
+            sp.record_states([(StateRow("gpu.xid", "gpu0", "gpu", "gpu", status, "fatal", "m"), lambda seq: b"x")], "b")
     assert sp.stats()["pending_state"] <= 10
 
 
@@ -317,3 +319,24 @@ def test_a_restart_with_raise_after_2_does_not_report_a_persisting_fatal_as_ok(t
     c._adopt(Spool(tmp_path / "spool.db"))
     c.observe(gpu(bad("gpu.ecc", "gpu", "gpu3", "2 errors")))  # still fatal after the restart
     assert c.spool.stats()["last_seq"] == last
+
+
+def test_last_ack_age_is_measured_on_the_clients_clock(tmp_path):
+    """vigil_stream_last_ack_age_seconds is the age of the last acknowledgement on the injected clock."""
+    from tests.support.clock import FakeClock
+
+    clock = FakeClock()
+    r, applied = replica()
+    c = StreamClient(StreamSettings([f"127.0.0.1:{r.port}"], str(tmp_path / "spool.db"), heartbeat_seconds=1,
+                                    backoff_base=0.05, backoff_max=0.2), "n1", "boot-1", clock=clock)
+    try:
+        c.start()
+        assert c.metrics().value("vigil_stream_last_ack_age_seconds") is None  # nothing acknowledged yet
+        c.info("oom", "containers", "p", "OOM")
+        wait_for(lambda: c.metrics().value("vigil_stream_events_acked_total") == 1)
+        assert c.metrics().value("vigil_stream_last_ack_age_seconds") == 0
+        clock.step(42)
+        assert c.metrics().value("vigil_stream_last_ack_age_seconds") == 42
+    finally:
+        c.stop()
+        r.stop()
