@@ -59,7 +59,7 @@ def to_float(v: Any) -> float | None:
     try:
         return float(v)
     except OverflowError:
-        return math.copysign(math.inf, v)
+        return math.inf if v > 0 else -math.inf
 
 
 def finite(v: Any) -> bool:
