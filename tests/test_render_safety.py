@@ -71,6 +71,7 @@ def test_a_render_failure_costs_that_collector_only():
         assert 'vigil_check_status{check="test.metrics",entity="n1",severity="fatal"} -1.0' in body
         assert 'vigil_check_status{check="bad.check",entity="n1",severity="fatal"} 1.0' in body
         finding = next(f for f in agent.findings() if f.check == "test.metrics")
-        assert finding.status == "unknown" and "bad metrics could not be rendered: UnicodeEncodeError" in finding.message
+        assert finding.status == "unknown"
+        assert "bad metrics could not be rendered: UnicodeEncodeError" in finding.message
     finally:
         agent.stop()

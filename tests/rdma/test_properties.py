@@ -46,7 +46,8 @@ def port_of(rel: str) -> str:
 def sysfs_samples(draw):
     node = draw(st.sampled_from(sorted(TREES)))
     edits = draw(st.lists(st.tuples(st.sampled_from(FILES[node]), WEIRD_TEXT), min_size=1, max_size=3))
-    rename = draw(st.one_of(st.none(), st.sampled_from(["²", "٣", "9" * 200, "-1", "0x1", "1 "])))  # 255 bytes: a name's limit
+    # a directory name is at most 255 bytes
+    rename = draw(st.one_of(st.none(), st.sampled_from(["²", "٣", "9" * 200, "-1", "0x1", "1 "])))
     return node, edits, rename
 
 

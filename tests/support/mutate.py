@@ -51,7 +51,8 @@ def _deep(n: int) -> Any:
 # The values of issue 12 that broke a parser, tried often: hypothesis picks a one_of branch evenly, so half
 # of all changes are one of these, the other half anything WEIRD_LEAF and containers make.
 KNOWN_BAD = st.sampled_from([10**400, -(10**401), "²", "9" * 5000, "\ud800", math.nan, math.inf, -2, -300,
-                             {"value": 10**401, "unit": "W"}, {"value": -273.15, "unit": "C"}, {"value": -2, "unit": ""}])
+                             {"value": 10**401, "unit": "W"}, {"value": -273.15, "unit": "C"},
+                             {"value": -2, "unit": ""}])
 WEIRD_JSON = st.one_of(KNOWN_BAD, st.one_of(WEIRD_LEAF, st.lists(WEIRD_LEAF, max_size=3),
                                             st.dictionaries(st.text(max_size=8), WEIRD_LEAF, max_size=3),
                                             st.integers(1, 200).map(_deep)))
