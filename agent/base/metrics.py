@@ -18,6 +18,8 @@ from typing import Iterable, Mapping, Sequence
 from prometheus_client.core import Metric
 from prometheus_client.exposition import generate_latest
 
+from .validate import safe_text
+
 PREFIX = "vigil_"  # every family Vigil exports is named vigil_*: enforced below
 
 
@@ -82,7 +84,9 @@ class MetricSet:
     def _labels(self, spec: Spec, labels: Mapping[str, object]) -> dict[str, str]:
         if tuple(labels) != spec.labels and set(labels) != set(spec.labels):
             raise ValueError(f"metric {spec.name}: labels {sorted(labels)}, declared {list(spec.labels)}")
-        return {k: "" if labels[k] is None else str(labels[k]) for k in spec.labels}
+        # Label values are text a source read (a bus id, a device name): valid UTF-8 or the whole exposition
+        # fails to encode.
+        return {k: "" if labels[k] is None else safe_text(str(labels[k])) for k in spec.labels}
 
     def add(self, spec: Spec, labels: Mapping[str, object], value: float | None) -> None:
         """One gauge or counter sample; a None value (a reading the hardware did not give) is not exported."""

@@ -11,7 +11,9 @@ from agent import __version__
 from agent.sources import REGISTRY, load
 from agent.base.collector import Collector, Context
 from agent.base.config import Config
-from agent.base.findings import UNHEALTHY, UNKNOWN, Finding
+from agent.base.errors import error_text
+from agent.base.findings import UNHEALTHY, UNKNOWN, Finding, unknown
+from agent.base.collector import Output
 from agent.base.metrics import Gauge, MetricSet, render
 from .runner import CollectorRunner, Result
 
@@ -65,6 +67,21 @@ def exposition(results: Iterable[Result], node: str) -> bytes:
     return render(ms)
 
 
+def renderable(result: Result, component: str, node: str) -> Result:
+    """`result` when its metrics render; else the same findings without its metrics, plus an unknown finding
+    saying why: a value no exposition can carry costs that collector's series, never the process or the
+    other collectors' series."""
+    try:
+        render(result.output.metrics)
+    except Exception as e:  # noqa: BLE001 - whatever broke rendering, it must not leave this collector
+        log.exception("collector %s: its metrics do not render", result.collector)
+        finding = unknown(f"{component}.metrics", component, node,
+                          f"{result.collector} metrics could not be rendered: {error_text(e)}")
+        return Result(result.collector, Output(findings=[*result.output.findings, finding],
+                                               absent=result.output.absent), False, result.duration)
+    return result
+
+
 def run_all_once(runners: list[CollectorRunner]) -> list[Result]:
     """Every collector once, concurrently, each under its own deadline (for `--once` and the first cycle)."""
     results: dict[str, Result] = {}
@@ -85,6 +102,7 @@ class Agent:
         # Heartbeats and liveness ages use `clock`; the loops' schedule is real time (they sleep on an Event).
         self.clock = clock
         self.runners = [CollectorRunner(c, clock) for c in collectors]
+        self._components = {c.name: c.component for c in collectors}
         self._latest: dict[str, Result] = {}
         self._lock = threading.Lock()
         self._exposition = exposition([], node)
@@ -111,11 +129,16 @@ class Agent:
             self._publish(runner.run_once())
 
     def _publish(self, result: Result) -> None:
+        # Rendering runs after the runner's wrapper returned: it gets its own, so one collector's bad label
+        # or value costs its own series (an unknown finding), not the loop thread or the agent's start.
+        result = renderable(result, self._components.get(result.collector, "agent"), self.node)
         with self._lock:
             self._latest[result.collector] = result
             self._heartbeats[result.collector] = self.clock()
-            body = exposition(list(self._latest.values()), self.node)
-            self._exposition = body
+            try:
+                self._exposition = exposition(list(self._latest.values()), self.node)
+            except Exception:  # noqa: BLE001 - each part rendered alone; keep serving the last good bytes
+                log.exception("the exposition does not render; serving the previous one")
         for obs in self.observers:
             try:
                 obs(result)

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
-from typing import Iterable
+from typing import Any, Iterable
 
+from agent.base.validate import safe_text
 from agent.base.findings import OK, UNHEALTHY, UNKNOWN, Finding, node_status
 
 ORDER = {UNHEALTHY: 0, UNKNOWN: 1, OK: 2}
@@ -16,7 +18,26 @@ def report_json(node: str, findings: Iterable[Finding], extra: dict | None = Non
     doc = {"node": node, "status": node_status(findings), "findings": [f.to_json() for f in findings]}
     if extra:
         doc.update(extra)
-    return json.dumps(doc, indent=2, default=str)
+    # Strict JSON whatever a source put in a finding: json.dumps alone writes NaN/Infinity (not JSON) and
+    # passes lone surrogates through (not UTF-8; printing them raises).
+    return json.dumps(strict(doc), indent=2, allow_nan=False)
+
+
+def strict(v: Any) -> Any:
+    """A copy of `v` that json.dumps(allow_nan=False) always takes: NaN and +-Inf become null (an
+    impossible value is not a value), text becomes valid UTF-8, and anything else its str()."""
+    if v is None or isinstance(v, (bool, int)):
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, str):
+        return safe_text(v)
+    if isinstance(v, dict):
+        return {safe_text(str(k)): strict(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [strict(x) for x in v]
+    return safe_text(str(v))
+
 
 
 def report_table(node: str, findings: Iterable[Finding], verbose: bool = False) -> str:
@@ -56,10 +77,10 @@ def report_table(node: str, findings: Iterable[Finding], verbose: bool = False) 
              + (f", {info} info" if info else "") + ")", ""]
     for r in [header, *rows]:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3])
-    return "\n".join(lines) + "\n"
+    return safe_text("\n".join(lines) + "\n")
 
 
 def _natural(key: tuple[str, str]) -> tuple:
     comp, entity = key
-    digits = "".join(ch for ch in entity if ch.isdigit())
+    digits = "".join(ch for ch in entity if "0" <= ch <= "9")[:20]  # ASCII: int("²") raises
     return comp, entity.rstrip("0123456789/"), int(digits) if digits else -1, entity

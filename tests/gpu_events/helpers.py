@@ -55,7 +55,13 @@ class Node:
 def cycle(c: GpuEventsCollector):
     reading = c.read()
     out = c.evaluate(reading, None, None)
-    return {(f.check, f.entity): f for f in out.findings}, out.metrics
+    return by_key(out.findings), out.metrics
+
+
+def by_key(findings) -> dict:
+    """(check, entity) -> the check's state finding; what happened once beside it (an info Xid, a reset)
+    under (check, entity, "event")."""
+    return {(f.check, f.entity, "event") if f.is_event else (f.check, f.entity): f for f in findings}
 
 
 def events_total(metrics) -> dict[tuple[str, str, str], float]:

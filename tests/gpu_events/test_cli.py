@@ -28,8 +28,9 @@ def test_xid79_node_exits_1_with_a_fatal_xid_row():
 def test_xid79_json():
     p = once("--json", "--snapshot", str(FIXTURES / "h100-xid79"))
     doc = json.loads(p.stdout)
-    (x,) = [f for f in doc["findings"] if f["check"] == "gpu.xid"]
+    x, info = [f for f in doc["findings"] if f["check"] == "gpu.xid"]  # the check's state, then the event
     assert (x["entity"], x["status"], x["severity"], x["value"]) == ("gpu0", "unhealthy", "fatal", 79)
+    assert (info["severity"], info["value"]) == ("info", 13)  # the application faults of the boot, once
     assert x["action"].startswith("drain the node and reboot it")
 
 

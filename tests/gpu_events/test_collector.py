@@ -44,7 +44,8 @@ def test_restart_with_the_same_state_dir_does_not_refire_but_keeps_what_is_stick
 def test_info_is_not_shown_again_after_a_restart(node):
     node.log(XID13)
     f, _ = cycle(node.collector())
-    assert f[("gpu.xid", "gpu0")].severity == "info" and f[("gpu.xid", "gpu0")].status == "unhealthy"
+    assert f[("gpu.xid", "gpu0", "event")].severity == "info" and f[("gpu.xid", "gpu0", "event")].status == "unhealthy"
+    assert f[("gpu.xid", "gpu0")].status == "ok"  # the check's state: nothing sticky
     f, m = cycle(node.collector())
     assert f[("gpu.xid", "gpu0")].status == "ok" and events_total(m) == {}
 
@@ -60,7 +61,7 @@ def test_incremental_reads_take_only_new_records(node):
     with node.kmsg.open("a") as fh:
         fh.write(" Exception\n")
     f, m = cycle(c)
-    assert events_total(m) == {("0", "xid", "13"): 2} and f[("gpu.xid", "gpu0")].severity == "info"
+    assert events_total(m) == {("0", "xid", "13"): 2} and f[("gpu.xid", "gpu0", "event")].severity == "info"
 
 
 def test_new_boot_id_resets_the_kernel_cursor_and_clears_sticky_events(node):
@@ -72,7 +73,7 @@ def test_new_boot_id_resets_the_kernel_cursor_and_clears_sticky_events(node):
     node.boot("boot-b")
     node.kmsg.write_text("4,5,2000000,-;NVRM: Xid (PCI:0000:3b:00): 13, pid=7, name=a, Graphics Exception\n")
     f, m = cycle(node.collector())
-    assert f[("gpu.xid", "gpu0")].severity == "info"  # the Xid 79 of the old boot is gone, seq 5 is read
+    assert f[("gpu.xid", "gpu0", "event")].severity == "info"  # the Xid 79 of the old boot is gone, seq 5 is read
     assert events_total(m) == {("0", "xid", "13"): 1}
     saved = json.loads((node.state_dir / "gpu_events.json").read_text())
     assert (saved["boot_id"], saved["kmsg_seq"], saved["sticky"]) == ("boot-b", 5, [])
@@ -85,7 +86,7 @@ def test_operator_acknowledged_reset_clears_the_sticky_finding_and_persists(node
     node.log("12,2400,1900000000,-;vigil: gpu reset 0000:3b:00.0")
     f, m = cycle(c)
     assert f[("gpu.xid", "gpu0")].status == "ok"
-    assert f[("gpu.reset", "gpu0")].severity == "info"
+    assert f[("gpu.reset", "gpu0", "event")].severity == "info"
     assert events_total(m)[("0", "reset", "ok")] == 1
     f, _ = cycle(node.collector())  # after a restart it stays cleared
     assert f[("gpu.xid", "gpu0")].status == "ok"
@@ -94,7 +95,7 @@ def test_operator_acknowledged_reset_clears_the_sticky_finding_and_persists(node
 def test_once_reads_the_state_but_never_advances_it(node):
     node.log(XID13)
     f, _ = cycle(node.collector(once=True))
-    assert f[("gpu.xid", "gpu0")].severity == "info"
+    assert f[("gpu.xid", "gpu0", "event")].severity == "info"
     assert not (node.state_dir / "gpu_events.json").exists()
     cycle(node.collector())  # the running agent consumes it
     before = (node.state_dir / "gpu_events.json").read_text()
@@ -199,3 +200,28 @@ def test_ignored_xid_is_counted_without_a_finding(node):
     c = node.collector(xid_severity={"13": "ignore"})
     f, m = cycle(c)
     assert f[("gpu.xid", "gpu0")].status == "ok" and events_total(m) == {("0", "xid", "13"): 1}
+
+
+def check_status(c) -> dict:
+    """One cycle's vigil_check_status samples as the agent exports them: (check, entity, severity) -> value."""
+    from agent.run.loop import core_metrics
+    from agent.run.runner import Result
+
+    out = c.evaluate(c.read(), None, None)
+    fam = core_metrics([Result("gpu_events", out, True, 0.0)], "n1").families["vigil_check_status"]
+    c.last_events = [f for f in out.findings if f.is_event]
+    return {(l["check"], l["entity"], l["severity"]): v for _, l, v in fam.samples}
+
+
+def test_info_xid_is_an_event_and_the_check_keeps_one_series(node):
+    """Issue 12 item 8: an info-level Xid 13 showed as gpu.xid{severity="info"} 0 (unhealthy) on the first
+    scrape, then that series vanished and {severity="fatal"} 1 appeared for the same check and entity."""
+    c = node.collector()
+    node.log(XID13)
+    first = check_status(c)
+    assert [(e.check, e.entity, e.severity, e.value) for e in c.last_events] == [("gpu.xid", "gpu0", "info", 13)]
+    second = check_status(c)
+    node.log("4,2050,1612005417,-;NVRM: Xid (PCI:0000:3b:00): 43, pid=48211, name=python3, Ch 00000010")
+    third = check_status(c)
+    for scrape in (first, second, third):
+        assert {k: v for k, v in scrape.items() if k[0] == "gpu.xid"} == {("gpu.xid", "gpu0", "fatal"): 1}

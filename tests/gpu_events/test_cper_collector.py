@@ -70,7 +70,7 @@ def test_driver_reset_clears_the_record_and_it_stays_cleared(node):
     # boot time 1_779_800_000 (2026-05-26 13:33:20 UTC) + 110_000 s: after the record (17:59:09 the next day)
     node.log("6,900,110000000000,-;amdgpu 0000:22:00.0: amdgpu: GPU reset(1) succeeded!")
     f, _ = cycle(c)
-    assert f[("gpu.cper", "gpu1")].status == "ok" and f[("gpu.reset", "gpu1")].severity == "info"
+    assert f[("gpu.cper", "gpu1")].status == "ok" and f[("gpu.reset", "gpu1", "event")].severity == "info"
     f, m = cycle(node.collector(tool=smi))  # the record is still listed after a restart: still old
     assert f[("gpu.cper", "gpu1")].status == "ok" and events_total(m) == {}
 
@@ -84,7 +84,7 @@ def test_record_read_after_the_reset_it_caused_is_not_sticky(node):
     cycle(c)
     smi.ring.append((1, header("fatal", "MCE", "2026/05/27 09:43:10", "1:1")))
     f, _ = cycle(c)
-    x = f[("gpu.cper", "gpu1")]
+    x = f[("gpu.cper", "gpu1", "event")]
     assert x.severity == "info" and "before the GPU's last reset" in x.message
 
 
@@ -92,7 +92,7 @@ def test_boot_record_after_a_reboot_is_info(node):
     smi = FakeAmdSmi()
     smi.ring.append((0, header("fatal", "BOOT", "2026/05/27 09:12:40", "0:1")))
     f, _ = cycle(node.collector(tool=smi))
-    assert f[("gpu.cper", "gpu0")].severity == "info" and not f[("gpu.cper", "gpu0")].is_fatal
+    assert f[("gpu.cper", "gpu0", "event")].severity == "info" and f[("gpu.cper", "gpu0")].status == "ok"
 
 
 def test_driver_reload_restarting_record_ids_is_still_new(node):

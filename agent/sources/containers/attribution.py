@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from agent.base.pci import normalize as normalize_pci
+from agent.base.validate import index as small_number
 from .model import Container, PodRef, SpecFacts
 
 _UUID = re.compile(r"(?:(?:gpu|mig)-)?([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})", re.I)
@@ -35,8 +36,8 @@ def keys_for_id(raw: str, nvidia_index: bool = False) -> list[str]:
     rest = _UUID.sub(" ", s)
     keys += [f"bdf:{int(m.group(1), 16):04x}:{m.group(2)}:{m.group(3)}.{m.group(4)}".lower()
              for m in _BDF.finditer(rest)]
-    if not keys and nvidia_index and s.isdigit():
-        keys.append(f"nvidia-index:{int(s)}")
+    if not keys and nvidia_index and small_number(s) is not None:  # ASCII and small: "²".isdigit() is True
+        keys.append(f"nvidia-index:{small_number(s)}")
     return list(dict.fromkeys(keys))
 
 
@@ -53,23 +54,35 @@ def gpu_keys(g: Any) -> list[str]:
 
 # -- the OCI spec ---------------------------------------------------------------------------------------
 def parse_spec(raw: bytes | str | Mapping | None) -> SpecFacts:
-    """SpecFacts from a runtime spec (JSON bytes as the Containers service returns it, or a parsed dict)."""
+    """SpecFacts from a runtime spec (JSON bytes as the Containers service returns it, or a parsed dict).
+    Never raises: a field of the wrong type (a list where an object belongs, a number for a path) counts as
+    absent, and a spec that is not JSON at all (or nested past the decoder's depth) says nothing."""
     try:
         spec = json.loads(raw) if isinstance(raw, (bytes, str)) and raw else (raw or {})
-    except ValueError:
+    except (ValueError, RecursionError):
         return SpecFacts()
     if not isinstance(spec, Mapping):
         return SpecFacts()
-    linux = spec.get("linux") or {}
-    process = spec.get("process") or {}
-    paths = tuple(d["path"] for d in linux.get("devices") or [] if isinstance(d, Mapping) and d.get("path"))
+    linux, process = _mapping(spec.get("linux")), _mapping(spec.get("process"))
+    paths = tuple(d["path"] for d in _list(linux.get("devices"))
+                  if isinstance(d, Mapping) and isinstance(d.get("path"), str) and d["path"])
     visible: tuple[str, ...] = ()
-    for entry in process.get("env") or []:
-        name, _, value = str(entry).partition("=")
+    for entry in _list(process.get("env")):
+        if not isinstance(entry, str):
+            continue
+        name, _, value = entry.partition("=")
         if name == "NVIDIA_VISIBLE_DEVICES" and value not in ("", "all", "none", "void"):
             visible = tuple(v.strip() for v in value.split(",") if v.strip())
-    caps = (process.get("capabilities") or {}).get("bounding") or []
+    caps = _list(_mapping(process.get("capabilities")).get("bounding"))
     return SpecFacts(paths, visible, "CAP_SYS_ADMIN" in caps)
+
+
+def _mapping(v: Any) -> Mapping:
+    return v if isinstance(v, Mapping) else {}
+
+
+def _list(v: Any) -> list:
+    return v if isinstance(v, list) else []
 
 
 class DeviceResolver:
@@ -85,7 +98,7 @@ class DeviceResolver:
             self._nvidia_minors = {}
             for info in sorted((self.procfs / "driver" / "nvidia" / "gpus").glob("*/information")):
                 try:
-                    m = re.search(r"^Device Minor:\s*(\d+)", info.read_text(), re.M)
+                    m = re.search(r"^Device Minor:\s*([0-9]{1,5})\s*$", info.read_text(), re.M)
                 except OSError:
                     continue
                 bdf = normalize_pci(info.parent.name)
@@ -95,7 +108,7 @@ class DeviceResolver:
 
     def path_keys(self, path: str) -> tuple[str, list[str]] | None:
         """(kind, keys) for a device path in a container spec, None for devices that are neither."""
-        if m := re.fullmatch(r"/dev/nvidia(\d+)", path):
+        if m := re.fullmatch(r"/dev/nvidia([0-9]{1,5})", path):
             bdf = self.nvidia_minors().get(int(m.group(1)))
             return "gpu", [f"bdf:{bdf}"] if bdf else []
         if m := re.fullmatch(r"/dev/dri/((?:renderD|card)\d+)", path):

@@ -5,6 +5,7 @@ when the kubelet restarts). A snapshot stores the List answer as protobuf JSON i
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import grpc
@@ -51,4 +52,23 @@ def list_allocations(socket: str, timeout: float) -> list[Allocation]:
 
 
 def from_json(text: str) -> list[Allocation]:
-    return flatten(json_format.Parse(text, api_pb2.ListPodResourcesResponse()))
+    """A snapshot's List answer. Pod by pod: a pod entry that does not fit the message (a number where a
+    name belongs, an unknown field) costs that pod, not every pod's attribution. Raises ValueError only when
+    the text is not a JSON object with a podResources list at all."""
+    try:
+        doc = json.loads(text)
+    except RecursionError:
+        raise ValueError("pod-resources JSON nested too deep") from None
+    pods = doc.get("podResources", doc.get("pod_resources")) if isinstance(doc, dict) else None
+    if pods is None and isinstance(doc, dict) and not doc:
+        pods = []  # an empty answer: no pod holds anything
+    if not isinstance(pods, list):
+        raise ValueError("pod-resources JSON: no podResources list")
+    resp = api_pb2.ListPodResourcesResponse()
+    for pod in pods:
+        try:
+            resp.pod_resources.append(json_format.ParseDict(pod, api_pb2.PodResources()))
+        except Exception:  # noqa: BLE001 - ParseError, or what protobuf raises on a non-object: skip the pod
+            continue
+    return flatten(resp)
+

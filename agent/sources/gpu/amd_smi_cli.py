@@ -8,14 +8,16 @@ the parser never raises on what the tool prints (see ../shared/reference/amd-smi
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
 
+from agent.base import validate as valid
 from agent.base.pci import label as pci_label
 from agent.base.tools import run_tool
 from .backend import BackendUnavailable
-from .model import EccCount, GpuInventory, GpuReading, Link, Process
+from .model import EccCount, GpuInventory, GpuReading, Link, Process, validate
 
 COMMANDS = ("list", "static", "metric", "process", "bad-pages", "xgmi", "firmware")
 
@@ -38,23 +40,23 @@ _NUMBER_WITH_UNIT = re.compile(r"^\s*([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*([^
 # -- values ---------------------------------------------------------------------------------------------
 def value_of(v: Any) -> float | None:
     """Any amd-smi value as a float in base units, or None when it is N/A or not a number.
-    Takes 152, 15.3, {"value": 152, "unit": "W"}, {"value": "N/A", "unit": "mV"}, "N/A", "550 W", "32 GT/s"."""
+    Takes 152, 15.3, {"value": 152, "unit": "W"}, {"value": "N/A", "unit": "mV"}, "N/A", "550 W", "32 GT/s".
+    NaN, Inf and integers too wide for a float (+-Inf) come back as they are: impossible values are the
+    validator's to name (model.validate), never silently "not reported"."""
     unit = None
     if isinstance(v, dict):
         v, unit = v.get("value"), v.get("unit")
-    if isinstance(v, bool):  # a bool is an int in Python, never a reading here
-        return None
     if isinstance(v, (int, float)):
-        number = float(v)
+        number = valid.to_float(v)  # None for a bool: an int in Python, never a reading here
+        if number is None:
+            return None
     elif isinstance(v, str):
         m = _NUMBER_WITH_UNIT.match(v)
         if not m:
             return None
-        number = float(m.group(1))
+        number = float(m.group(1))  # a 400-digit string is inf here, and flagged later
         unit = unit or m.group(2)
     else:
-        return None
-    if number != number or number in (float("inf"), float("-inf")):
         return None
     if isinstance(unit, str):
         number *= _UNIT_SCALE.get(unit.strip().lower(), 1)
@@ -62,14 +64,17 @@ def value_of(v: Any) -> float | None:
 
 
 def int_of(v: Any) -> int | None:
+    """value_of rounded to an int; a non-finite value stays a float for the validator to flag."""
     f = value_of(v)
-    return None if f is None else int(round(f))
+    if f is None or not math.isfinite(f):
+        return f  # type: ignore[return-value]
+    return int(round(f))
 
 
 def text_of(v: Any) -> str | None:
     """A string field, None when absent, empty or N/A."""
     if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return str(v)
+        return valid.shown(v)  # str() of a 5,000-digit int raises
     if not isinstance(v, str):
         return None
     v = v.strip()
@@ -101,14 +106,24 @@ def first_value(d: dict, *keys: str) -> float | None:
 
 # -- top-level shapes -----------------------------------------------------------------------------------
 def _flatten(items: Any) -> list[dict]:
-    """Dicts from a list that may nest lists (7.x xgmi prints `"xgmi_metric": [[...]]`)."""
-    out: list[dict] = []
+    """Dicts from a list that may nest lists (7.x xgmi prints `"xgmi_metric": [[...]]`). Iterative: a list
+    nested as deep as the JSON decoder allows must not overflow the stack here."""
     if isinstance(items, dict):
         return [items]
-    if isinstance(items, list):
-        for item in items:
-            out.extend(_flatten(item) if isinstance(item, list) else [item] if isinstance(item, dict) else [])
+    out: list[dict] = []
+    stack = [iter(items)] if isinstance(items, list) else []
+    while stack:
+        item = next(stack[-1], _END)
+        if item is _END:
+            stack.pop()
+        elif isinstance(item, list):
+            stack.append(iter(item))
+        elif isinstance(item, dict):
+            out.append(item)
     return out
+
+
+_END = object()
 
 
 def gpu_entries(doc: Any, key: str = "gpu_data") -> list[dict] | None:
@@ -126,14 +141,8 @@ def gpu_entries(doc: Any, key: str = "gpu_data") -> list[dict] | None:
 
 
 def gpu_index(entry: dict) -> int | None:
-    v = entry.get("gpu")
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, int):
-        return v
-    if isinstance(v, str) and v.strip().isdigit():
-        return int(v)
-    return None
+    """The entry's GPU index: a small int or ASCII digits ("²" and a 400-digit number are not indexes)."""
+    return valid.index(entry.get("gpu"))
 
 
 def by_gpu(entries: list[dict]) -> dict[int, dict]:
@@ -151,12 +160,16 @@ def decode_json(text: str) -> Any:
     line that opens an array or object. Raises ValueError when there is no JSON (an error message)."""
     try:
         return json.loads(text)
+    except RecursionError:  # nested deeper than the decoder goes: not an output amd-smi prints
+        raise ValueError("JSON nested too deep") from None
     except ValueError:
         pass
     for m in re.finditer(r"(?m)^[ \t]*[\[{]", text):
         try:
             doc, _ = json.JSONDecoder().raw_decode(text, m.end() - 1)
             return doc
+        except RecursionError:
+            raise ValueError("JSON nested too deep") from None
         except ValueError:
             continue
     first = text.strip().splitlines()[0][:200] if text.strip() else "empty output"
@@ -196,8 +209,14 @@ def compute_partition_mode(static: dict) -> str | None:
 
 
 def partition_id(listed: dict, static: dict) -> int | None:
-    pid = int_of(listed.get("partition_id"))
-    return pid if pid is not None else int_of(section(static, "partition").get("partition_id"))
+    pid = small_int(listed.get("partition_id"))
+    return pid if pid is not None else small_int(section(static, "partition").get("partition_id"))
+
+
+def small_int(v: Any) -> int | None:
+    """An identifier (partition id): a small non-negative whole number, else None."""
+    f = value_of(v)
+    return int(f) if f is not None and valid.in_range(f, 0, valid.INDEX_MAX) and f.is_integer() else None
 
 
 def partition_label(pid: int | None, mode: str | None, node_partitioned: bool) -> str:
@@ -387,7 +406,7 @@ def parse_outputs(outputs: dict[str, object]) -> tuple[list[GpuReading], list[st
         g.links = parse_links(idx, link_status.get(idx))
         parse_throttle(g, metric)
         g.processes = parse_processes(entry("process", idx))
-        readings.append(g)
+        readings.append(validate(g))
     return readings, errors
 
 

@@ -14,12 +14,13 @@ import importlib
 import io
 from typing import Any, Callable
 
-from .amd_smi_cli import (HARDWARE_VIOLATIONS, ECC_TYPES, int_of, is_active, parse_links, partition_label, text_of,
-    value_of)
+from .amd_smi_cli import (HARDWARE_VIOLATIONS, ECC_TYPES, small_int, int_of, is_active, parse_links, partition_label,
+    text_of, value_of)
+from agent.base import validate as valid
 from agent.base.errors import error_text, one_line
 from agent.base.pci import label as pci_label
 from .backend import BackendUnavailable
-from .model import EccCount, GpuInventory, GpuReading, Process
+from .model import EccCount, GpuInventory, GpuReading, Process, validate
 
 # Status codes that mean "this GPU does not have it": not worth an error message.
 QUIET_STATUS = {2, 3}  # AMDSMI_STATUS_NOT_SUPPORTED, AMDSMI_STATUS_NOT_YET_IMPLEMENTED
@@ -174,7 +175,7 @@ def read_bad_pages(gpu: _Gpu, g: GpuReading) -> None:
         states = [page_status(p.get("status"), gpu.lib) for p in pages if isinstance(p, dict)]
         g.retired_pages, g.pending_pages = states.count("RESERVED"), states.count("PENDING")
     g.bad_page_threshold = int_of(gpu.call("amdsmi_get_gpu_bad_page_threshold"))
-    if g.bad_page_threshold is not None and g.retired_pages is not None:
+    if valid.counter(g.bad_page_threshold) and g.retired_pages is not None:
         # As amd-smi >= 7.0.2 derives BAD_PAGE_THRESHOLD_EXCEEDED: retired pages above the threshold.
         g.bad_page_threshold_exceeded = g.retired_pages > g.bad_page_threshold
 
@@ -237,9 +238,9 @@ def read_gpu(lib: Any, handle: Any, index: int, errors: list[str]) -> tuple[GpuR
     read_links(gpu, g)
     read_throttle(gpu, g)
     g.processes = read_processes(gpu)
-    pid = int_of(gpu.dict_of("amdsmi_get_gpu_kfd_info").get("current_partition_id"))
+    pid = small_int(gpu.dict_of("amdsmi_get_gpu_kfd_info").get("current_partition_id"))
     mode = text_of(gpu.call("amdsmi_get_gpu_compute_partition"))
-    return g, pid, mode
+    return validate(g), pid, mode
 
 
 class AmdSmiLibBackend:

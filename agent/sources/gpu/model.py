@@ -3,6 +3,10 @@ produces these; rules and metrics never look at vendor formats. None means "the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+from agent.base import validate as valid
+from agent.base.validate import Invalid
 
 
 @dataclass
@@ -67,6 +71,7 @@ class GpuReading:
     throttle_active: list[str] = field(default_factory=list)  # every active reason, vendor names
     throttle_hardware: list[str] = field(default_factory=list)  # the subset that is hardware (thermal, brake)
     processes: list[Process] = field(default_factory=list)
+    invalid: list[Invalid] = field(default_factory=list)  # impossible values read, dropped (see validate())
 
     @property
     def name(self) -> str:
@@ -115,6 +120,79 @@ def pcie_generation(speed_gts: float | None) -> int | None:
 PCIE_GEN_SPEED_GTS = {1: 2.5, 2: 5.0, 3: 8.0, 4: 16.0, 5: 32.0, 6: 64.0}
 
 
-def pcie_gen_speed(gen: int | None) -> float | None:
+def pcie_gen_speed(gen: Any) -> float | None:
     """Per-lane rate (GT/s) of a PCIe generation; None when unknown (NVIDIA reports generations, not rates)."""
-    return PCIE_GEN_SPEED_GTS.get(int(gen)) if gen is not None else None
+    return PCIE_GEN_SPEED_GTS.get(gen) if isinstance(gen, int) and not isinstance(gen, bool) else None
+
+
+# -- impossible values (DESIGN §0) ------------------------------------------------------------------------
+# Scalar fields: (attribute, key of the check that needs it, name in a finding, predicate).
+_SCALARS = (
+    ("utilization", "utilization", "utilization", valid.ratio),
+    ("memory_used_bytes", "memory", "memory used", valid.counter),
+    ("memory_total_bytes", "memory", "memory total", valid.counter),
+    ("power_watts", "power", "power", lambda v: valid.in_range(v, 0.0, valid.POWER_MAX_W)),
+    ("power_limit_watts", "power", "power limit", lambda v: valid.in_range(v, 0.0, valid.POWER_MAX_W)),
+    ("retired_pages", "pages.retired", "retired pages", valid.counter),
+    ("pending_pages", "pages.pending", "pending pages", valid.counter),
+    ("bad_page_threshold", "pages.retired", "bad page threshold", valid.counter),
+    ("row_remap_correctable", "row_remap", "remapped rows (correctable)", valid.counter),
+    ("row_remap_uncorrectable", "row_remap", "remapped rows (uncorrectable)", valid.counter),
+    ("pcie_width", "pcie.width", "PCIe link width", lambda v: valid.in_range(v, 0, valid.PCIE_WIDTH_MAX)),
+    ("pcie_max_width", "pcie.width", "PCIe max link width",
+     lambda v: valid.in_range(v, 0, valid.PCIE_WIDTH_MAX)),
+    ("pcie_speed_gts", "pcie.generation", "PCIe link speed",
+     lambda v: valid.in_range(v, 0.0, valid.PCIE_SPEED_MAX_GTS)),
+    ("pcie_max_speed_gts", "pcie.generation", "PCIe max link speed",
+     lambda v: valid.in_range(v, 0.0, valid.PCIE_SPEED_MAX_GTS)),
+    ("pcie_replay_count", "pcie.replays", "PCIe replay count", valid.counter),
+)
+
+
+def validate(g: GpuReading) -> GpuReading:
+    """Drop every impossible value of a reading (it becomes None, or leaves its dict/list) and record it in
+    g.invalid, so rules see only possible values and metrics never export an impossible one. Every backend
+    calls this on each reading it builds; it never raises."""
+    def drop(key: str, name: str, value: Any) -> None:
+        g.invalid.append(Invalid(key, name, valid.shown(value)))
+
+    for attr, key, name, ok in _SCALARS:
+        v = getattr(g, attr)
+        if v is not None and not ok(v):
+            drop(key, name, v)
+            setattr(g, attr, None)
+        elif isinstance(v, float) and attr != "utilization" and valid.counter(v) and ok is valid.counter:
+            setattr(g, attr, int(v))  # a count read as 12.0 is the count 12
+    for sensor, t in list(g.temperatures.items()):
+        if not valid.temperature(t):
+            drop(f"temperature.{sensor}", f"temperature ({sensor})", t)
+            del g.temperatures[sensor]
+    for sensor, t in list(g.temperature_limits.items()):
+        if not valid.temperature(t):
+            drop("temperature_limit", f"temperature limit ({sensor})", t)
+            del g.temperature_limits[sensor]
+    kept = []
+    for e in g.ecc:
+        if valid.counter(e.count):
+            e.count = int(e.count)
+            kept.append(e)
+        elif e.volatile:  # lifetime counts are exported, not judged: they cost only their series
+            drop(f"ecc.{e.type}", f"ecc {e.type} ({e.block.lower() if e.block != 'total' else 'total'})", e.count)
+        else:
+            drop("ecc.aggregate", f"aggregate ecc {e.type} ({e.block.lower()})", e.count)
+    g.ecc = kept
+    for link in g.links:
+        if link.errors is not None and not valid.counter(link.errors):
+            drop("link_errors", f"{link.name} errors", link.errors)
+            link.errors = None
+    procs = []
+    for p in g.processes:
+        if valid.ascii_int(p.pid, 1, 2**32) is None:
+            drop("processes", "process id", p.pid)
+            continue
+        if p.memory_bytes is not None and not valid.counter(p.memory_bytes):
+            drop("processes", f"memory of process {p.pid}", p.memory_bytes)
+            p.memory_bytes = None
+        procs.append(p)
+    g.processes = procs
+    return g

@@ -6,14 +6,16 @@ shares the vendor-name tables below, so both backends describe one GPU the same 
 """
 from __future__ import annotations
 
+import math
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from agent.base import validate as valid
 from agent.base.pci import label as pci_label
 from agent.base.tools import run_tool
 from .backend import BackendUnavailable
-from .model import EccCount, GpuInventory, GpuReading, Process, pcie_gen_speed
+from .model import EccCount, GpuInventory, GpuReading, Process, pcie_gen_speed, validate
 
 MIB = 1024 * 1024
 
@@ -76,8 +78,10 @@ def number(text: str | None) -> float | None:
 
 
 def integer(text: str | None) -> int | None:
+    """number() as an int; a non-finite number (a 400-digit one reads as inf) stays a float for the
+    validator to flag."""
     n = number(text)
-    return int(n) if n is not None else None
+    return int(n) if n is not None and math.isfinite(n) else n  # type: ignore[return-value]
 
 
 def size_bytes(text: str | None) -> int | None:
@@ -89,7 +93,8 @@ def size_bytes(text: str | None) -> int | None:
     if not m:
         return None
     scale = _UNIT_BYTES.get(m.group(2).lower(), MIB)
-    return int(float(m.group(1)) * scale)
+    size = float(m.group(1)) * scale
+    return int(size) if math.isfinite(size) else size  # type: ignore[return-value]
 
 
 def yes_no(text: str | None) -> bool | None:
@@ -142,6 +147,9 @@ def ecc_counts(blocks: dict[tuple[str, str], int], volatile: bool, totals: dict[
     silently skips an unknown block would read as a real zero."""
     out = [EccCount(t, b, n, volatile) for (t, b), n in blocks.items()]
     totals = dict(totals or {})
+    # An impossible block count (-2) summed with a real one (1) would make a plausible-looking total: that
+    # type has no derived total, as for an unreadable block (the validator then names the bad block).
+    partial = set(partial) | {t for (t, _), n in blocks.items() if not valid.counter(n)}
     for t in dict.fromkeys(t for t, _ in blocks):
         if t not in partial:
             totals.setdefault(t, sum(n for (tt, _), n in blocks.items() if tt == t))
@@ -269,7 +277,7 @@ def _firmware(gpu: ET.Element) -> dict[str, str]:
 
 def parse_gpu(gpu: ET.Element, position: int, driver: str | None) -> GpuReading:
     """One <gpu> element. The index is the minor number (/dev/nvidiaN), else the position in the file."""
-    minor = integer(_text(gpu, "minor_number"))
+    minor = valid.index(integer(_text(gpu, "minor_number")))  # 400 digits: not a minor number
     link = gpu.find("pci/pci_gpu_link_info")
     gen, max_gen = integer(_text(link, "pcie_gen/current_link_gen")), integer(_text(link, "pcie_gen/max_link_gen"))
     temps, limits = parse_temperatures(gpu)
@@ -279,7 +287,7 @@ def parse_gpu(gpu: ET.Element, position: int, driver: str | None) -> GpuReading:
     util = number(_text(gpu, "utilization/gpu_util"))
     rows = gpu.find("remapped_rows")
     ecc = gpu.find("ecc_errors")
-    return GpuReading(
+    return validate(GpuReading(
         index=minor if minor is not None else position,
         vendor="nvidia",
         model=clean(_text(gpu, "product_name")),
@@ -311,7 +319,7 @@ def parse_gpu(gpu: ET.Element, position: int, driver: str | None) -> GpuReading:
         throttle_active=active,
         throttle_hardware=hardware,
         processes=parse_processes(gpu),
-    )
+    ))
 
 
 def parse_mig(gpu: ET.Element, parent: GpuReading) -> list[GpuReading]:
@@ -322,15 +330,15 @@ def parse_mig(gpu: ET.Element, parent: GpuReading) -> list[GpuReading]:
         return []
     out: dict[str, GpuReading] = {}
     for dev in gpu.findall("mig_devices/mig_device"):
-        gi = integer(_text(dev, "gpu_instance_id"))
+        gi = valid.index(integer(_text(dev, "gpu_instance_id")))
         if gi is None or str(gi) in out:
             continue
-        out[str(gi)] = GpuReading(
+        out[str(gi)] = validate(GpuReading(
             index=parent.index, vendor="nvidia", model=parent.model, serial=parent.serial, uuid=None,
             pci_bus_id=parent.pci_bus_id, driver=parent.driver, partition=str(gi),
             memory_used_bytes=size_bytes(_text(dev, "fb_memory_usage/used")),
             memory_total_bytes=size_bytes(_text(dev, "fb_memory_usage/total")),
-        )
+        ))
     return list(out.values())
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from agent.base import validate as valid
 from agent.base.pci import label as pci_label
 from .backend import BackendUnavailable
-from .model import GpuInventory, GpuReading, Link, Process, pcie_gen_speed
+from .model import GpuInventory, GpuReading, Link, Process, pcie_gen_speed, validate
 from .nvidia_smi_xml import (SENSOR_GPU, SENSOR_GPU_MAX, SENSOR_MEMORY, classify_throttle, decode_clock_reasons,
     ecc_counts)
 
@@ -226,7 +227,8 @@ def read_device(c: _Calls, h: Any, position: int, driver: str | None) -> tuple[G
     """One whole GPU. The index is the minor number (/dev/nvidiaN), as the XML parser uses, else the NVML
     enumeration index."""
     minor = c.get(f"gpu{position}", "nvmlDeviceGetMinorNumber", h)
-    index = int(minor) if minor is not None else position
+    index = valid.index(minor)
+    index = index if index is not None else position
     where = f"gpu{index}"
     pci = c.get(where, "nvmlDeviceGetPciInfo", h)
     util = c.get(where, "nvmlDeviceGetUtilizationRates", h)
@@ -270,7 +272,7 @@ def read_device(c: _Calls, h: Any, position: int, driver: str | None) -> tuple[G
         throttle_hardware=hardware,
         processes=_processes(c, h, where),
     )
-    return reading, [(link, bdf) for link, bdf in links if bdf]
+    return validate(reading), [(link, bdf) for link, bdf in links if bdf]
 
 
 def read_mig(c: _Calls, h: Any, parent: GpuReading) -> list[GpuReading]:
@@ -290,6 +292,7 @@ def read_mig(c: _Calls, h: Any, parent: GpuReading) -> list[GpuReading]:
             index=parent.index, vendor="nvidia", model=parent.model, serial=parent.serial,
             uuid=text(c.get(parent.entity, "nvmlDeviceGetUUID", mh)), pci_bus_id=parent.pci_bus_id,
             driver=parent.driver, partition=str(gi), memory_used_bytes=used, memory_total_bytes=total)
+        validate(out[str(gi)])
     return list(out.values())
 
 

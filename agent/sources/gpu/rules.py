@@ -2,6 +2,11 @@
 
 Every check emits a finding for every GPU it could evaluate, ok or not, so `--once --json` and
 vigil_check_status show what was checked, not only what failed.
+
+Impossible values (DESIGN §0) reach the rules only as GpuReading.invalid records (model.validate dropped
+them): the check that needed one is unknown, naming the field, unless what was read validly already fails it
+(a valid count of 2 beside an impossible total is still 2 errors). Invalid fields no check reads (power,
+memory, a temperature limit ...) show as one `gpu.values` finding per GPU (warning: they judge nothing).
 """
 from __future__ import annotations
 
@@ -41,7 +46,25 @@ def evaluate(readings: GpuReadings, expected: int | None, t: GpuThresholds, node
         out += pcie_checks(g, t)
         out += link_checks(g)
         out += throttle_checks(g)
+        out += values_check(g)
     return out
+
+
+# Invalid-record keys that a check below consumes; every other key goes to gpu.values.
+_JUDGED = ("ecc.uncorrectable", "ecc.correctable", "ecc.deferred", "pages.retired", "pages.pending",
+           "pcie.width", "pcie.generation")
+
+
+def _invalid(g: GpuReading, key: str) -> str:
+    """The messages of g's invalid fields under `key`, joined; "" when none."""
+    return "; ".join(i.message for i in g.invalid if i.key == key)
+
+
+def values_check(g: GpuReading) -> list[Finding]:
+    rest = [i for i in g.invalid if i.key not in _JUDGED and not i.key.startswith("temperature.")]
+    if not rest:
+        return []
+    return [unknown("gpu.values", C, g.entity, "; ".join(i.message for i in rest), severity=WARNING)]
 
 
 def count_check(r: GpuReadings, expected: int | None, node: str) -> list[Finding]:
@@ -68,11 +91,14 @@ def count_check(r: GpuReadings, expected: int | None, node: str) -> list[Finding
 
 
 def _sum(g: GpuReading, type_: str, volatile: bool = True) -> int | None:
+    """The count to judge: the vendor's total, the sum of its blocks, or where it gives both, the larger (a
+    total that lags or misses a block must not hide a block's errors, nor the other way round)."""
     counts = [e for e in g.ecc if e.type == type_ and e.volatile == volatile]
     if not counts:
         return None
     totals = [e.count for e in counts if e.block == "total"]
-    return totals[0] if totals else sum(e.count for e in counts)
+    blocks = [e.count for e in counts if e.block != "total"]
+    return max(max(totals, default=0), sum(blocks))
 
 
 def _blocks(g: GpuReading, type_: str) -> str:
@@ -84,23 +110,35 @@ def _blocks(g: GpuReading, type_: str) -> str:
 def ecc_checks(g: GpuReading, t: GpuThresholds, prev: GpuReading | None, elapsed: float | None) -> list[Finding]:
     out: list[Finding] = []
     unc = _sum(g, "uncorrectable")
-    if unc is None:
+    bad_unc = _invalid(g, "ecc.uncorrectable")
+    if unc is not None and unc > t.ecc_uncorrectable_max:
+        out.append(bad("gpu.ecc.uncorrectable", C, g.entity,
+                       f"{unc} uncorrectable ECC errors{_blocks(g, 'uncorrectable')}"
+                       + (f"; {bad_unc}" if bad_unc else ""), value=unc,
+                       threshold=t.ecc_uncorrectable_max, action="drain the node; reset or replace the GPU"))
+    elif bad_unc:
+        out.append(unknown("gpu.ecc.uncorrectable", C, g.entity, bad_unc, threshold=t.ecc_uncorrectable_max))
+    elif unc is None:
         # "N/A" / not supported (an APU, a consumer part): nothing to judge, as for an absent sensor. A query
         # that failed shows as a gpu.backend finding instead.
         pass
-    elif unc > t.ecc_uncorrectable_max:
-        out.append(bad("gpu.ecc.uncorrectable", C, g.entity,
-                       f"{unc} uncorrectable ECC errors{_blocks(g, 'uncorrectable')}", value=unc,
-                       threshold=t.ecc_uncorrectable_max, action="drain the node; reset or replace the GPU"))
     else:
         out.append(ok("gpu.ecc.uncorrectable", C, g.entity, "no uncorrectable ECC errors", value=unc,
                       threshold=t.ecc_uncorrectable_max))
-    deferred = _sum(g, "deferred")
+    deferred, bad_deferred = _sum(g, "deferred"), _invalid(g, "ecc.deferred")
     if deferred:
         out.append(bad("gpu.ecc.deferred", C, g.entity, f"{deferred} deferred (poisoned) ECC errors"
-                       f"{_blocks(g, 'deferred')}", severity=WARNING, value=deferred, threshold=0))
-    corr = _sum(g, "correctable")
-    if corr is not None:
+                       f"{_blocks(g, 'deferred')}" + (f"; {bad_deferred}" if bad_deferred else ""),
+                       severity=WARNING, value=deferred, threshold=0))
+    elif bad_deferred:
+        out.append(unknown("gpu.ecc.deferred", C, g.entity, bad_deferred, severity=WARNING, threshold=0))
+    corr, bad_corr = _sum(g, "correctable"), _invalid(g, "ecc.correctable")
+    if bad_corr and not (corr is not None and corr > t.ecc_correctable_warning_count):
+        # Without every count there is no rate and no total to compare; a valid count already above the
+        # single-reading limit still fires below.
+        out.append(unknown("gpu.ecc.correctable", C, g.entity, bad_corr, severity=WARNING,
+                           threshold=t.ecc_correctable_warning_count))
+    elif corr is not None:
         prev_corr = _sum(prev, "correctable") if prev else None
         if prev_corr is not None and elapsed and corr >= prev_corr:
             rate = (corr - prev_corr) / elapsed * 3600
@@ -118,7 +156,10 @@ def ecc_checks(g: GpuReading, t: GpuThresholds, prev: GpuReading | None, elapsed
 
 def page_checks(g: GpuReading, t: GpuThresholds) -> list[Finding]:
     out: list[Finding] = []
-    if g.bad_page_threshold_exceeded:
+    bad_retired, bad_pending = _invalid(g, "pages.retired"), _invalid(g, "pages.pending")
+    if bad_retired and not g.bad_page_threshold_exceeded:
+        out.append(unknown("gpu.pages.retired", C, g.entity, bad_retired, threshold=t.retired_pages_fatal))
+    elif g.bad_page_threshold_exceeded:
         out.append(bad("gpu.pages.retired", C, g.entity, "bad page threshold exceeded (driver RAS)",
                        value=g.retired_pages, threshold=g.bad_page_threshold, action="replace the GPU"))
     elif g.retired_pages is not None:
@@ -134,6 +175,8 @@ def page_checks(g: GpuReading, t: GpuThresholds) -> list[Finding]:
     if g.pending_pages:
         out.append(bad("gpu.pages.pending", C, g.entity, f"{g.pending_pages} pages pending retirement",
                        severity=WARNING, value=g.pending_pages, threshold=0, action="reset the GPU"))
+    elif bad_pending:
+        out.append(unknown("gpu.pages.pending", C, g.entity, bad_pending, severity=WARNING, threshold=0))
     if g.row_remap_failure:
         out.append(bad("gpu.row_remap.failure", C, g.entity, "row remapping failed", value=1, threshold=0,
                        action="replace the GPU"))
@@ -150,6 +193,12 @@ def page_checks(g: GpuReading, t: GpuThresholds) -> list[Finding]:
 
 def temperature_checks(g: GpuReading, t: GpuThresholds) -> list[Finding]:
     out = []
+    for i in g.invalid:
+        if i.key.startswith("temperature."):
+            sensor = i.key.split(".", 1)[1]
+            # The sensor could be past its fatal limit for all we know: unknown at the check's worst severity.
+            severity = FATAL if sensor in t.temperature_fatal_celsius else WARNING
+            out.append(unknown(f"gpu.{i.key}", C, g.entity, i.message, severity=severity))
     for sensor, temp in sorted(g.temperatures.items()):
         warn = t.temperature_warning_celsius.get(sensor)
         fatal = t.temperature_fatal_celsius.get(sensor)
@@ -168,7 +217,9 @@ def temperature_checks(g: GpuReading, t: GpuThresholds) -> list[Finding]:
 
 def pcie_checks(g: GpuReading, t: GpuThresholds) -> list[Finding]:
     out = []
-    if g.pcie_width is not None and g.pcie_max_width:
+    if _invalid(g, "pcie.width"):
+        out.append(unknown("gpu.pcie.width", C, g.entity, _invalid(g, "pcie.width"), severity=WARNING))
+    elif g.pcie_width is not None and g.pcie_max_width:
         if g.pcie_width < g.pcie_max_width:
             out.append(bad("gpu.pcie.width", C, g.entity, f"PCIe link x{g.pcie_width} of x{g.pcie_max_width}",
                            severity=WARNING, value=g.pcie_width, threshold=g.pcie_max_width,
@@ -177,9 +228,15 @@ def pcie_checks(g: GpuReading, t: GpuThresholds) -> list[Finding]:
             out.append(ok("gpu.pcie.width", C, g.entity, f"PCIe x{g.pcie_width}", severity=WARNING,
                           value=g.pcie_width, threshold=g.pcie_max_width))
     gen, max_gen = pcie_generation(g.pcie_speed_gts), pcie_generation(g.pcie_max_speed_gts)
-    if gen is not None and max_gen is not None:
+    util_bad = _invalid(g, "utilization")
+    if _invalid(g, "pcie.generation"):
+        out.append(unknown("gpu.pcie.generation", C, g.entity, _invalid(g, "pcie.generation"), severity=WARNING))
+    elif gen is not None and max_gen is not None:
         busy = g.utilization is not None and g.utilization >= t.busy_utilization_ratio
-        if gen < max_gen and busy:
+        if gen < max_gen and util_bad:  # busy or idle decides this check, and the load is not known
+            out.append(unknown("gpu.pcie.generation", C, g.entity, f"PCIe Gen{gen} of Gen{max_gen}; {util_bad}",
+                               severity=WARNING, value=gen, threshold=max_gen))
+        elif gen < max_gen and busy:
             out.append(bad("gpu.pcie.generation", C, g.entity, f"PCIe Gen{gen} of Gen{max_gen} while busy",
                            severity=WARNING, value=gen, threshold=max_gen))
         else:

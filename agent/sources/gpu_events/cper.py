@@ -29,13 +29,17 @@ import re
 import time
 from dataclasses import dataclass
 
+from agent.base.validate import ascii_int, index as gpu_number, shown
+
 FATAL_SEV, UNCORRECTED, CORRECTED = "fatal", "non_fatal_uncorrected", "non_fatal_corrected"
 _TABLE_SEVERITY = {"FATAL": FATAL_SEV, "BOOT": FATAL_SEV, "NONFATAL-UNCORRECTED": UNCORRECTED,
                    "NONFATAL-CORRECTED": CORRECTED, "UNKNOWN": "unknown"}
-_ROW = re.compile(r"^(?P<ts>\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2})\s+(?P<gpu>\d+)\s+(?P<sev>[A-Z-]+)"
-                  r"(?:\s+(?P<file>\S+\.cper))?(?:\s+(?P<afids>[\d ]+|Error fetching AFIDs))?\s*$")
-_DUMP_HEADER = re.compile(r"Dumping CPER file header entries for GPU (\d+):")
-_ENTRY = re.compile(r'"(\d+)"\s*:\s*(\{.*?\})', re.DOTALL)
+# ASCII digits only ([0-9]: int() takes other scripts' digits); GPU numbers are then bounded (gpu_number).
+_ROW = re.compile(r"^(?P<ts>[0-9]{4}/[0-9]{2}/[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2})\s+(?P<gpu>[0-9]+)\s+"
+                  r"(?P<sev>[A-Z-]+)(?:\s+(?P<file>\S+\.cper))?(?:\s+(?P<afids>[0-9 ]+|Error fetching AFIDs))?\s*$")
+_DUMP_HEADER = re.compile(r"Dumping CPER file header entries for GPU ([0-9]+):")
+_ENTRY = re.compile(r'"([0-9]+)"\s*:\s*(\{.*?\})', re.DOTALL)
+AFID_MAX = 2**32 - 1
 EARLIEST_PLAUSIBLE = calendar.timegm((2020, 1, 1, 0, 0, 0))  # before that, the record's clock was not set
 
 
@@ -79,7 +83,7 @@ def timestamp_epoch(ts: str | None) -> float | None:
 
 
 def _severity(value: object) -> str:
-    s = str(value or "").strip()
+    s = value.strip() if isinstance(value, str) else ""
     if s.upper() in _TABLE_SEVERITY:
         return _TABLE_SEVERITY[s.upper()]
     s = s.lower().replace("-", "_").replace("amdsmi_cper_sev_", "")
@@ -89,23 +93,32 @@ def _severity(value: object) -> str:
 def _from_header(gpu: int | None, header: dict, file: str | None = None, afids: tuple[int, ...] = ()) -> CperRecord:
     def text(key: str) -> str | None:
         v = header.get(key)
-        return str(v).strip() if v not in (None, "", "N/A") else None
+        if v is None or isinstance(v, (dict, list)):  # a nested value is not a header field
+            return None
+        t = (v if isinstance(v, str) else shown(v)).strip()  # str() of a 5,000-digit int raises
+        return t[:200] if t not in ("", "N/A") else None
 
     raw_afids = header.get("afids") or header.get("afid")
     if not afids and isinstance(raw_afids, list):
-        afids = tuple(int(a) for a in raw_afids if isinstance(a, int) or str(a).isdigit())
+        afids = tuple(n for a in raw_afids if (n := ascii_int(a, 0, AFID_MAX)) is not None)
     return CperRecord(gpu, _severity(header.get("error_severity")), text("notify_type"), text("timestamp"),
                       text("record_id"), text("creator_id"), afids, file)
 
 
 def _gpu_of(d: dict) -> int | None:
     for key in ("gpu", "gpu_id"):
-        v = d.get(key)
-        if isinstance(v, int) and not isinstance(v, bool):
-            return v
-        if isinstance(v, str) and v.strip().isdigit():
-            return int(v)
+        n = gpu_number(d.get(key))
+        if n is not None:
+            return n
     return None
+
+
+def _loads(text: str) -> object:
+    """json.loads, with nesting too deep for the decoder reported as the ValueError it is."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deep") from None
 
 
 def parse(stdout: str, files: dict[str, str] | None = None) -> tuple[list[CperRecord], list[str]]:
@@ -128,14 +141,15 @@ def _parse_table(stdout: str, files: dict[str, str], problems: list[str]) -> lis
         m = _ROW.match(line.strip())
         if not m:
             continue
-        afids = tuple(int(a) for a in (m.group("afids") or "").split() if a.isdigit())
-        gpu, sev_word, file = int(m.group("gpu")), m.group("sev"), m.group("file")
+        afids = tuple(n for a in (m.group("afids") or "").split() if (n := ascii_int(a, 0, AFID_MAX)) is not None)
+        # A GPU number past any node's (a garbled row) costs that row's GPU, not the listing.
+        gpu, sev_word, file = gpu_number(m.group("gpu")), m.group("sev"), m.group("file")
         header = None
         if file:
             text = files.get(file[: -len(".cper")] + ".json")
             if text is not None:
                 try:
-                    header = json.loads(text)
+                    header = _loads(text)
                 except ValueError as e:
                     problems.append(f"{file[:-5]}.json: not JSON ({e})")
         if isinstance(header, dict):
@@ -154,11 +168,12 @@ def _parse_dump(stdout: str, problems: list[str]) -> list[CperRecord]:
     for gpu_text, body in zip(parts[1::2], parts[2::2]):
         for m in _ENTRY.finditer(body):
             try:
-                header = json.loads(m.group(2))
+                header = _loads(m.group(2))
             except ValueError as e:
-                problems.append(f"GPU {gpu_text} entry {m.group(1)}: not JSON ({e})")
+                problems.append(f"GPU {gpu_text[:20]} entry {m.group(1)[:20]}: not JSON ({e})")
                 continue
-            out.append(_from_header(int(gpu_text), header))
+            if isinstance(header, dict):
+                out.append(_from_header(gpu_number(gpu_text), header))
     return out
 
 
@@ -169,7 +184,7 @@ def _parse_json_document(stdout: str) -> list[CperRecord] | None:
     if start < 0:
         return None
     try:
-        doc = json.loads(stdout[start:])
+        doc = _loads(stdout[start:])
     except ValueError:
         return None
     if isinstance(doc, dict) and "gpu_data" in doc:
@@ -187,8 +202,8 @@ def _parse_json_document(stdout: str) -> list[CperRecord] | None:
         return out
     if isinstance(doc, dict):
         for gpu, entries in doc.items():
-            if isinstance(entries, dict) and str(gpu).isdigit():
-                out += [_from_header(int(gpu), e) for e in entries.values() if isinstance(e, dict)]
+            if isinstance(entries, dict) and gpu_number(gpu) is not None:
+                out += [_from_header(gpu_number(gpu), e) for e in entries.values() if isinstance(e, dict)]
         return out or None
     return None
 

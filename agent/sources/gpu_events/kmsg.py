@@ -31,14 +31,18 @@ from dataclasses import dataclass
 from . import xid as xids
 from .model import RAS, RESET, XID, GpuEvent
 from agent.base.pci import normalize as normalize_pci
+from agent.base.validate import ascii_int
 
-_RECORD = re.compile(r"^(\d+),(\d+),(\d+),([^;,]*)(?:,[^;]*)?;(.*)$")
-_DMESG = re.compile(r"^(?:<(\d+)>)?\s*\[\s*(\d+)\.(\d+)\]\s?(.*)$")
+U64 = 2**64 - 1
+
+# ASCII digits only ([0-9], not \d: int() would take other scripts' digits), the numbers then bounded below.
+_RECORD = re.compile(r"^([0-9]+),([0-9]+),([0-9]+),([^;,]*)(?:,[^;]*)?;(.*)$")
+_DMESG = re.compile(r"^(?:<([0-9]+)>)?\s*\[\s*([0-9]+)\.([0-9]+)\]\s?(.*)$")
 _ESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})")
 _PROPERTY = re.compile(r"^\s+[A-Z][A-Z_]*=")
 
 _PCI = r"(?:[0-9a-fA-F]{4,8}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}(?:\.[0-7])?"
-_XID = re.compile(r"NVRM: Xid \((?:PCI:)?(?P<pci>" + _PCI + r")(?P<attr>[^)]*)\):? ?(?P<code>\d+)"
+_XID = re.compile(r"NVRM: Xid \((?:PCI:)?(?P<pci>" + _PCI + r")(?P<attr>[^)]*)\):? ?(?P<code>[0-9]+)"
                   r"(?:,\s*(?P<rest>.*))?$")
 _PID = re.compile(r"pid=(?:'([^']*)'|([^,\s]*))")
 _NAME = re.compile(r"name=(?:'([^']*)'|([^,\s]*))")
@@ -47,11 +51,13 @@ _FALLEN = re.compile(r"NVRM: (?:The NVIDIA GPU|GPU at|GPU) (?:PCI:)?(?P<pci>" + 
                      re.DOTALL)
 _AMDGPU = re.compile(r"amdgpu (?P<pci>[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]): (?P<body>.*)$")
 _AMD_UE_EVENT = re.compile(r"[Uu]ncorrectable hardware error\((?P<event>[A-Z0-9_]+)\) detected")
-_AMD_COUNT = re.compile(r"(?P<n>\d+) (?:new )?(?P<type>uncorrectable|correctable|deferred) hardware errors? "
+_AMD_COUNT = re.compile(r"(?P<n>[0-9]+) (?:new )?(?P<type>uncorrectable|correctable|deferred) hardware errors? "
                         r"detected in (?P<block>\w+) block")
 _AMD_RESET_OK = re.compile(r"GPU reset(?:\((\d+)\))? succeeded")
 _AMD_RESET_FAIL = re.compile(r"GPU reset(?:\((\d+)\))? failed")
 _ACK = re.compile(r"^vigil: gpu reset (?P<target>all|(?:PCI:)?" + _PCI + r")\s*$", re.IGNORECASE)
+
+XID_MAX = 65535  # Xid codes run to a few hundred
 
 RAS_SEVERITY = {
     "uncorrectable": (xids.FATAL, "drain the GPU and reset it; check its bad pages"),
@@ -78,7 +84,10 @@ def parse_record(line: str) -> KmsgRecord | None:
     m = _RECORD.match(line)
     if not m:
         return None
-    return KmsgRecord(int(m.group(2)), int(m.group(3)), int(m.group(1)), unescape(m.group(5)))
+    seq, usec, prio = (ascii_int(m.group(i), 0, U64) for i in (2, 3, 1))
+    if seq is None:  # a sequence number past 64 bits: not a kernel record, and it must not move the cursor
+        return None
+    return KmsgRecord(seq, usec, prio, unescape(m.group(5)))
 
 
 def parse_text(text: str) -> list[KmsgRecord]:
@@ -97,9 +106,11 @@ def parse_text(text: str) -> list[KmsgRecord]:
         rec = parse_record(line)
         if rec is None:
             m = _DMESG.match(line)
-            if m:
-                usec = int(m.group(2)) * 1_000_000 + int(m.group(3).ljust(6, "0")[:6])
-                rec = KmsgRecord(n, usec, int(m.group(1)) if m.group(1) else None, unescape(m.group(4)))
+            secs = ascii_int(m.group(2), 0, U64) if m else None
+            if m and secs is not None:
+                usec = secs * 1_000_000 + int(m.group(3).ljust(6, "0")[:6])
+                rec = KmsgRecord(n, usec, ascii_int(m.group(1), 0, U64) if m.group(1) else None,
+                                 unescape(m.group(4)))
             else:
                 rec = KmsgRecord(n, None, None, unescape(line.strip()))
         out.append(rec)
@@ -123,7 +134,8 @@ def events(rec: KmsgRecord, btime: float | None = None, overrides: dict[str, str
     out: list[GpuEvent] = []
     for line in text.split("\n"):
         m = _XID.search(line)
-        if m:
+        # An Xid code is a small number; 5,000 digits is a garbled line, and costs only that line.
+        if m and ascii_int(m.group("code"), 0, XID_MAX) is not None:
             out.append(_xid_event(m, line.strip(), key, at, overrides))
     if out:
         return out
@@ -171,7 +183,7 @@ def _amdgpu_events(pci: str | None, body: str, text: str, key: str, at: float | 
                          pci=pci, at=at)]
     if "detected in total" not in body:
         m = _AMD_COUNT.search(body)
-        if m and int(m.group("n")) > 0:
+        if m and (ascii_int(m.group("n"), 0, U64) or 0) > 0:
             kind = m.group("type")
             severity, action = RAS_SEVERITY[kind]
             return [GpuEvent(RAS, kind, severity, f"{m.group('n')} {kind} error(s) in the {m.group('block')} block",

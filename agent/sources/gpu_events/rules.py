@@ -1,7 +1,10 @@
 """From events to findings: which events stick, what clears them, and one finding per (check, GPU).
 
   fatal, warning  sticky: the GPU's check stays unhealthy until the GPU is reset or the node reboots.
-  info            shown once, in the cycle it is read (`agent --once` shows every info event of the boot).
+  info            shown once, in the cycle it is read (`agent --once` shows every info event of the boot), as
+                  an event (Finding.kind EVENT): it goes to the stream as an info event and stays out of
+                  vigil_check_status, where the check's own state row (ok, or a sticky event) goes on as one
+                  series with the check's severity, instead of an info series that lives for one scrape.
   ignore          counted in vigil_gpu_events_total, no finding (a config override).
 
 What counts as a reset of GPU X (clears X's sticky events that happened before it):
@@ -23,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-from agent.base.findings import FATAL, INFO, WARNING, Finding, bad, ok
+from agent.base.findings import EVENT, FATAL, INFO, WARNING, Finding, bad, ok
 from .model import CPER, RAS, RESET, XID, GpuEvent
 from .state import EventState, Sticky
 
@@ -143,12 +146,13 @@ def findings(sticky: Iterable[Sticky], once: Iterable[Shown], known: dict[str, s
     out: list[Finding] = []
     for check, entity in sorted(wanted):
         stuck = by_key.get((check, entity))
+        # The state of the check first (sticky events, else ok), then what happened once beside it.
         if stuck:
             out.append(_sticky_finding(check, entity, stuck))
-        elif (check, entity) in shown:
-            out.append(_once_finding(check, entity, shown[(check, entity)]))
         else:
             out.append(ok(check, "gpu", entity, OK_MESSAGES.get(CHECK_KIND.get(check, ""), "no event")))
+        if (check, entity) in shown:
+            out.append(_once_finding(check, entity, shown[(check, entity)]))
     return out
 
 
@@ -183,4 +187,4 @@ def _once_finding(check: str, entity: str, items: list[Shown]) -> Finding:
     if len(items) > 1:
         msg += f"; {len(items)} events this read" + (f" ({', '.join(codes)})" if len(codes) > 1 else "")
     msg += f" | {_clip(last.text)}"
-    return bad(check, "gpu", entity, msg, INFO, value=_value(last.code), action=last.action)
+    return bad(check, "gpu", entity, msg, INFO, value=_value(last.code), action=last.action, kind=EVENT)

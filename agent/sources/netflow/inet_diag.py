@@ -117,6 +117,9 @@ def decode(buf: bytes | memoryview, errors: list[int] | None = None) -> tuple[li
         if kind == NLMSG_DONE:
             return out, True
         if kind == NLMSG_ERROR:
+            if length < _NLMSG.size + 4:  # too short to hold its errno: a malformed message, skipped
+                off += (length + 3) & ~3
+                continue
             err = -struct.unpack_from("=i", buf, off + _NLMSG.size)[0]
             if err and errors is None:
                 raise DumpError(err, os.strerror(err))
@@ -131,7 +134,8 @@ def decode(buf: bytes | memoryview, errors: list[int] | None = None) -> tuple[li
 
 
 def _socket(buf: bytes | memoryview, start: int, end: int) -> LiveSocket | None:
-    if start + _MSG.size > end:
+    """One inet_diag_msg; None when it is too short or of a family that is not IP (costs that socket)."""
+    if start + _MSG.size > end or buf[start] not in (socket.AF_INET, socket.AF_INET6):
         return None
     (family, state, _timer, _retrans, sport, dport, src, dst, _if, ck0, ck1, _expires, _rq, _wq, uid,
      inode) = _MSG.unpack_from(buf, start)

@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.base.validate import COUNTER_MAX, ascii_int, index as port_number
+
 # Width in bits of the IBA PortCounters attributes behind counters/*. They saturate instead of wrapping, so a
 # counter at its maximum means "at least this many" and hides every new error. The kernel fills the data and
 # packet counters from PortCountersExtended when the HCA has it (values above 2^32 are then real), which is
@@ -102,14 +104,15 @@ def read_attr(path: Path) -> str | None:
 
 def parse_counter(text: str | None) -> int | None:
     """An integer counter value; None for "N/A (no PMA)", empty or garbled text."""
-    if not text:
+    if not text or not text.split():
         return None
     token = text.split()[0]
-    try:
-        value = int(token, 16) if token.lower().startswith("0x") else int(token)
-    except ValueError:
-        return None
-    return value if value >= 0 else None
+    if token.lower().startswith("0x"):
+        value = int(token, 16) if re.fullmatch(r"0[xX][0-9a-fA-F]{1,16}", token) else None
+    else:
+        value = ascii_int(token)  # ASCII digits, at most 20 of them
+    # Negative, or wider than the 64-bit counters the kernel exports: not a counter value.
+    return value if value is not None and 0 <= value <= COUNTER_MAX else None
 
 
 def parse_state(text: str | None) -> tuple[int | None, str | None]:
@@ -117,12 +120,13 @@ def parse_state(text: str | None) -> tuple[int | None, str | None]:
     if not text:
         return None, None
     num, sep, name = text.partition(":")
-    if sep and num.strip().isdigit():
-        return int(num), name.strip() or None
+    state = port_number(num) if sep else None  # "²: ACTIVE" is no state number (isdigit() says it is)
+    if state is not None:
+        return state, name.strip() or None
     return None, text.strip()
 
 
-_RATE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*Gb/sec")
+_RATE = re.compile(r"^\s*([0-9]{1,6}(?:\.[0-9]{1,6})?)\s*Gb/sec")  # a real rate has a few digits
 
 
 def parse_rate(text: str | None) -> float | None:
@@ -141,7 +145,9 @@ def is_saturated(name: str, value: int | None) -> bool:
 
 
 def natural_key(name: str) -> tuple:
-    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
+    # ASCII digit runs, bounded: int("²") raises, and so does int() of 5,000 digits.
+    return tuple((0, int(p)) if p.isascii() and p.isdigit() and len(p) <= 20 else (1, p)
+                 for p in re.split(r"([0-9]+)", name))
 
 
 # -- readings ---------------------------------------------------------------------------------------------
@@ -250,14 +256,15 @@ def discover(ib_root: Path) -> Layout:
         dev_path = ib_root / name
         ports = []
         for p in _listdir(dev_path / "ports"):
-            if not p.isdigit():
+            number = port_number(p)  # a directory named "²" or "99999999999" is not a port: skipped
+            if number is None:
                 continue
             port_path = dev_path / "ports" / p
             files = {g: tuple(_listdir(port_path / g)) for g in COUNTER_GROUPS}
             netdev = None
             if (read_attr(port_path / "link_layer") or "").lower() == "ethernet":
-                netdev = find_netdev(dev_path, port_path, int(p))
-            ports.append(PortLayout(name, int(p), port_path, files, netdev))
+                netdev = find_netdev(dev_path, port_path, number)
+            ports.append(PortLayout(name, number, port_path, files, netdev))
         if not ports:
             complete = False
         devices.append(DeviceLayout(name, dev_path, tuple(ports)))
