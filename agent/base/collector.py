@@ -56,6 +56,7 @@ class Context:
 class Output:
     metrics: MetricSet = field(default_factory=MetricSet)
     findings: list[Finding] = field(default_factory=list)
+    partial: bool = False  # part of the source could not be read (its checks are unknown): not a success
 
 
 @dataclass

@@ -73,7 +73,7 @@ class CollectorRunner:
             return Result(self.name, Output(findings=self.collector.failed(e)), False, duration)
         self._previous = obs
         self._last_error = None
-        return Result(self.name, out, True, duration)
+        return Result(self.name, out, not out.partial, duration)
 
     def _read(self, box: dict[str, object]) -> None:
         try:

@@ -140,7 +140,9 @@ class GpuCollector(Collector):
             if inv.errors:  # one finding per backend: (check, entity) must be unique in a cycle
                 findings.append(Finding("gpu.backend", "gpu", inv.backend, "unknown", "warning",
                                         "; ".join(inv.errors)))
-        return Output(gpu_metrics(reading, self.ctx.expect.gpus), findings)
+        # A read that left checks unread is not a success (vigil_collector_success 0), though what it read counts.
+        partial = any(inv.errors for inv in reading.inventories)
+        return Output(gpu_metrics(reading, self.ctx.expect.gpus), findings, partial=partial)
 
     def unresponsive(self, stuck_seconds: float) -> list[Finding]:
         names = [c.current.name if c.current else c.vendor for c in (self._chains or [])]

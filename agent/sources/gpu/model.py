@@ -67,6 +67,9 @@ class GpuReading:
     throttle_active: list[str] = field(default_factory=list)  # every active reason, vendor names
     throttle_hardware: list[str] = field(default_factory=list)  # the subset that is hardware (thermal, brake)
     processes: list[Process] = field(default_factory=list)
+    # check -> why the data it needs could not be read (a failed SMI command, an unreadable field): those
+    # checks are unknown on this GPU. A value the hardware does not report (N/A) is None, not unread.
+    unread: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
