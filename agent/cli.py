@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import __version__
 from agent.sources import REGISTRY
+from agent.base import tools
 from agent.base.collector import Context, RunMode
 from agent.base.config import DEFAULT_PORT, Config, ConfigError, load, parse_listen
 from agent.run.loop import Agent, build_collectors, collector_schemas, run_all_once
@@ -124,18 +125,27 @@ def cmd_once(args: argparse.Namespace) -> int:
     results = run_all_once([CollectorRunner(c) for c in collectors])
     for c in collectors:
         c.close()
+    # A tool call still running past its deadline (the collector's fired first) or left behind by an earlier
+    # one is killed now; what survives SIGKILL (stuck in the driver) outlives us, so the report names it.
+    left = tools.shutdown()
     findings = [f for r in results for f in r.output.findings]
     # Which pod holds which GPU: joined here, after both sources have read (they run concurrently).
     from agent.sources.containers.attribution import gpu_pod_rows, gpu_pod_table
     if args.json:
-        pods = {"gpu_pods": [r.to_json() for r in gpu_pod_rows(ctx.facts)]} if ctx.facts.pod_devices is not None \
-            else None
-        print(report_json(ctx.node, findings, pods))
+        extra = {"gpu_pods": [r.to_json() for r in gpu_pod_rows(ctx.facts)]} if ctx.facts.pod_devices is not None \
+            else {}
+        if left:
+            extra["left_behind"] = [p.to_json() for p in left]
+        print(report_json(ctx.node, findings, extra or None))
     else:
         sys.stdout.write(report_table(ctx.node, findings, args.verbose) + gpu_pod_table(ctx.facts))
         failed = [r.collector for r in results if not r.success]
         if failed:
             print(f"\ncollectors that failed: {', '.join(failed)}")
+        if left:
+            print("\nleft behind, still running after SIGKILL (stuck in the driver?):")
+            for p in left:
+                print(f"  {p.describe()}")
     return exit_code(node_status(findings))
 
 
@@ -179,6 +189,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if stream is not None:
         stream.stop()
     agent.stop()
+    for p in tools.shutdown(grace=0):  # the pod is going: end what we started, say what would not die
+        log.warning("left behind at exit: %s", p.describe())
     return 0
 
 

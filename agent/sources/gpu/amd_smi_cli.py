@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.base.pci import label as pci_label
-from agent.base.tools import run_tool
+from agent.base.tools import DEFAULT_MAX_STDOUT, ToolError, ToolOutputTooLarge, run_tool
 from .backend import BackendUnavailable
 from .model import EccCount, GpuInventory, GpuReading, Link, Process
 
@@ -434,10 +434,12 @@ class AmdSmiCliBackend:
     name = "amd-smi"
     vendor = "amd"
 
-    def __init__(self, snapshot_dir: Path | None = None, binary: str = "amd-smi", timeout: float = 8.0) -> None:
+    def __init__(self, snapshot_dir: Path | None = None, binary: str = "amd-smi", timeout: float = 8.0,
+                 max_output: int = DEFAULT_MAX_STDOUT) -> None:
         self.snapshot_dir = Path(snapshot_dir) if snapshot_dir is not None else None
         self.binary = binary
         self.timeout = timeout
+        self.max_output = max_output
 
     def read(self) -> GpuInventory:
         texts, failed = self._snapshot() if self.snapshot_dir is not None else self._live()
@@ -466,15 +468,17 @@ class AmdSmiCliBackend:
         return texts, failed
 
     def _live(self) -> tuple[dict[str, str], dict[str, str]]:
-        """One run per command. A missing binary (BackendUnavailable) and a hang (TimeoutError: the tool is
-        stuck in the driver, so starting the next command would only stack another stuck process) end the
-        read; a command that fails only leaves its part of the reading unread."""
+        """One run per command. A missing binary (BackendUnavailable) and a hang (ToolHung, a TimeoutError:
+        the tool is stuck in the driver, so starting the next command would only stack another stuck process)
+        end the read; a command that fails, or prints more than the cap, only leaves its part unread."""
         texts, failed = {}, {}
         for cmd in COMMANDS:
             try:
-                texts[cmd] = run_tool([self.binary, cmd, "--json"], self.timeout)
-            except RuntimeError as e:
-                failed[cmd] = f"amd-smi {cmd}: {e}"
+                texts[cmd] = run_tool([self.binary, cmd, "--json"], self.timeout, self.max_output)
+            except ToolOutputTooLarge as e:
+                failed[cmd] = f"{e} (gpu.smi_max_output_bytes)"
+            except ToolError as e:  # the message names the command, its exit status and its last stderr line
+                failed[cmd] = str(e)
             except PermissionError as e:  # present but not executable: as good as missing
                 raise BackendUnavailable(f"cannot run {self.binary}: {e.strerror or e}") from None
         return texts, failed

@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from agent.base.pci import label as pci_label
-from agent.base.tools import run_tool
+from agent.base.tools import DEFAULT_MAX_STDOUT, run_tool
 from .backend import BackendUnavailable
 from .model import EccCount, GpuInventory, GpuReading, Process, pcie_gen_speed
 
@@ -366,10 +366,12 @@ class NvidiaSmiBackend:
     name = "nvidia-smi"
     vendor = "nvidia"
 
-    def __init__(self, xml_path: Path | None = None, binary: str = "nvidia-smi", timeout: float = 8.0) -> None:
+    def __init__(self, xml_path: Path | None = None, binary: str = "nvidia-smi", timeout: float = 8.0,
+                 max_output: int = DEFAULT_MAX_STDOUT) -> None:
         self.xml_path = Path(xml_path) if xml_path is not None else None
         self.binary = binary
         self.timeout = timeout
+        self.max_output = max_output
 
     def _replay(self, path: Path) -> str:
         if path.is_dir():  # a snapshot directory given instead of its q.xml
@@ -381,7 +383,7 @@ class NvidiaSmiBackend:
 
     def _run(self) -> str:
         try:
-            return run_tool([self.binary, "-q", "-x"], self.timeout)
+            return run_tool([self.binary, "-q", "-x"], self.timeout, self.max_output)
         except RuntimeError as e:
             if any(s in str(e).lower() for s in _NO_DRIVER):
                 raise BackendUnavailable(f"nvidia-smi: {str(e)[-200:]}") from None

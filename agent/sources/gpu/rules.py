@@ -241,9 +241,11 @@ def throttle_checks(g: GpuReading) -> list[Finding]:
                threshold=0)]
 
 
-def smi_unresponsive(node: str, backends: Iterable[str], stuck_seconds: float) -> Finding:
-    return bad("gpu.smi_unresponsive", C, node,
-               f"{'/'.join(backends) or 'GPU'} call stuck for {stuck_seconds:.0f}s (driver hang?)",
+def smi_unresponsive(node: str, backends: Iterable[str], stuck_seconds: float, detail: str | None = None) -> Finding:
+    """An SMI call that did not return by its deadline, whichever fired: the collector's (the read thread is
+    abandoned) or the CLI's own (the tool was killed; `detail` says what was left behind)."""
+    message = f"{'/'.join(backends) or 'GPU'} call stuck for {stuck_seconds:.0f}s (driver hang?)"
+    return bad("gpu.smi_unresponsive", C, node, f"{message}: {detail}" if detail else message,
                value=round(stuck_seconds, 1), action="drain the node; the GPU driver may need a reboot")
 
 
