@@ -186,6 +186,27 @@ def parse_ecc_group(group: ET.Element | None, volatile: bool) -> list[EccCount]:
     return ecc_counts(blocks, volatile, totals, unreadable)
 
 
+_NOT_SUPPORTED = frozenset({"n/a", "not supported"})
+
+
+def ecc_read_errors(group: ET.Element | None) -> dict[str, str]:
+    """check -> why, for volatile ECC counts that nvidia-smi could not read ("[Unknown Error]", "[GPU is
+    lost]"...), as opposed to counts the GPU does not have (N/A, [Not Supported]): the check is unknown, and
+    never judged ok on the blocks that did read."""
+    out: dict[str, str] = {}
+    if group is None:
+        return out
+    old_layout = {"single_bit": "correctable", "double_bit": "uncorrectable"}
+    entries = [(old_layout[kind], child) for kind in old_layout for child in _children(group, kind)]
+    entries += [(m.group(2), child) for child in group if (m := _NEW_ECC.match(child.tag))]
+    for typ, child in entries:
+        raw = (child.text or "").strip()
+        if not raw or integer(raw) is not None or raw.strip("[]").strip().lower() in _NOT_SUPPORTED:
+            continue
+        out.setdefault(f"gpu.ecc.{typ}", f"nvidia-smi: volatile ECC {child.tag} reads {raw!r}")
+    return out
+
+
 def parse_throttle(gpu: ET.Element) -> tuple[list[str], list[str]]:
     """clocks_event_reasons (driver 535+) or clocks_throttle_reasons (older): the "Active" entries."""
     active: list[str] = []
@@ -311,6 +332,7 @@ def parse_gpu(gpu: ET.Element, position: int, driver: str | None) -> GpuReading:
         throttle_active=active,
         throttle_hardware=hardware,
         processes=parse_processes(gpu),
+        unread=ecc_read_errors(ecc.find("volatile") if ecc is not None else None),
     )
 
 
