@@ -115,14 +115,15 @@ def test_memory_stays_bounded_while_a_tool_floods(bin_dir):
     output was held (bytes, then str: ~430 MB peak); now a run holds at most the 16 MiB cap."""
     fake_tool(bin_dir, "exec head -c 200000000 /dev/zero\n", name="flood-smi")
     script = textwrap.dedent("""\
-        import resource
         from agent.base import tools
         for _ in range(3):
             try:
                 tools.run_tool(["flood-smi"], 30)
             except tools.ToolOutputTooLarge:
                 pass
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+        # VmHWM, this program's own peak (ru_maxrss would carry the forking pytest's peak across exec)
+        status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+        print(int(status["VmHWM"].split()[0]) // 1024)
         """)
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
