@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import __version__
 from agent.sources import REGISTRY
+from agent.base import tools
 from agent.base.collector import Context, RunMode
 from agent.base.config import DEFAULT_PORT, Config, ConfigError, load, parse_listen
 from agent.run.loop import Agent, build_collectors, collector_schemas, run_all_once
@@ -128,6 +129,9 @@ def cmd_once(args: argparse.Namespace) -> int:
     results = run_all_once([CollectorRunner(c) for c in collectors])
     for c in collectors:
         c.close()
+    # A tool call still running past its deadline (the collector's fired first) or left behind by an earlier
+    # one is killed now; what survives SIGKILL (stuck in the driver) outlives us, so the report names it.
+    left = tools.shutdown()
     findings = [f for r in results for f in r.output.findings]
     absent = {r.collector: "; ".join(r.output.absent) for r in results if r.output.absent}
     if not findings:
@@ -141,6 +145,8 @@ def cmd_once(args: argparse.Namespace) -> int:
             else {}
         if absent:
             extra["absent"] = absent
+        if left:
+            extra["left_behind"] = [p.to_json() for p in left]
         print(report_json(ctx.node, findings, extra or None))
     else:
         sys.stdout.write(report_table(ctx.node, findings, args.verbose) + gpu_pod_table(ctx.facts))
@@ -151,6 +157,10 @@ def cmd_once(args: argparse.Namespace) -> int:
                   or any(f.status == UNKNOWN and f.severity == FATAL for f in r.output.findings)]
         if failed:
             print(f"\ncollectors that failed: {', '.join(failed)}")
+        if left:
+            print("\nleft behind, still running after SIGKILL (stuck in the driver?):")
+            for p in left:
+                print(f"  {p.describe()}")
     return exit_code(node_status(findings))
 
 
@@ -194,6 +204,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if stream is not None:
         stream.stop()
     agent.stop()
+    for p in tools.shutdown(grace=0):  # the pod is going: end what we started, say what would not die
+        log.warning("left behind at exit: %s", p.describe())
     return 0
 
 

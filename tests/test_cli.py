@@ -42,6 +42,7 @@ def test_json_report_matches_design_contract():
     ("mi300x-gpu-missing", 1, "7 of 8 GPUs visible"),
     ("mi300x-rocm71-ecc-correctable", 1, "xgmi6 to gpu7"),
     ("mi300x-smi-broken", 2, "GPU backend unavailable"),
+    ("mi300x-metric-truncated", 2, "amd-smi metric: incomplete JSON"),
 ])
 def test_exit_status_per_node(node, code, expect_row):
     p = once("--snapshot", node)
@@ -63,6 +64,45 @@ def test_warnings_alone_exit_0(tmp_path):
     assert p.returncode == 0, p.stdout
     assert "WARNING" in p.stdout and "12 correctable ECC errors" in p.stdout
     assert p.stdout.startswith("node ") and ": HEALTHY" in p.stdout.splitlines()[0]
+
+
+def test_truncated_metric_output_makes_its_checks_unknown_and_the_node_unknown():
+    """Issue 12 item 1: uncorrectable ECC on GPU 3 sits past the cut of metric.json. The node read as HEALTHY
+    (exit 0); now every check that needs `amd-smi metric` is unknown, one table row per GPU, and the node too."""
+    p = once("--snapshot", "mi300x-metric-truncated")
+    assert p.returncode == 2, p.stdout
+    lines = p.stdout.splitlines()
+    assert ": UNKNOWN" in lines[0]
+    rows = [line for line in lines if line.startswith("gpu.* (9)") and " UNKNOWN " in line]
+    assert [r.split()[2] for r in rows] == [f"gpu{i}" for i in range(8)]
+    assert all("ecc.uncorrectable" in r and "not read: amd-smi metric: incomplete JSON" in r for r in rows)
+    verbose = once("-v", "--snapshot", "mi300x-metric-truncated").stdout.splitlines()
+    assert sum(line.startswith("gpu.ecc.uncorrectable ") and " UNKNOWN " in line for line in verbose) == 8
+    doc = json.loads(once("--json", "--snapshot", "mi300x-metric-truncated").stdout)
+    ecc = next(f for f in doc["findings"] if f["check"] == "gpu.ecc.uncorrectable" and f["entity"] == "gpu3")
+    assert (ecc["status"], ecc["severity"]) == ("unknown", "fatal")
+    pages = next(f for f in doc["findings"] if f["check"] == "gpu.pages.retired" and f["entity"] == "gpu3")
+    assert (pages["status"], pages["value"]) == ("ok", 2)  # bad-pages was whole: still judged
+    throttle = next(f for f in doc["findings"] if f["check"] == "gpu.throttle" and f["entity"] == "gpu0")
+    assert throttle["status"] == "unknown"  # never "no hardware throttling" when nothing was read
+
+
+def test_a_fatal_elsewhere_still_exits_1_when_one_command_is_unreadable(tmp_path):
+    """What the other commands gave is still judged: XGMI link 6<->7 down (from `xgmi`) with a cut metric."""
+    snap = tmp_path / "snap"
+    src = FIXTURES / "mi300x-rocm71-ecc-correctable"
+    (snap / "amd-smi").mkdir(parents=True)
+    for f in (src / "amd-smi").iterdir():
+        data = f.read_bytes()
+        (snap / "amd-smi" / f.name).write_bytes(data[:65536] if f.name == "metric.json" else data)
+    (snap / "node.json").write_bytes((src / "node.json").read_bytes())
+    p = once("--json", "--snapshot", str(snap))
+    assert p.returncode == 1, p.stdout
+    doc = json.loads(p.stdout)
+    assert doc["status"] == "unhealthy"
+    assert {f["entity"] for f in doc["findings"] if f["check"] == "gpu.xgmi" and f["status"] == "unhealthy"} \
+        == {"gpu6", "gpu7"}
+    assert {f["status"] for f in doc["findings"] if f["check"] == "gpu.ecc.correctable"} == {"unknown"}
 
 
 def test_thresholds_come_from_config(tmp_path):

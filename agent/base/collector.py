@@ -59,6 +59,7 @@ class Output:
     # What the source looked for and did not find ("no RDMA devices under /sys/class/infiniband"): absent
     # hardware is not a failure, but `--once` says so, and a node where nothing at all was found is unknown.
     absent: list[str] = field(default_factory=list)
+    partial: bool = False  # part of the source could not be read (its checks are unknown): not a success
 
 
 @dataclass

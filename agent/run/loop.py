@@ -13,6 +13,7 @@ from agent.base.collector import Collector, Context
 from agent.base.config import Config
 from agent.base.errors import error_text
 from agent.base.findings import UNHEALTHY, UNKNOWN, Finding, unknown
+from agent.base import tools
 from agent.base.collector import Output
 from agent.base.metrics import Gauge, MetricSet, render
 from .runner import CollectorRunner, Result
@@ -23,6 +24,10 @@ CHECK_STATUS = Gauge("vigil_check_status", "Health check status: 1 ok, 0 unhealt
 COLLECTOR_DURATION_SECONDS = Gauge("vigil_collector_duration_seconds", "Duration of the collector's last read.",
                                    ("collector",))
 COLLECTOR_SUCCESS = Gauge("vigil_collector_success", "Whether the collector's last read succeeded.", ("collector",))
+TOOL_STUCK_PROCESSES = Gauge("vigil_tool_stuck_processes",
+                             "Processes of a vendor tool's calls still alive after their deadline and SIGKILL "
+                             "(stuck in the driver); while any is left, no new call of that tool starts.",
+                             ("tool",))
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +49,15 @@ def build_collectors(config: Config, ctx: Context, only: Iterable[str] | None = 
     return out
 
 
-def core_metrics(results: Iterable[Result], node: str) -> MetricSet:
+def core_metrics(results: Iterable[Result], node: str, stuck: dict[str, int] | None = None) -> MetricSet:
+    """`stuck`: tool -> processes left behind (tools.stuck_counts()); None leaves the family out (replays
+    of a snapshot run no tools)."""
     ms = MetricSet()
     ms.add(AGENT_INFO, {"version": __version__, "node": node}, 1)
+    if stuck is not None:
+        ms.declare(TOOL_STUCK_PROCESSES)
+        for tool, n in sorted(stuck.items()):
+            ms.add(TOOL_STUCK_PROCESSES, {"tool": tool}, n)
     ms.declare(CHECK_STATUS)
     for r in results:
         ms.add(COLLECTOR_SUCCESS, {"collector": r.collector}, 1 if r.success else 0)
@@ -59,9 +70,9 @@ def core_metrics(results: Iterable[Result], node: str) -> MetricSet:
     return ms
 
 
-def exposition(results: Iterable[Result], node: str) -> bytes:
+def exposition(results: Iterable[Result], node: str, stuck: dict[str, int] | None = None) -> bytes:
     results = list(results)
-    ms = core_metrics(results, node)
+    ms = core_metrics(results, node, stuck)
     for r in results:
         ms.merge(r.output.metrics)
     return render(ms)
@@ -136,7 +147,7 @@ class Agent:
             self._latest[result.collector] = result
             self._heartbeats[result.collector] = self.clock()
             try:
-                self._exposition = exposition(list(self._latest.values()), self.node)
+                self._exposition = exposition(list(self._latest.values()), self.node, tools.stuck_counts())
             except Exception:  # noqa: BLE001 - each part rendered alone; keep serving the last good bytes
                 log.exception("the exposition does not render; serving the previous one")
         for obs in self.observers:

@@ -48,10 +48,15 @@ def report_table(node: str, findings: Iterable[Finding], verbose: bool = False) 
     rows: list[tuple[str, str, str, str]] = []
     problems = sorted((f for f in findings if f.status != OK),
                       key=lambda f: (ORDER[f.status], SEVERITY_ORDER[f.severity], f.component, f.entity, f.check))
-    for f in problems:
+    for group in (_by_cause(problems) if not verbose else [[f] for f in problems]):
+        f = group[0]
         label = f.severity.upper() if f.status == UNHEALTHY else "UNKNOWN"
-        detail = f.message + (f"  -> {f.action}" if f.action and f.status == UNHEALTHY else "")
-        rows.append((f.check, f.entity, label, detail))
+        if len(group) == 1:
+            detail = f.message + (f"  -> {f.action}" if f.action and f.status == UNHEALTHY else "")
+            rows.append((f.check, f.entity, label, detail))
+        else:  # one unread SMI command leaves many checks unknown on a GPU: one row per GPU and cause
+            names = ", ".join(g.check.removeprefix(f"{f.component}.") for g in group)
+            rows.append((f"{f.component}.* ({len(group)})", f.entity, label, f"{names}: {f.message}"))
     passing = [f for f in findings if f.status == OK]
     # Info events (a sysctl changed, a container exited) are news, not passing checks: never folded.
     rows += [(f.check, f.entity, "info", f.message) for f in passing if f.severity == "info"]
@@ -78,6 +83,24 @@ def report_table(node: str, findings: Iterable[Finding], verbose: bool = False) 
     for r in [header, *rows]:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3])
     return safe_text("\n".join(lines) + "\n")
+
+
+def _by_cause(problems: list[Finding]) -> list[list[Finding]]:
+    """Unknown findings of one entity with the same message (the same missing data) as one group, at the
+    place of the first; everything else alone."""
+    groups: list[list[Finding]] = []
+    index: dict[tuple[str, str, str], list[Finding]] = {}
+    for f in problems:
+        if f.status != UNKNOWN:
+            groups.append([f])
+            continue
+        key = (f.component, f.entity, f.message)
+        if key in index:
+            index[key].append(f)
+        else:
+            index[key] = [f]
+            groups.append(index[key])
+    return groups
 
 
 def _natural(key: tuple[str, str]) -> tuple:

@@ -74,7 +74,7 @@ class CollectorRunner:
             return self._result(Output(findings=self.collector.failed(e)), False, duration)
         self._previous = obs
         self._last_error = None
-        return self._result(out, True, duration)
+        return self._result(out, not out.partial, duration)
 
     def _result(self, output: Output, success: bool, duration: float) -> Result:
         return Result(self.name, output, success, duration)

@@ -185,6 +185,23 @@ def test_unreadable_ecc_block_gives_no_total():
     assert ecc(g, "uncorrectable", "total", volatile=False) == 0
 
 
+def test_an_ecc_count_nvidia_smi_could_not_read_is_unknown_not_ok_on_the_other_blocks():
+    """DRAM uncorrectable reads [Unknown Error] while SRAM reads 0: the check was ok (SRAM's 0 stood for the
+    whole GPU). Not supported (N/A) is not a read error: nothing to judge, as before."""
+    from agent.sources.gpu import rules
+    from agent.sources.gpu.model import GpuInventory, GpuReadings
+
+    volatile = lambda raw: H100.read_text().replace(  # noqa: E731  (the first one is the volatile block)
+        "<dram_uncorrectable>0<", f"<dram_uncorrectable>{raw}<", 1)
+    g = one(volatile("[Unknown Error]"))
+    assert g.unread == {"gpu.ecc.uncorrectable": "nvidia-smi: volatile ECC dram_uncorrectable reads '[Unknown Error]'"}
+    findings = rules.evaluate(GpuReadings([GpuInventory("nvidia-smi", "nvidia", [g])], {"nvidia": 1}), 1,
+                              rules.GpuThresholds(), "n1")
+    [unc] = [f for f in findings if f.check == "gpu.ecc.uncorrectable"]
+    assert (unc.status, unc.severity) == ("unknown", "fatal") and "Unknown Error" in unc.message
+    assert one(volatile("N/A")).unread == {} and one(volatile("[Not Supported]")).unread == {}
+
+
 # Synthetic, in the pre-Ampere layout (single_bit/double_bit blocks, as telegraf's tesla_p4.xml shows it,
 # whose counts are all N/A): the counts and the retirement below are made up to be told apart.
 OLD_LAYOUT = """<?xml version="1.0" ?>

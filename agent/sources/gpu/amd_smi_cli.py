@@ -15,11 +15,22 @@ from typing import Any
 
 from agent.base import validate as valid
 from agent.base.pci import label as pci_label
-from agent.base.tools import run_tool
+from agent.base.tools import DEFAULT_MAX_STDOUT, ToolError, ToolOutputTooLarge, run_tool
 from .backend import BackendUnavailable
 from .model import EccCount, GpuInventory, GpuReading, Link, Process, validate
 
 COMMANDS = ("list", "static", "metric", "process", "bad-pages", "xgmi", "firmware")
+# The checks (rules.py) each command's output feeds. When a command failed, or printed nothing for a GPU,
+# exactly these are unknown on that GPU (DESIGN §0: a partial read keeps what was read). list, process and
+# firmware carry identity, attribution and versions only. "gpu.temperature" stands for every sensor.
+NEEDED_BY = {
+    "metric": ("gpu.ecc.uncorrectable", "gpu.ecc.correctable", "gpu.ecc.deferred", "gpu.temperature",
+               "gpu.pcie.width", "gpu.pcie.generation", "gpu.throttle"),
+    "static": ("gpu.pcie.width", "gpu.pcie.generation"),  # the link's maximum width and speed
+    "bad-pages": ("gpu.pages.retired", "gpu.pages.pending"),
+    "xgmi": ("gpu.xgmi",),
+}
+PER_GPU = ("static", "metric", "bad-pages")  # print one entry per GPU (xgmi's link status is version-dependent)
 
 ECC_TYPES = ("correctable", "uncorrectable", "deferred")
 # amd-smi sensor name -> our sensor name (DESIGN §5: edge, junction, memory).
@@ -156,24 +167,33 @@ def by_gpu(entries: list[dict]) -> dict[int, dict]:
 
 
 def decode_json(text: str) -> Any:
-    """amd-smi's stdout as JSON. Watch mode prints a banner line before the JSON, so start at the first
-    line that opens an array or object. Raises ValueError when there is no JSON (an error message)."""
+    """amd-smi's stdout as JSON. Watch mode prints a banner line before the JSON, so a document may also
+    start at the beginning of a later line; it must run to the end of the output. Raises ValueError when
+    there is no complete JSON document (an error message, or output cut short: a nested object inside a
+    truncated document is never taken for the whole)."""
     try:
         return json.loads(text)
     except RecursionError:  # nested deeper than the decoder goes: not an output amd-smi prints
         raise ValueError("JSON nested too deep") from None
-    except ValueError:
-        pass
-    for m in re.finditer(r"(?m)^[ \t]*[\[{]", text):
+    except ValueError as e:
+        whole = e
+    decoder = json.JSONDecoder()
+    for m in re.finditer(r"(?m)^[\[{]", text):  # top-level documents start at column 0
+        if m.start() == 0:
+            continue  # that was the whole text: json.loads above said why it failed
         try:
-            doc, _ = json.JSONDecoder().raw_decode(text, m.end() - 1)
-            return doc
+            doc, end = decoder.raw_decode(text, m.start())
         except RecursionError:
             raise ValueError("JSON nested too deep") from None
         except ValueError:
             continue
-    first = text.strip().splitlines()[0][:200] if text.strip() else "empty output"
-    raise ValueError(f"no JSON in output: {first}")
+        if not text[end:].strip():
+            return doc
+    if not text.strip():
+        raise ValueError("empty output")
+    if re.match(r"\s*[\[{]", text) and isinstance(whole, json.JSONDecodeError):
+        raise ValueError(f"incomplete JSON ({whole.msg} at offset {whole.pos} of {len(text)}: cut short?)")
+    raise ValueError(f"no JSON in output: {text.strip().splitlines()[0][:200]}")
 
 
 # -- per-section parsers (one amd-smi entry -> some GpuReading fields) ---------------------------------
@@ -367,10 +387,12 @@ def parse_processes(entry: dict) -> list[Process]:
 
 
 # -- the whole node -------------------------------------------------------------------------------------
-def parse_outputs(outputs: dict[str, object]) -> tuple[list[GpuReading], list[str]]:
-    """Readings from decoded `amd-smi <cmd> --json` outputs (cmd -> JSON; any subset). Returns the readings,
-    sorted by GPU index, and messages about outputs whose shape was not understood."""
+def parse_outputs(outputs: dict[str, object], failed: dict[str, str] | None = None) -> tuple[list[GpuReading], list[str]]:
+    """Readings from decoded `amd-smi <cmd> --json` outputs (cmd -> JSON; any subset). `failed` names the
+    commands that ran but gave nothing usable (cmd -> why): the checks they feed are marked unread on every
+    GPU. Returns the readings, sorted by GPU index, and messages about outputs whose shape was not understood."""
     errors: list[str] = []
+    failed = dict(failed or {})
     per_cmd: dict[str, dict[int, dict]] = {}
     link_status: dict[int, Any] = {}
     for cmd, doc in outputs.items():
@@ -378,6 +400,7 @@ def parse_outputs(outputs: dict[str, object]) -> tuple[list[GpuReading], list[st
         entries = gpu_entries(doc, key)
         if entries is None:
             errors.append(f"amd-smi {cmd}: unexpected JSON shape ({type(doc).__name__})")
+            failed[cmd] = errors[-1]
             continue
         per_cmd[cmd] = by_gpu(entries)
         if cmd == "xgmi" and isinstance(doc, dict):  # 6.x prints no link status at all
@@ -406,8 +429,22 @@ def parse_outputs(outputs: dict[str, object]) -> tuple[list[GpuReading], list[st
         g.links = parse_links(idx, link_status.get(idx))
         parse_throttle(g, metric)
         g.processes = parse_processes(entry("process", idx))
+        g.unread = unread_checks(idx, failed, per_cmd)
         readings.append(validate(g))
     return readings, errors
+
+
+def unread_checks(idx: int, failed: dict[str, str], per_cmd: dict[str, dict[int, dict]]) -> dict[str, str]:
+    """check -> why its data is missing on GPU `idx`: its command failed, or printed no entry for this GPU
+    while printing others. A command absent from a snapshot was not captured, and is not judged."""
+    unread: dict[str, str] = {}
+    for cmd, checks in NEEDED_BY.items():
+        why = failed.get(cmd)
+        if why is None and cmd in PER_GPU and cmd in per_cmd and idx not in per_cmd[cmd]:
+            why = f"amd-smi {cmd} printed nothing for GPU {idx}"
+        for check in checks if why else ():
+            unread.setdefault(check, why)
+    return unread
 
 
 class AmdSmiCliBackend:
@@ -416,25 +453,27 @@ class AmdSmiCliBackend:
     name = "amd-smi"
     vendor = "amd"
 
-    def __init__(self, snapshot_dir: Path | None = None, binary: str = "amd-smi", timeout: float = 8.0) -> None:
+    def __init__(self, snapshot_dir: Path | None = None, binary: str = "amd-smi", timeout: float = 8.0,
+                 max_output: int = DEFAULT_MAX_STDOUT) -> None:
         self.snapshot_dir = Path(snapshot_dir) if snapshot_dir is not None else None
         self.binary = binary
         self.timeout = timeout
+        self.max_output = max_output
 
     def read(self) -> GpuInventory:
-        texts, errors = self._snapshot() if self.snapshot_dir is not None else self._live()
+        texts, failed = self._snapshot() if self.snapshot_dir is not None else self._live()
         outputs: dict[str, object] = {}
         for cmd, text in texts.items():
             try:
                 outputs[cmd] = decode_json(text)
             except ValueError as e:
-                errors.append(f"amd-smi {cmd}: {e}")
-        readings, parse_errors = parse_outputs(outputs)
-        return GpuInventory(self.name, self.vendor, readings, errors + parse_errors)
+                failed[cmd] = f"amd-smi {cmd}: {e}"
+        readings, parse_errors = parse_outputs(outputs, failed)
+        return GpuInventory(self.name, self.vendor, readings, list(failed.values()) + parse_errors)
 
-    def _snapshot(self) -> tuple[dict[str, str], list[str]]:
+    def _snapshot(self) -> tuple[dict[str, str], dict[str, str]]:
         assert self.snapshot_dir is not None
-        texts, errors = {}, []
+        texts, failed = {}, {}
         for cmd in COMMANDS:
             path = self.snapshot_dir / f"{cmd}.json"
             if not path.is_file():
@@ -442,24 +481,26 @@ class AmdSmiCliBackend:
             try:
                 texts[cmd] = path.read_text(encoding="utf-8", errors="replace")
             except OSError as e:
-                errors.append(f"amd-smi {cmd}: cannot read {path}: {e.strerror or e}")
-        if not texts and not errors:
+                failed[cmd] = f"amd-smi {cmd}: cannot read {path}: {e.strerror or e}"
+        if not texts and not failed:
             raise BackendUnavailable(f"no amd-smi output in {self.snapshot_dir}")
-        return texts, errors
+        return texts, failed
 
-    def _live(self) -> tuple[dict[str, str], list[str]]:
-        """One run per command. A missing binary (BackendUnavailable) and a hang (TimeoutError: the tool is
-        stuck in the driver, so starting the next command would only stack another stuck process) end the
-        read; a command that fails only leaves its part of the reading empty."""
-        texts, errors = {}, []
+    def _live(self) -> tuple[dict[str, str], dict[str, str]]:
+        """One run per command. A missing binary (BackendUnavailable) and a hang (ToolHung, a TimeoutError:
+        the tool is stuck in the driver, so starting the next command would only stack another stuck process)
+        end the read; a command that fails, or prints more than the cap, only leaves its part unread."""
+        texts, failed = {}, {}
         for cmd in COMMANDS:
             try:
-                texts[cmd] = run_tool([self.binary, cmd, "--json"], self.timeout)
-            except RuntimeError as e:
-                errors.append(f"amd-smi {cmd}: {e}")
+                texts[cmd] = run_tool([self.binary, cmd, "--json"], self.timeout, self.max_output)
+            except ToolOutputTooLarge as e:
+                failed[cmd] = f"{e} (gpu.smi_max_output_bytes)"
+            except ToolError as e:  # the message names the command, its exit status and its last stderr line
+                failed[cmd] = str(e)
             except PermissionError as e:  # present but not executable: as good as missing
                 raise BackendUnavailable(f"cannot run {self.binary}: {e.strerror or e}") from None
-        return texts, errors
+        return texts, failed
 
     def close(self) -> None:
         pass

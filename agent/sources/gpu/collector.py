@@ -8,6 +8,7 @@ from typing import Literal
 
 from agent.base.config import CollectorSettings, ConfigError
 from agent.base.findings import Finding
+from agent.base.tools import DEFAULT_MAX_STDOUT, ToolHung
 from . import rules
 from agent.base import pci
 from agent.base.collector import Collector, Context, Observation, Output
@@ -17,6 +18,7 @@ from .model import GpuInventory, GpuReadings
 log = logging.getLogger(__name__)
 
 Backend = Literal["auto", "amdsmi", "amd-smi", "nvml", "nvidia-smi"]
+MIN_OUTPUT_CAP, MAX_OUTPUT_CAP = 64 * 1024, 256 * 1024 * 1024
 from .metrics import gpu_metrics
 
 
@@ -24,9 +26,14 @@ from .metrics import gpu_metrics
 class GpuSettings(CollectorSettings, rules.GpuThresholds):
     backend: Backend = "auto"  # auto: per vendor on the PCI bus, library first, then the CLI
     smi_timeout_seconds: float = 6.0  # one amd-smi / nvidia-smi CLI run (the collector deadline covers all)
+    smi_max_output_bytes: int = DEFAULT_MAX_STDOUT  # one CLI run's stdout; past it the run is killed, unread
 
     def check(self, prefix: str) -> None:
         CollectorSettings.check(self, prefix)
+        cap = self.smi_max_output_bytes
+        if isinstance(cap, bool) or not isinstance(cap, int) or not MIN_OUTPUT_CAP <= cap <= MAX_OUTPUT_CAP:
+            raise ConfigError(f"{prefix}.smi_max_output_bytes: must be an integer within {MIN_OUTPUT_CAP}.."
+                              f"{MAX_OUTPUT_CAP} (the agent's whole memory limit is 512 MiB), got {cap!r}")
         for key in ("temperature_warning_celsius", "temperature_fatal_celsius"):
             for sensor in getattr(self, key):
                 if sensor not in ("edge", "junction", "memory"):
@@ -92,8 +99,8 @@ class GpuCollector(Collector):
             if (snap / "nvidia-smi" / "q.xml").is_file():
                 chains.append(_Chain("nvidia", [lambda: NvidiaSmiBackend(xml_path=snap / "nvidia-smi" / "q.xml")]))
             return chains
-        amd_cli = lambda: AmdSmiCliBackend(timeout=s.smi_timeout_seconds)  # noqa: E731
-        nv_xml = lambda: NvidiaSmiBackend(timeout=s.smi_timeout_seconds)  # noqa: E731
+        amd_cli = lambda: AmdSmiCliBackend(timeout=s.smi_timeout_seconds, max_output=s.smi_max_output_bytes)  # noqa: E731
+        nv_xml = lambda: NvidiaSmiBackend(timeout=s.smi_timeout_seconds, max_output=s.smi_max_output_bytes)  # noqa: E731
 
         def nvml():
             from .nvml import NvmlBackend
@@ -140,7 +147,9 @@ class GpuCollector(Collector):
             if inv.errors:  # one finding per backend: (check, entity) must be unique in a cycle
                 findings.append(Finding("gpu.backend", "gpu", inv.backend, "unknown", "warning",
                                         "; ".join(inv.errors)))
-        out = Output(gpu_metrics(reading, self.ctx.expect.gpus), findings)
+        # A read that left checks unread is not a success (vigil_collector_success 0), though what it read counts.
+        partial = any(inv.errors for inv in reading.inventories)
+        out = Output(gpu_metrics(reading, self.ctx.expect.gpus), findings, partial=partial)
         if not reading.inventories and not self.ctx.expect.gpus and not sum(reading.pci_gpus.values()):
             where = "none on the PCI bus" if self._pci is not None else "no PCI device tree to count them on"
             tried = "; ".join(f"{v}: {why}" for v, why in sorted(reading.unavailable.items()))
@@ -148,8 +157,18 @@ class GpuCollector(Collector):
         return out
 
     def unresponsive(self, stuck_seconds: float) -> list[Finding]:
-        names = [c.current.name if c.current else c.vendor for c in (self._chains or [])]
-        return [rules.smi_unresponsive(self.ctx.node, names, stuck_seconds)]
+        return [rules.smi_unresponsive(self.ctx.node, self._backend_names(), stuck_seconds)]
+
+    def failed(self, error: BaseException) -> list[Finding]:
+        # The CLI's own deadline fired before the collector's (or an earlier call is still stuck): the same
+        # stuck SMI as when the collector's deadline fires, so the same finding.
+        if isinstance(error, ToolHung):
+            stuck = max([p.seconds for p in error.left_behind] or [self.settings.smi_timeout_seconds])
+            return [rules.smi_unresponsive(self.ctx.node, self._backend_names(), stuck, str(error))]
+        return super().failed(error)
+
+    def _backend_names(self) -> list[str]:
+        return [c.current.name if c.current else c.vendor for c in (self._chains or [])]
 
     def close(self) -> None:
         for chain in self._chains or []:

@@ -72,6 +72,9 @@ class GpuReading:
     throttle_hardware: list[str] = field(default_factory=list)  # the subset that is hardware (thermal, brake)
     processes: list[Process] = field(default_factory=list)
     invalid: list[Invalid] = field(default_factory=list)  # impossible values read, dropped (see validate())
+    # check -> why the data it needs could not be read (a failed SMI command, an unreadable field): those
+    # checks are unknown on this GPU. A value the hardware does not report (N/A) is None, not unread.
+    unread: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from agent.base import validate as valid
 from agent.base.pci import label as pci_label
-from agent.base.tools import run_tool
+from agent.base.tools import DEFAULT_MAX_STDOUT, run_tool
 from .backend import BackendUnavailable
 from .model import EccCount, GpuInventory, GpuReading, Process, pcie_gen_speed, validate
 
@@ -194,6 +194,27 @@ def parse_ecc_group(group: ET.Element | None, volatile: bool) -> list[EccCount]:
     return ecc_counts(blocks, volatile, totals, unreadable)
 
 
+_NOT_SUPPORTED = frozenset({"n/a", "not supported"})
+
+
+def ecc_read_errors(group: ET.Element | None) -> dict[str, str]:
+    """check -> why, for volatile ECC counts that nvidia-smi could not read ("[Unknown Error]", "[GPU is
+    lost]"...), as opposed to counts the GPU does not have (N/A, [Not Supported]): the check is unknown, and
+    never judged ok on the blocks that did read."""
+    out: dict[str, str] = {}
+    if group is None:
+        return out
+    old_layout = {"single_bit": "correctable", "double_bit": "uncorrectable"}
+    entries = [(old_layout[kind], child) for kind in old_layout for child in _children(group, kind)]
+    entries += [(m.group(2), child) for child in group if (m := _NEW_ECC.match(child.tag))]
+    for typ, child in entries:
+        raw = (child.text or "").strip()
+        if not raw or integer(raw) is not None or raw.strip("[]").strip().lower() in _NOT_SUPPORTED:
+            continue
+        out.setdefault(f"gpu.ecc.{typ}", f"nvidia-smi: volatile ECC {child.tag} reads {raw!r}")
+    return out
+
+
 def parse_throttle(gpu: ET.Element) -> tuple[list[str], list[str]]:
     """clocks_event_reasons (driver 535+) or clocks_throttle_reasons (older): the "Active" entries."""
     active: list[str] = []
@@ -319,6 +340,7 @@ def parse_gpu(gpu: ET.Element, position: int, driver: str | None) -> GpuReading:
         throttle_active=active,
         throttle_hardware=hardware,
         processes=parse_processes(gpu),
+        unread=ecc_read_errors(ecc.find("volatile") if ecc is not None else None),
     ))
 
 
@@ -374,10 +396,12 @@ class NvidiaSmiBackend:
     name = "nvidia-smi"
     vendor = "nvidia"
 
-    def __init__(self, xml_path: Path | None = None, binary: str = "nvidia-smi", timeout: float = 8.0) -> None:
+    def __init__(self, xml_path: Path | None = None, binary: str = "nvidia-smi", timeout: float = 8.0,
+                 max_output: int = DEFAULT_MAX_STDOUT) -> None:
         self.xml_path = Path(xml_path) if xml_path is not None else None
         self.binary = binary
         self.timeout = timeout
+        self.max_output = max_output
 
     def _replay(self, path: Path) -> str:
         if path.is_dir():  # a snapshot directory given instead of its q.xml
@@ -389,7 +413,7 @@ class NvidiaSmiBackend:
 
     def _run(self) -> str:
         try:
-            return run_tool([self.binary, "-q", "-x"], self.timeout)
+            return run_tool([self.binary, "-q", "-x"], self.timeout, self.max_output)
         except RuntimeError as e:
             if any(s in str(e).lower() for s in _NO_DRIVER):
                 raise BackendUnavailable(f"nvidia-smi: {str(e)[-200:]}") from None

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from .model import GpuReading, GpuReadings, pcie_generation
-from agent.base.findings import FATAL, INFO, WARNING, Finding, bad, ok, unknown
+from agent.base.findings import FATAL, INFO, OK, WARNING, Finding, bad, ok, unknown
 
 C = "gpu"
 
@@ -40,13 +40,43 @@ def evaluate(readings: GpuReadings, expected: int | None, t: GpuThresholds, node
         if g.partition:  # MIG/CPX instances carry identity and memory; health is judged on the whole GPU
             continue
         p = prev.get((g.vendor, g.uuid or g.pci_bus_id or g.name))
-        out += ecc_checks(g, t, p, elapsed)
-        out += page_checks(g, t)
-        out += temperature_checks(g, t)
-        out += pcie_checks(g, t)
-        out += link_checks(g)
-        out += throttle_checks(g)
+        judged = (ecc_checks(g, t, p, elapsed) + page_checks(g, t) + temperature_checks(g, t) + pcie_checks(g, t)
+                  + link_checks(g) + throttle_checks(g))
+        # A check whose data was not read cannot be ok (throttling reads as "none" when nothing was read); a
+        # failure that other data still shows (a driver flag from another command) stands.
+        judged = [f for f in judged if f.status != OK or not _is_unread(g, f.check)]
+        out += judged + unread_checks(g, t, {f.check for f in judged})
         out += values_check(g)
+    return out
+
+
+def _is_unread(g: GpuReading, check: str) -> bool:
+    return check in g.unread or (check.startswith("gpu.temperature.") and "gpu.temperature" in g.unread)
+
+
+# Severity of each check when it could not run: the severity it has when it fires (a fatal one makes the
+# node unknown). Temperature sensors are fatal where a fatal threshold is configured.
+UNREAD_SEVERITY = {
+    "gpu.ecc.uncorrectable": FATAL, "gpu.ecc.correctable": WARNING, "gpu.ecc.deferred": WARNING,
+    "gpu.pages.retired": FATAL, "gpu.pages.pending": WARNING, "gpu.row_remap.failure": FATAL,
+    "gpu.row_remap.pending": WARNING, "gpu.pcie.width": WARNING, "gpu.pcie.generation": WARNING,
+    "gpu.xgmi": FATAL, "gpu.nvlink": FATAL, "gpu.throttle": WARNING,
+}
+
+
+def unread_checks(g: GpuReading, t: GpuThresholds, judged: set[str]) -> list[Finding]:
+    """Unknown findings for the checks whose data the backend could not read on this GPU (g.unread), unless
+    what was read still judged the check (a driver flag from another command)."""
+    out = []
+    for check, why in sorted(g.unread.items()):
+        if check == "gpu.temperature":
+            sensors = sorted(set(t.temperature_warning_celsius) | set(t.temperature_fatal_celsius))
+            expanded = [(f"{check}.{s}", FATAL if s in t.temperature_fatal_celsius else WARNING) for s in sensors]
+        else:
+            expanded = [(check, UNREAD_SEVERITY.get(check, FATAL))]
+        for name, severity in expanded:
+            if name not in judged:
+                out.append(unknown(name, C, g.entity, f"not read: {why}", severity=severity))
     return out
 
 
@@ -120,7 +150,7 @@ def ecc_checks(g: GpuReading, t: GpuThresholds, prev: GpuReading | None, elapsed
         out.append(unknown("gpu.ecc.uncorrectable", C, g.entity, bad_unc, threshold=t.ecc_uncorrectable_max))
     elif unc is None:
         # "N/A" / not supported (an APU, a consumer part): nothing to judge, as for an absent sensor. A query
-        # that failed shows as a gpu.backend finding instead.
+        # that failed is in g.unread instead: unknown, see unread_checks.
         pass
     else:
         out.append(ok("gpu.ecc.uncorrectable", C, g.entity, "no uncorrectable ECC errors", value=unc,
@@ -268,9 +298,11 @@ def throttle_checks(g: GpuReading) -> list[Finding]:
                threshold=0)]
 
 
-def smi_unresponsive(node: str, backends: Iterable[str], stuck_seconds: float) -> Finding:
-    return bad("gpu.smi_unresponsive", C, node,
-               f"{'/'.join(backends) or 'GPU'} call stuck for {stuck_seconds:.0f}s (driver hang?)",
+def smi_unresponsive(node: str, backends: Iterable[str], stuck_seconds: float, detail: str | None = None) -> Finding:
+    """An SMI call that did not return by its deadline, whichever fired: the collector's (the read thread is
+    abandoned) or the CLI's own (the tool was killed; `detail` says what was left behind)."""
+    message = f"{'/'.join(backends) or 'GPU'} call stuck for {stuck_seconds:.0f}s (driver hang?)"
+    return bad("gpu.smi_unresponsive", C, node, f"{message}: {detail}" if detail else message,
                value=round(stuck_seconds, 1), action="drain the node; the GPU driver may need a reboot")
 
 
