@@ -185,3 +185,19 @@ def test_once_header_counts_info_events_apart_from_warnings():
                 ok("gpu.count", "gpu", "n1", "1 of 1 GPUs visible")]
     header = report_table("n1", findings).splitlines()[0]
     assert "(0 fatal, 0 warning, 0 unknown, 1 ok, 1 info)" in header, header
+
+
+def test_a_runner_that_raises_leaves_its_collector_unknown_not_the_report_lost():
+    """`timeout_seconds: .inf` once reached the runner (Thread.join raised OverflowError) and `--once` died
+    with a KeyError (exit 1, "unhealthy"). The config refuses it now; should anything else make a runner
+    raise, the report still comes, with that collector unknown."""
+    from agent.run.loop import run_all_once
+
+    class Other(Absent):
+        name = "other"
+
+    broken = CollectorRunner(Absent(CollectorSettings(timeout_seconds=float("inf")), ctx()))
+    fine = CollectorRunner(Other(CollectorSettings(), ctx()))
+    bad, good = run_all_once([broken, fine])
+    assert not bad.success and [f.status for f in bad.output.findings] == ["unknown"]
+    assert good.success
