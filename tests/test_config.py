@@ -162,3 +162,19 @@ def test_bad_node_json_exits_78_naming_the_file(tmp_path, doc, says):
     assert p.returncode == 78, p.stdout + p.stderr
     assert f"{tmp_path / 'node.json'}: " in p.stderr and says in p.stderr, p.stderr
     assert "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--once", "--listen", "0.0.0.0:\u00b2"], "--listen"),
+    (["--once", "--listen", ":::"], "--listen"),
+    (["--once", "--node-name", "two words"], "--node-name"),
+    (["--flows", "0"], "--flows"),
+    (["--flows", "-5"], "--flows"),
+    (["--once", "--sysfs", "/no/such/sys"], "--sysfs"),  # was an empty, healthy node
+    (["--once", "--procfs", "/no/such/proc"], "--procfs"),
+])
+def test_bad_flag_values_exit_64_naming_the_flag(argv, flag):
+    p = agent_cli(*argv)
+    assert p.returncode == 64, p.stdout + p.stderr
+    assert flag in p.stderr.splitlines()[-1] and "Traceback" not in p.stderr
+
