@@ -1,8 +1,10 @@
 """`vigil-aggregator cleanup` and `reset-breaker` against the fake API (through a kubeconfig, as an operator
 runs them), flags and listen addresses refused with the flag named, and the local demo end to end."""
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -62,6 +64,9 @@ def test_demo_cordons_the_faulty_node():
     for healthy in ("gpu-node-1", "gpu-node-2"):
         row = next(x for x in out.stdout.splitlines() if x.startswith(healthy))
         assert "True" in row and " yes " in row
+    # It used to print "logs in /tmp/vigil-demo-.../agents.log", then delete that directory on exit.
+    printed = re.findall(r"(/\S*vigil-demo-\S*)", out.stdout + out.stderr)
+    assert all(Path(p.rstrip(".,;)")).exists() for p in printed), printed
 
 
 @pytest.mark.parametrize("argv, flag", [
