@@ -4,7 +4,8 @@
   agent --once [--json] [-v] [--snapshot DIR]       one-shot diagnosis; exit 0/1/2 (DESIGN §4)
   agent snapshot DIR                                capture this node into the replay format
   agent demo                                        --once on the embedded fixture node, then serve it
-Exit codes: 0 healthy, 1 unhealthy, 2 unknown, 64 bad usage, 78 bad configuration.
+Exit codes: 0 healthy, 1 unhealthy, 2 unknown, 64 bad usage, 78 bad configuration; and, never from a
+diagnosis: 70 an internal error, 75 the listen address is in use.
 """
 from __future__ import annotations
 
@@ -19,10 +20,13 @@ from . import __version__
 from agent.sources import REGISTRY
 from agent.base import tools
 from agent.base.collector import Context, RunMode
-from agent.base.config import DEFAULT_PORT, Config, ConfigError, load, parse_listen
+from agent.base.errors import error_text
+from agent.base.config import (DEFAULT_PORT, Config, ConfigError, check_node_name, listen_flag, load, number_flag,
+                               parse_listen)
 from agent.run.loop import Agent, build_collectors, collector_schemas, run_all_once
 from agent.run.report import report_json, report_table
-from agent.base.findings import EXIT_CONFIG, EXIT_USAGE, FATAL, UNKNOWN, exit_code, node_status, unknown
+from agent.base.findings import (EXIT_ADDRESS_IN_USE, EXIT_CONFIG, EXIT_SOFTWARE, EXIT_USAGE, FATAL, UNKNOWN,
+                                 exit_code, node_status, unknown)
 from agent.base.roots import Roots, merge_expectations, read_node_file
 from agent.run.runner import CollectorRunner
 
@@ -36,6 +40,10 @@ class UsageError(Exception):
     pass
 
 
+class AddressInUse(Exception):
+    """--listen (or agent.listen) names an address another process holds: exit EXIT_ADDRESS_IN_USE."""
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse exits 2 on bad usage; DESIGN §4 reserves 2 for "unknown", so bad usage is 64 (EX_USAGE)."""
 
@@ -46,7 +54,8 @@ class _Parser(argparse.ArgumentParser):
 
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="agent", description="Vigil GPU node health agent.",
-                epilog="exit status: 0 healthy, 1 unhealthy, 2 unknown, 64 bad usage, 78 bad configuration")
+                epilog="exit status: 0 healthy, 1 unhealthy, 2 unknown, 64 bad usage, 78 bad configuration, "
+                       "70 internal error, 75 listen address in use")
     p.add_argument("command", nargs="?", choices=["run", "snapshot", "demo"], default="run",
                    help="run (default): serve metrics; snapshot DIR: capture this node; demo: embedded node")
     p.add_argument("path", nargs="?", help="snapshot: the directory to write")
@@ -58,14 +67,16 @@ def parser() -> argparse.ArgumentParser:
                    help="read the node from a snapshot directory (or a fixture name under fixtures/nodes)")
     p.add_argument("--sysfs", metavar="PATH", default=None, help="sysfs root (default /sys; /host/sys in a pod)")
     p.add_argument("--procfs", metavar="PATH", default=None, help="procfs root (default /proc)")
-    p.add_argument("--listen", metavar="HOST:PORT", default=None, help=f"default 0.0.0.0:{DEFAULT_PORT}")
+    p.add_argument("--listen", metavar="HOST:PORT", default=None, type=listen_flag,
+                   help=f"default 0.0.0.0:{DEFAULT_PORT}")
     p.add_argument("--node-name", metavar="NAME", default=None, help="default $NODE_NAME, else the host name")
     p.add_argument("--only", metavar="NAMES", default=None,
                    help=f"comma-separated collectors to run (of {', '.join(REGISTRY)})")
     p.add_argument("--tuner-mode", choices=["enforce", "dry-run", "report"], default=None,
                    help="node tuner: write the profile (enforce), say what would change (dry-run), or only report;"
                         " default from the config")
-    p.add_argument("--flows", nargs="?", type=int, const=20, default=None, metavar="N",
+    p.add_argument("--flows", nargs="?", type=number_flag(1, 10_000, integer=True), const=20, default=None,
+                   metavar="N",
                    help="print the N (20) heaviest live TCP flows on this node, with peer class, process and "
                         "cgroup, and exit (a debug view: unlike the metrics it names peers)")
     p.add_argument("--tune", action="store_true", help="with --once: let the tuner write (--once never writes "
@@ -91,6 +102,15 @@ def resolve_snapshot(value: str) -> Path:
     if (FIXTURES / value).is_dir():
         return FIXTURES / value
     raise UsageError(f"--snapshot: {value} is neither a directory nor a fixture under {FIXTURES}")
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """What argparse's types cannot say alone; each message names its flag (exit 64)."""
+    if args.node_name is not None:
+        try:
+            check_node_name(args.node_name, "--node-name")
+        except ConfigError as e:
+            raise UsageError(str(e)) from None
 
 
 def setup(args: argparse.Namespace) -> tuple[Config, Context]:
@@ -165,10 +185,11 @@ def cmd_once(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from agent.base.http import MetricsServer
+    from agent.base.http import ListenError, MetricsServer
 
     config, ctx = setup(args)
-    host, port = parse_listen(args.listen or config.agent.listen, "--listen" if args.listen else "agent.listen")
+    listen_key = "--listen" if args.listen else "agent.listen"
+    host, port = parse_listen(args.listen or config.agent.listen, listen_key)
     agent = Agent(build_collectors(config, ctx, only(args)), ctx.node)
     stream = None
     sc = config.stream
@@ -187,13 +208,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
             max_events=sc.max_events, max_info=sc.max_info)
         stream = StreamClient(settings, ctx.node, read_boot_id(ctx.roots))
         agent.observers.append(stream.observe)  # before start(): the first cycle is reported too
+    metrics = agent.metrics if stream is None else (lambda: agent.metrics() + stream.exposition())
+    # Bind first: a taken port must fail before any collector runs or the spool is locked.
+    try:
+        server = MetricsServer(host, port, metrics, agent.alive)
+    except ListenError as e:
+        agent.stop()
+        if e.in_use:
+            raise AddressInUse(f"{listen_key}: {e.address} is already in use (another agent still stopping, or "
+                               f"another exporter on that port): free it or choose another with --listen") from None
+        raise (UsageError if args.listen else ConfigError)(f"{listen_key}: {e}") from None
     if stream is not None:
         stream.open_spool()  # before the first cycle: hysteresis continues from the spool's states
     agent.start()
     if stream is not None:
         stream.start()
-    metrics = agent.metrics if stream is None else (lambda: agent.metrics() + stream.exposition())
-    server = MetricsServer(host, port, metrics, agent.alive)
     server.start()
     log.info("vigil agent %s on node %s: serving http://%s:%d/metrics", __version__, ctx.node, host, server.port)
     stop = threading.Event()
@@ -227,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        check_flags(args)
         if args.json and not args.once:
             raise UsageError("--json only makes sense with --once")
         if args.tune and not args.once:
@@ -256,6 +286,16 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as e:
         print(f"agent: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except AddressInUse as e:
+        print(f"agent: cannot serve: {e}", file=sys.stderr)
+        return EXIT_ADDRESS_IN_USE
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # noqa: BLE001 - a bug: one line, never a traceback read as "unhealthy" (exit 1)
+        log.debug("internal error", exc_info=True)
+        print(f"agent: internal error: {error_text(e)} (rerun with --log-level debug for the traceback)",
+              file=sys.stderr)
+        return EXIT_SOFTWARE
 
 
 if __name__ == "__main__":

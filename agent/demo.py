@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     fk = FakeKube().start()
     procs: list[subprocess.Popen] = []
     replicas: list[ReplicaThread] = []
+    log = None
+    keep_log = False  # the work directory goes on exit, unless the agents' log is what explains a failure
     try:
         print(f"fake Kubernetes API at {fk.url}")
         for name in NODES:
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                  "--node-name", name, "--only", "gpu", "--listen", "127.0.0.1:0", "--aggregator", targets,
                  "--spool", str(work / f"{name}.spool"), "--token-file", str(work / f"{name}.token")],
                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
-        print(f"agents started on {', '.join(f'{n} ({f})' for n, f in NODES.items())}; logs in {work}/agents.log\n")
+        print(f"agents started on {', '.join(f'{n} ({f})' for n, f in NODES.items())}\n")
         deadline = time.monotonic() + args.timeout
         done = False
         while time.monotonic() < deadline:
@@ -106,12 +108,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nleader: {lease['spec']['holderIdentity']}; "
               f"writes to the API: {len(fk.requests(writes_only=True))}")
         if not done:
-            print("the faulty node was not cordoned in time: see the agents' log", file=sys.stderr)
+            keep_log = True
+            print(f"the faulty node was not cordoned in time: see the agents' log, kept in {work / 'agents.log'}",
+                  file=sys.stderr)
             return 1
         if args.keep:
             kc = fk.write_kubeconfig(str(work / "kubeconfig"))
             kubectl = shutil.which("kubectl") or "kubectl"
             print(f"\nrunning; try: {kubectl} --kubeconfig {kc} get nodes   (Ctrl-C to stop)")
+            print(f"agents' log: {work / 'agents.log'} (removed with {work} on exit)")
             try:
                 while True:
                     time.sleep(1)
@@ -129,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         for r in replicas:
             r.stop()
         fk.close()
-        shutil.rmtree(work, ignore_errors=True)
+        if log is not None:
+            log.close()
+        if not keep_log:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

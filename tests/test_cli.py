@@ -173,3 +173,37 @@ def test_an_unknown_node_names_what_could_not_run():
     p = once("--snapshot", "mi300x-smi-broken")
     assert p.returncode == 2
     assert "collectors that failed: gpu" in p.stdout
+
+
+def test_listen_on_a_taken_port_names_the_address_and_exits_75():
+    """Issue 12 item 11: a port already in use was a 14-line traceback and exit 1 (read as "unhealthy")."""
+    import os
+    import socket
+    import sys
+
+    from tests.support import ROOT
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        p = subprocess.run([sys.executable, "-m", "agent.cli", "--snapshot", "mi300x-rocm71-healthy", "--only", "gpu",
+                            "--listen", address], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert p.returncode == 75, p.stderr
+    assert p.stderr.strip().splitlines() == [
+        f"agent: cannot serve: --listen: {address} is already in use (another agent still stopping, or another "
+        "exporter on that port): free it or choose another with --listen"]
+
+
+def test_an_internal_error_is_one_line_and_exit_70_never_1(monkeypatch, capsys):
+    """A bug must not read as "unhealthy" (1) or print a traceback at the operator."""
+    import agent.cli as cli
+
+    def bug(args):
+        raise RuntimeError("something the code did not expect")
+    monkeypatch.setattr(cli, "cmd_once", bug)
+    assert cli.main(["--once"]) == 70
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["agent: internal error: RuntimeError: something the code did not expect "
+                   "(rerun with --log-level debug for the traceback)"]

@@ -1,11 +1,13 @@
 """Configuration: a bad key or value is refused with a message that names it, and the CLI exits 78."""
+import os
 import subprocess
+import sys
 
 import pytest
 
 from agent.base.config import ConfigError, load
 from agent.run.loop import collector_schemas
-from tests.support import AGENT
+from tests.support import AGENT, ROOT
 
 
 @pytest.mark.parametrize("text, key", [
@@ -77,3 +79,100 @@ def test_the_readme_configuration_example_is_valid():
     cfg = load(None, collector_schemas(), text=block)
     assert cfg.agent.expect.gpus == 8 and cfg.section("gpu").backend == "auto"
     assert cfg.section("sysctl").mode == "report" and cfg.stream.clear_after == 2
+
+
+# -- issue 12 item 10: every value type-, range- and finiteness-checked; files capped; never a traceback ------
+def agent_cli(*args, timeout=60):
+    """This checkout's `agent` (the venv's console script may import another checkout's code)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env=env)
+
+
+def once_with_config(tmp_path, body: bytes | str, *extra):
+    cfg = tmp_path / "vigil.yaml"
+    cfg.write_bytes(body.encode() if isinstance(body, str) else body)
+    return agent_cli("--once", "--snapshot", "mi300x-rocm71-healthy", "--config", str(cfg), *extra), cfg
+
+
+HARMFUL = [
+    # (config, key the message must start with) -- each accepted before, and harmful on a node
+    ("gpu: {interval_seconds: 1.0e+300}", "gpu.interval_seconds"),  # the loop thread died: /healthz 503
+    ("gpu: {interval_seconds: .nan}", "gpu.interval_seconds"),  # a busy loop at 100% CPU, /healthz 200
+    ("gpu: {ecc_uncorrectable_max: -1}", "gpu.ecc_uncorrectable_max"),  # 8 false fatals
+    ("gpu: {temperature_fatal_celsius: {edge: .nan}}", "gpu.temperature_fatal_celsius.edge"),  # 120 C: a warning
+    ("stream: {heartbeat_seconds: .nan}", "stream.heartbeat_seconds"),
+    ("agent: {expect: {gpus: -3}}", "agent.expect.gpus"),
+    ("gpu: {smi_timeout_seconds: -1}", "gpu.smi_timeout_seconds"),
+    ("stream: {aggregator: ':::'}", "stream.aggregator"),
+    ("gpu: {timeout_seconds: .inf}", "gpu.timeout_seconds"),  # was a KeyError traceback, exit 1
+    ("agent: {listen: '0.0.0.0:\u00b2'}", "agent.listen"),  # "²".isdigit(): a ValueError traceback
+    (f"gpu: {{interval_seconds: {10**400}}}", "gpu.interval_seconds"),  # OverflowError traceback
+    (f"gpu: {{ecc_uncorrectable_max: {10**400}}}", "gpu.ecc_uncorrectable_max"),
+    ("gpu: {temperature_warning_celsius: {junction: 5000}}", "gpu.temperature_warning_celsius.junction"),
+    ("gpu: {timeout_seconds: 3, smi_timeout_seconds: 6}", "gpu.smi_timeout_seconds"),  # a slow CLI = hung
+    ("gpu_events: {xid_severity: {'\u00b2': ignore}}", "gpu_events.xid_severity.\u00b2"),
+    ("gpu: false", "gpu: expected a mapping"),  # was silently the defaults: the GPU checks still on
+    ("rdma: {symbol_error_warning_per_second: .inf}", "rdma.symbol_error_warning_per_second"),
+    ("netflow: {rtt_warning_seconds: {dns: -1}}", "netflow.rtt_warning_seconds.dns"),
+    ("stream: {max_events: 100000000000}", "stream.max_events"),
+    ("sysctl: {profile: {vm.max_map_count: 100000000000000000000000}}", "sysctl.profile.vm.max_map_count"),
+]
+
+
+@pytest.mark.parametrize("text, key", HARMFUL)
+def test_harmful_values_exit_78_naming_the_key(tmp_path, text, key):
+    p, _ = once_with_config(tmp_path, text)
+    assert p.returncode == 78, p.stdout + p.stderr
+    assert p.stderr.startswith(f"agent: bad configuration: {key}"), p.stderr
+    assert "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("body, says", [
+    (b"gpu:\n  backend: auto\nagent: {node_name: caf\xe9}\n", "not UTF-8 (byte 0xe9 on line 3)"),
+    ("gpu: {interval_seconds: 5}\n".encode("utf-16"), "encoded as UTF-16"),
+    ("gpu: {backend: " + "[" * 5000 + "]" * 5000 + "}\n", "nested deeper than 32 levels"),
+    (f"gpu: {{ecc_uncorrectable_max: {'9' * 5000}}}\n", "integer too long (5000 digits)"),
+    ("gpu: {ecc_uncorrectable_max: 0, ecc_uncorrectable_max: 5}\n", "duplicate key 'ecc_uncorrectable_max'"),
+    ("agent: {node_name: 2024-02-30}\n", "day is out of range"),
+    (b"x" * (2 << 20), "larger than 1048576 bytes"),
+])
+def test_unreadable_config_files_exit_78_naming_the_file(tmp_path, body, says):
+    p, cfg = once_with_config(tmp_path, body)
+    assert p.returncode == 78, p.stderr
+    assert p.stderr.startswith(f"agent: bad configuration: {cfg}: ") and says in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_config_from_a_device_that_never_ends_is_refused():
+    p = agent_cli("--once", "--snapshot", "mi300x-rocm71-healthy", "--config", "/dev/zero", timeout=30)
+    assert p.returncode == 78 and "/dev/zero: larger than" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("doc, says", [
+    ("[" * 30000 + "]" * 30000, "nested deeper than 32 levels"),  # under the size cap: the depth check
+    ("[" * 100000 + "]" * 100000, "larger than 65536 bytes"),  # was a RecursionError traceback and exit 1
+    ('{"node": ["a"]}', "node: expected a string"),  # was accepted
+    ('{"node": "n1", "expect": {"gpus": -3}}', "expect.gpus: must be within"),
+    ('{"node": "n 1"}', "node: not a node name"),
+])
+def test_bad_node_json_exits_78_naming_the_file(tmp_path, doc, says):
+    (tmp_path / "node.json").write_text(doc)
+    p = agent_cli("--once", "--snapshot", str(tmp_path))
+    assert p.returncode == 78, p.stdout + p.stderr
+    assert f"{tmp_path / 'node.json'}: " in p.stderr and says in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--once", "--listen", "0.0.0.0:\u00b2"], "--listen"),
+    (["--once", "--listen", ":::"], "--listen"),
+    (["--once", "--node-name", "two words"], "--node-name"),
+    (["--flows", "0"], "--flows"),
+    (["--flows", "-5"], "--flows"),
+])
+def test_bad_flag_values_exit_64_naming_the_flag(argv, flag):
+    p = agent_cli(*argv)
+    assert p.returncode == 64, p.stdout + p.stderr
+    assert flag in p.stderr.splitlines()[-1] and "Traceback" not in p.stderr
+

@@ -232,3 +232,19 @@ def test_healthz_goes_stale_on_the_agents_clock():
         assert not ok and why == "collector loop absent silent for 10816s"
     finally:
         agent.stop()
+
+
+def test_a_runner_that_raises_leaves_its_collector_unknown_not_the_report_lost():
+    """`timeout_seconds: .inf` once reached the runner (Thread.join raised OverflowError) and `--once` died
+    with a KeyError (exit 1, "unhealthy"). The config refuses it now; should anything else make a runner
+    raise, the report still comes, with that collector unknown."""
+    from agent.run.loop import run_all_once
+
+    class Other(Absent):
+        name = "other"
+
+    broken = CollectorRunner(Absent(CollectorSettings(timeout_seconds=float("inf")), ctx()))
+    fine = CollectorRunner(Other(CollectorSettings(), ctx()))
+    bad, good = run_all_once([broken, fine])
+    assert not bad.success and [f.status for f in bad.output.findings] == ["unknown"]
+    assert good.success

@@ -12,7 +12,8 @@ from .auth import AllowAll, TokenReviewer
 from .engine import AggregatorConfig, Engine
 from .kube import Kube
 from .lease import LeaderElector, StaticLeader
-from agent.base.http import MetricsServer
+from agent.base.config import parse_listen
+from agent.base.http import ListenError, MetricsServer
 from .metrics import AggregatorMetrics, metrics_http
 from .server import HealthService, make_server
 
@@ -67,10 +68,15 @@ class Replica:
     async def start(self) -> None:
         self._stop = asyncio.Event()
         self.server, self.port = make_server(self.service, self.opts.listen, self.opts.tls)
+        if self.opts.metrics_listen:  # bound before gRPC serves: a taken port fails the start, not a thread
+            host, port = parse_listen(self.opts.metrics_listen, "metrics_listen")
+            try:
+                self.http = metrics_http(host, port, self.metrics.render, self.leader.is_leader)
+            except ListenError as e:
+                e.what = "metrics"
+                raise
         await self.server.start()
-        if self.opts.metrics_listen:
-            host, _, port = self.opts.metrics_listen.rpartition(":")
-            self.http = metrics_http(host or "0.0.0.0", int(port), self.metrics.render, self.leader.is_leader)
+        if self.http is not None:
             self.http.start()
         self._tasks = [asyncio.create_task(self.engine.run(self._stop)),
                        asyncio.create_task(self.leader.run(self._stop))]

@@ -4,7 +4,7 @@
   vigil-aggregator cleanup [--dry-run]      remove everything Vigil added to every node (condition, taint, its
                                             own cordon, its annotations); a person's cordon stays
   vigil-aggregator reset-breaker            close the cordon budget's breaker (deliberately; no replay)
-Exit codes: 0 ok, 1 failed, 64 bad usage.
+Exit codes: 0 ok, 1 failed, 64 bad usage (the message names the flag), 75 a listen address is in use.
 """
 from __future__ import annotations
 
@@ -19,9 +19,18 @@ import socket
 import sys
 from pathlib import Path
 
-from agent.base.findings import EXIT_USAGE
+from agent.base.config import listen_flag, number_flag
+from agent.base.findings import EXIT_ADDRESS_IN_USE, EXIT_USAGE
 
 log = logging.getLogger("vigil-aggregator")
+
+DAY = 86400.0
+WEEK = 7 * DAY  # the longest delay or window that is still a decision, not a typo
+seconds = number_flag(0, WEEK, above=True)  # finite and > 0 (argparse names the flag on a bad one)
+
+
+def metrics_listen_flag(text: str) -> str:
+    return text if text == "off" else listen_flag(text)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,8 +54,9 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--event-namespace", default="default", help="namespace of the Node Events (default default)")
     k.add_argument("--no-lease", action="store_true", help="a single replica that is always the leader")
     s = p.add_argument_group("serving")
-    s.add_argument("--listen", default="0.0.0.0:50051", metavar="HOST:PORT", help="gRPC (default 0.0.0.0:50051)")
-    s.add_argument("--metrics-listen", default="0.0.0.0:9848", metavar="HOST:PORT",
+    s.add_argument("--listen", default="0.0.0.0:50051", metavar="HOST:PORT", type=listen_flag,
+                   help="gRPC (default 0.0.0.0:50051)")
+    s.add_argument("--metrics-listen", default="0.0.0.0:9848", metavar="HOST:PORT", type=metrics_listen_flag,
                    help="/metrics, /healthz, /readyz (default 0.0.0.0:9848; 'off' to disable)")
     s.add_argument("--tls-cert", metavar="FILE", help="serve gRPC over TLS with this certificate (PEM)")
     s.add_argument("--tls-key", metavar="FILE")
@@ -58,20 +68,20 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--journal", metavar="FILE", help="append one JSON line per applied batch (an audit)")
     d = p.add_argument_group("decisions")
     d.add_argument("--dry-run", action="store_true", help="decide and report, write nothing to nodes or Events")
-    d.add_argument("--healthy-delay", type=float, default=300.0, metavar="SECONDS",
+    d.add_argument("--healthy-delay", type=number_flag(0, WEEK), default=300.0, metavar="SECONDS",
                    help="clean reports for this long before undoing anything (default 300)")
-    d.add_argument("--heartbeat-interval", type=int, default=10, metavar="SECONDS",
+    d.add_argument("--heartbeat-interval", type=number_flag(1, 3600, integer=True), default=10, metavar="SECONDS",
                    help="asked of the agents (default 10)")
-    d.add_argument("--heartbeat-timeout", type=float, default=60.0, metavar="SECONDS",
+    d.add_argument("--heartbeat-timeout", type=number_flag(0, DAY, above=True), default=60.0, metavar="SECONDS",
                    help="no report this long: condition Unknown, AgentSilent (default 60)")
-    d.add_argument("--startup-grace", type=float, default=None, metavar="SECONDS",
+    d.add_argument("--startup-grace", type=number_flag(0, DAY), default=None, metavar="SECONDS",
                    help="after gaining the Lease, before judging silence (default and minimum: heartbeat timeout)")
-    d.add_argument("--budget-nodes", type=int, default=None, metavar="N",
+    d.add_argument("--budget-nodes", type=number_flag(0, 1_000_000, integer=True), default=None, metavar="N",
                    help="cordon at most N nodes per window (with --budget-percent: the smaller)")
-    d.add_argument("--budget-percent", type=float, default=None, metavar="P",
+    d.add_argument("--budget-percent", type=number_flag(0, 100), default=None, metavar="P",
                    help="cordon at most P%% of the nodes per window")
-    d.add_argument("--budget-window", type=float, default=3600.0, metavar="SECONDS", help="default 3600")
-    d.add_argument("--resync", type=float, default=300.0, metavar="SECONDS",
+    d.add_argument("--budget-window", type=seconds, default=3600.0, metavar="SECONDS", help="default 3600")
+    d.add_argument("--resync", type=number_flag(0, DAY, above=True), default=300.0, metavar="SECONDS",
                    help="re-check every node against its verdict this often (default 300)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
@@ -100,6 +110,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValueError("--tls-cert and --tls-key go together")
+    if args.heartbeat_timeout <= args.heartbeat_interval:  # every agent would read as silent between heartbeats
+        raise ValueError(f"--heartbeat-timeout: must be longer than --heartbeat-interval ({args.heartbeat_interval}s),"
+                         f" got {args.heartbeat_timeout:g}")
     cfg = AggregatorConfig(
         policy=PolicyConfig(args.healthy_delay, args.heartbeat_timeout, args.startup_grace),
         budget=BudgetConfig(args.budget_nodes, args.budget_percent, args.budget_window),
@@ -205,12 +218,18 @@ def cmd_reset_breaker(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from agent.base.http import ListenError
+
     try:
         if args.command == "cleanup":
             return cmd_cleanup(args)
         if args.command == "reset-breaker":
             return cmd_reset_breaker(args)
         return cmd_serve(args)
+    except ListenError as e:
+        flag = "--metrics-listen" if e.what == "metrics" else "--listen"
+        print(f"vigil-aggregator: {flag}: {e}", file=sys.stderr)
+        return EXIT_ADDRESS_IN_USE if e.in_use else EXIT_USAGE
     except ValueError as e:
         print(f"vigil-aggregator: {e}", file=sys.stderr)
         return EXIT_USAGE

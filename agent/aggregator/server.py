@@ -13,6 +13,8 @@ from typing import Any
 
 import grpc
 
+from agent.base.http import check_bindable
+
 from .._proto.vigil.v1 import health_pb2 as pb
 from .._proto.vigil.v1 import health_pb2_grpc as pbg
 from .auth import AuthError
@@ -100,8 +102,14 @@ def make_server(service: HealthService, listen: str, tls: tuple[bytes, bytes] | 
                                       ("grpc.keepalive_permit_without_calls", 1),
                                       ("grpc.http2.min_ping_interval_without_data_ms", 10000)])
     pbg.add_HealthServicer_to_server(service, server)
-    if tls is not None:
-        port = server.add_secure_port(listen, grpc.ssl_server_credentials([tls]))
-    else:
-        port = server.add_insecure_port(listen)
+    try:
+        if tls is not None:
+            port = server.add_secure_port(listen, grpc.ssl_server_credentials([tls]))
+        else:
+            port = server.add_insecure_port(listen)
+    except RuntimeError:  # gRPC says only "Failed to bind": find out why (in use, not this host's address)
+        host, _, text = listen.rpartition(":")
+        if text.isascii() and text.isdigit():
+            check_bindable(host.strip("[]") or "0.0.0.0", int(text))  # raises ListenError with the reason
+        raise
     return server, port

@@ -84,6 +84,9 @@ def node_status(findings: Iterable[Finding]) -> str:
 
 
 EXIT_HEALTHY, EXIT_UNHEALTHY, EXIT_UNKNOWN, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 64, 78
+# Neither 1 nor 2: a script must not read "could not start" as "unhealthy" or "could not look" (sysexits.h).
+EXIT_SOFTWARE = 70  # an internal error (a bug): one line on stderr, the traceback only with --log-level debug
+EXIT_ADDRESS_IN_USE = 75  # EX_TEMPFAIL: the listen address is taken (an old agent still stopping, another exporter)
 
 
 def exit_code(status: str) -> int:

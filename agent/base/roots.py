@@ -6,7 +6,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ConfigError, Expectations
+from .config import ConfigError, Expectations, build, check_json_depth, check_node_name, read_text_file
+
+MAX_NODE_FILE_BYTES = 64 << 10  # {"node": ..., "expect": {...}} is under 100 bytes
 
 
 @dataclass(frozen=True)
@@ -56,21 +58,27 @@ class NodeFile:
 
 
 def read_node_file(path: Path) -> NodeFile:
+    """DIR/node.json, checked as a config is (a bad one exits 78 naming the file and the key)."""
     if not path.exists():
         return NodeFile(None, Expectations())
+    text = read_text_file(path, MAX_NODE_FILE_BYTES)
+    check_json_depth(text, str(path))
     try:
-        raw = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path}: not readable JSON: {e}") from None
-    from .config import build
-
+        raw = json.loads(text)
+    except ValueError as e:  # JSONDecodeError, and int() of more than 4,300 digits
+        raise ConfigError(f"{path}: not valid JSON: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected an object")
     unknown = set(raw) - {"node", "expect"}
     if unknown:
-        raise ConfigError(f"{path}: {sorted(unknown)[0]}: unknown key (known: expect, node)")
-    expect = build(Expectations, raw.get("expect") or {}, f"{path.name}.expect")
-    return NodeFile(raw.get("node"), expect)
+        raise ConfigError(f"{path}: {sorted(unknown)[0][:80]}: unknown key (known: expect, node)")
+    node = raw.get("node")
+    if node is not None and not isinstance(node, str):
+        raise ConfigError(f"{path}: node: expected a string, got {type(node).__name__}")
+    if node:
+        check_node_name(node, f"{path}: node")
+    expect = build(Expectations, {} if raw.get("expect") is None else raw["expect"], f"{path}: expect")
+    return NodeFile(node or None, expect)
 
 
 def merge_expectations(config: Expectations, node_file: Expectations) -> Expectations:

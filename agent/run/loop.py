@@ -9,7 +9,7 @@ from typing import Callable, Iterable
 
 from agent import __version__
 from agent.sources import REGISTRY, load
-from agent.base.collector import Collector, Context
+from agent.base.collector import Collector, Context, Output
 from agent.base.config import Config
 from agent.base.errors import error_text
 from agent.base.findings import UNHEALTHY, UNKNOWN, Finding, unknown
@@ -96,8 +96,14 @@ def renderable(result: Result, component: str, node: str) -> Result:
 def run_all_once(runners: list[CollectorRunner]) -> list[Result]:
     """Every collector once, concurrently, each under its own deadline (for `--once` and the first cycle)."""
     results: dict[str, Result] = {}
-    threads = [threading.Thread(target=lambda r=r: results.__setitem__(r.name, r.run_once()), daemon=True)
-               for r in runners]
+
+    def run(r: CollectorRunner) -> None:
+        try:
+            results[r.name] = r.run_once()
+        except Exception as e:  # a runner bug: that collector is unknown, not a KeyError for the whole report
+            log.exception("collector %s: runner failed", r.name)
+            results[r.name] = Result(r.name, Output(findings=r.collector.failed(e)), False, 0.0)
+    threads = [threading.Thread(target=run, args=(r,), daemon=True) for r in runners]
     for t in threads:
         t.start()
     for t in threads:

@@ -25,6 +25,7 @@ from typing import Any, Callable
 from agent import __version__, wire
 from agent.base import backoff
 from agent.base.findings import OK, Finding
+from agent.base.config import split_targets
 from .hysteresis import Hysteresis
 from agent.base.metrics import Counter, Gauge, MetricSet, render
 from .spool import Spool, SpoolEvent, SpoolLocked, StateRow
@@ -57,14 +58,10 @@ def read_boot_id(roots: Any) -> str:
 
 def parse_targets(value: str) -> list[str]:
     """--aggregator HOST:PORT[,HOST:PORT...]: a Service address, or replicas to try in turn."""
-    out = []
-    for part in value.split(","):
-        part = part.strip()
-        host, sep, port = part.rpartition(":")
-        if not part or not sep or not host or not port.isdigit():
-            raise ValueError(f"--aggregator: expected HOST:PORT[,HOST:PORT...], got {value!r}")
-        out.append(part)
-    return out
+    try:
+        return split_targets(value)  # the one rule, which the config's stream.aggregator follows too
+    except ValueError as e:
+        raise ValueError(f"--aggregator: {e}") from None
 
 
 @dataclass

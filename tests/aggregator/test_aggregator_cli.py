@@ -1,8 +1,12 @@
 """`vigil-aggregator cleanup` and `reset-breaker` against the fake API (through a kubeconfig, as an operator
-runs them), and the local demo end to end."""
+runs them), flags and listen addresses refused with the flag named, and the local demo end to end."""
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from agent.aggregator import policy as P
 from agent.aggregator.cli import main
@@ -60,3 +64,48 @@ def test_demo_cordons_the_faulty_node():
     for healthy in ("gpu-node-1", "gpu-node-2"):
         row = next(x for x in out.stdout.splitlines() if x.startswith(healthy))
         assert "True" in row and " yes " in row
+    # It used to print "logs in /tmp/vigil-demo-.../agents.log", then delete that directory on exit.
+    printed = re.findall(r"(/\S*vigil-demo-\S*)", out.stdout + out.stderr)
+    assert all(Path(p.rstrip(".,;)")).exists() for p in printed), printed
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--healthy-delay", "nan"], "--healthy-delay"),
+    (["--heartbeat-timeout", "inf"], "--heartbeat-timeout"),
+    (["--heartbeat-interval", "0"], "--heartbeat-interval"),
+    (["--budget-percent", "500"], "--budget-percent"),
+    (["--budget-nodes", "-1"], "--budget-nodes"),
+    (["--budget-window", "-3600"], "--budget-window"),
+    (["--resync", "1e300"], "--resync"),
+    (["--startup-grace", "-1"], "--startup-grace"),
+    (["--listen", ":::"], "--listen"),
+    (["--metrics-listen", "0.0.0.0:\u00b2"], "--metrics-listen"),
+])
+def test_bad_flag_values_exit_64_naming_the_flag(argv, flag, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 64
+    assert f"argument {flag}: " in capsys.readouterr().err
+
+
+def test_a_heartbeat_timeout_within_one_heartbeat_exits_64(capsys):
+    """Every agent would read as silent between two heartbeats (condition Unknown fleet-wide)."""
+    assert main(["--heartbeat-interval", "10", "--heartbeat-timeout", "5"]) == 64
+    assert "--heartbeat-timeout: must be longer than --heartbeat-interval (10s)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--listen", "--metrics-listen"])
+def test_a_taken_listen_address_exits_75_naming_it(fake, tmp_path, capsys, flag):
+    import socket
+
+    kc = fake.write_kubeconfig(str(tmp_path / "kc"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        other = "127.0.0.1:0"
+        argv = ["--kubeconfig", kc, "--no-lease", "--insecure-no-auth",
+                "--listen", address if flag == "--listen" else other,
+                "--metrics-listen", address if flag == "--metrics-listen" else "off"]
+        assert main(argv) == 75
+    assert f"vigil-aggregator: {flag}: cannot listen on {address}: Address already in use" in capsys.readouterr().err

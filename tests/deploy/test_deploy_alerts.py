@@ -209,3 +209,16 @@ def test_warning_only_gpu_list_is_complete(alert):
         if name.startswith("gpu.") and sevs <= {"warning", "info"}:
             for c in concrete(name):
                 assert selects(rule["expr"], c), f"{c} only warns in the code but {alert} does not cover it"
+
+
+def test_the_rule_file_header_gives_vigil_check_status_the_labels_the_agent_exports():
+    """The header once said vigil_check_status had no severity label after the agent had gained one: a rule
+    writer trusting it would miss `severity="fatal"`. It must name the labels the code declares."""
+    from agent.run.loop import CHECK_STATUS
+
+    header = "".join(line for line in RULES.read_text().splitlines(keepends=True) if line.startswith("#"))
+    header = " ".join(line.lstrip("# ") for line in header.splitlines())
+    named = re.search(r"vigil_check_status\{([a-z_,]+)\}", header)
+    assert named, "the header should say which labels vigil_check_status carries"
+    assert tuple(named.group(1).split(",")) == CHECK_STATUS.labels
+    assert "no severity label" not in header

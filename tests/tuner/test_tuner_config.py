@@ -102,3 +102,16 @@ def test_the_section_loads_through_the_agent_config():
                text="sysctl:\n  mode: enforce\n  profile:\n    fs.nr_open: 1048576\n")
     s = cfg.section("sysctl")
     assert s.mode == "enforce" and [e.key for e in s.sysctl_entries] == ["fs.nr_open"]
+
+
+@pytest.mark.parametrize("section, reason", [
+    ({}, "tuner mode report (the default)"),  # was "(set in the config)" with no config at all
+    ({"mode": "report"}, "tuner mode report (set in the config)"),
+])
+def test_the_mode_finding_says_where_the_mode_came_from(tmp_path, section, reason):
+    from .helpers import by_check, collector, make_procfs, one_pass
+
+    c = collector({**section, "profile": {"vm.max_map_count": 262144}},
+                  make_procfs(tmp_path / "proc", {"vm.max_map_count": "65530"}))
+    _, out = one_pass(c)
+    assert by_check(out.findings, "sysctl.mode")["test-node"].message == reason

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.base.config import CollectorSettings, ConfigError
+from agent.base.config import CollectorSettings, ConfigError, in_range
 from .attribution import Attribution, DeviceResolver, attribute, gpu_keys, join_gpus, spec_gpu_keys
 from .model import ReportedEvent, RuntimeView
 from .table import ContainerTable
@@ -59,13 +59,11 @@ class ContainersSettings(CollectorSettings):
                 raise ConfigError(f"{prefix}.{key}: must be an absolute path, got {getattr(self, key)!r}")
         if not self.namespaces or any(not n for n in self.namespaces):
             raise ConfigError(f"{prefix}.namespaces: give at least one containerd namespace, e.g. [k8s.io]")
-        for key in ("rpc_timeout_seconds", "reconnect_initial_seconds", "reconnect_max_seconds"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"{prefix}.{key}: must be > 0, got {getattr(self, key)}")
         if self.reconnect_max_seconds < self.reconnect_initial_seconds:
             raise ConfigError(f"{prefix}.reconnect_max_seconds: must be >= reconnect_initial_seconds")
         if self.recent_events < 1:
             raise ConfigError(f"{prefix}.recent_events: must be >= 1, got {self.recent_events}")
+        in_range(f"{prefix}.recent_events", self.recent_events, 1, 1_000_000)
 
 
 @dataclass

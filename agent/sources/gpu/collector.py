@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Literal
 
-from agent.base.config import CollectorSettings, ConfigError
+from agent.base.config import CollectorSettings, ConfigError, in_range
 from agent.base.findings import Finding
 from agent.base.tools import DEFAULT_MAX_STDOUT, ToolHung
 from . import rules
@@ -35,11 +35,22 @@ class GpuSettings(CollectorSettings, rules.GpuThresholds):
             raise ConfigError(f"{prefix}.smi_max_output_bytes: must be an integer within {MIN_OUTPUT_CAP}.."
                               f"{MAX_OUTPUT_CAP} (the agent's whole memory limit is 512 MiB), got {cap!r}")
         for key in ("temperature_warning_celsius", "temperature_fatal_celsius"):
-            for sensor in getattr(self, key):
+            for sensor, celsius in getattr(self, key).items():
                 if sensor not in ("edge", "junction", "memory"):
                     raise ConfigError(f"{prefix}.{key}.{sensor}: unknown sensor (known: edge, junction, memory)")
+                # Within physics for a running GPU: none reports above ~125 C before it shuts itself down.
+                in_range(f"{prefix}.{key}.{sensor}", celsius, 0, MAX_CELSIUS)
         if not 0 <= self.busy_utilization_ratio <= 1:
             raise ConfigError(f"{prefix}.busy_utilization_ratio: must be within 0..1")
+        self.check_thresholds(prefix)
+        # One CLI run must end before the collector's deadline, or a slow but working amd-smi would be
+        # abandoned and reported as a hung SMI (fatal).
+        if self.smi_timeout_seconds > self.timeout_seconds:
+            raise ConfigError(f"{prefix}.smi_timeout_seconds: must be at most {prefix}.timeout_seconds "
+                              f"({self.timeout_seconds:g}), got {self.smi_timeout_seconds:g}")
+
+
+MAX_CELSIUS = 150.0
 
 
 class _Chain:

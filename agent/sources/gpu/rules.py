@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from agent.base.config import in_range
 from .model import GpuReading, GpuReadings, pcie_generation
 from agent.base.findings import FATAL, INFO, OK, WARNING, Finding, bad, ok, unknown
 
@@ -30,6 +31,14 @@ class GpuThresholds:
     temperature_fatal_celsius: dict[str, float] = field(
         default_factory=lambda: {"edge": 100.0, "junction": 105.0, "memory": 105.0})
     busy_utilization_ratio: float = 0.10  # PCIe generation is judged only above this (idle links down-train)
+
+    def check_thresholds(self, prefix: str) -> None:
+        """The config builder already refuses negative counts and non-finite numbers (-1 would make every
+        GPU fatal, NaN would compare false and silence a check); these bound them to what a GPU can count."""
+        in_range(f"{prefix}.ecc_uncorrectable_max", self.ecc_uncorrectable_max, 0, 1_000_000)
+        in_range(f"{prefix}.ecc_correctable_warning_count", self.ecc_correctable_warning_count, 0, 1_000_000_000)
+        in_range(f"{prefix}.ecc_correctable_warning_per_hour", self.ecc_correctable_warning_per_hour, 0, 1e9)
+        in_range(f"{prefix}.retired_pages_fatal", self.retired_pages_fatal, 0, 1_000_000)
 
 
 def evaluate(readings: GpuReadings, expected: int | None, t: GpuThresholds, node: str,

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from agent.base.config import CollectorSettings, ConfigError
+from agent.base.config import CollectorSettings, ConfigError, in_range
 from agent.base.findings import Finding, unknown
 from . import cper as cper_parser
 from . import kmsg as kmsg_parser
@@ -86,16 +86,20 @@ class GpuEventsSettings(CollectorSettings):
     def check(self, prefix: str) -> None:
         CollectorSettings.check(self, prefix)
         for code, sev in self.xid_severity.items():
-            if not str(code).isdigit():
+            # ASCII digits: "²".isdigit() is True, and the catalogue's keys are what int() makes of them
+            if not (str(code).isascii() and str(code).isdigit() and len(str(code)) <= 6):
                 raise ConfigError(f"{prefix}.xid_severity.{code}: not an Xid number")
             if sev not in (xids.FATAL, xids.WARNING, xids.INFO, xids.IGNORE):
                 raise ConfigError(f"{prefix}.xid_severity.{code}: must be one of fatal, warning, info, ignore")
         if self.nvml_wait_ms <= 0:
             raise ConfigError(f"{prefix}.nvml_wait_ms: must be > 0")
-        if self.smi_timeout_seconds <= 0:
-            raise ConfigError(f"{prefix}.smi_timeout_seconds: must be > 0")
+        in_range(f"{prefix}.nvml_wait_ms", self.nvml_wait_ms, 1, 60_000)  # stopping the thread waits this long
         if self.max_records_per_read <= 0:
             raise ConfigError(f"{prefix}.max_records_per_read: must be > 0")
+        in_range(f"{prefix}.max_records_per_read", self.max_records_per_read, 1, 10_000_000)
+        if self.smi_timeout_seconds > self.timeout_seconds:  # as gpu: a slow amd-smi is not a hung one
+            raise ConfigError(f"{prefix}.smi_timeout_seconds: must be at most {prefix}.timeout_seconds "
+                              f"({self.timeout_seconds:g}), got {self.smi_timeout_seconds:g}")
 
 
 @dataclass

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from dataclasses import dataclass, field
 
-from agent.base.config import CollectorSettings, ConfigError
+from agent.base.config import CollectorSettings, ConfigError, in_range
 from agent.base.findings import WARNING, Finding, ok, unknown
 from . import rules
 from .accounting import Ledger, Snapshot
@@ -63,8 +63,9 @@ class NetflowSettings(CollectorSettings, rules.NetflowThresholds):
                 raise ConfigError(f"{prefix}.{key}: must be within 1..1048576")
         if not 0 <= self.retransmit_ratio_warning <= 1:
             raise ConfigError(f"{prefix}.retransmit_ratio_warning: must be within 0..1")
-        if self.restart_backoff_max_seconds <= 0:
-            raise ConfigError(f"{prefix}.restart_backoff_max_seconds: must be > 0")
+        in_range(f"{prefix}.retransmit_min_segments", self.retransmit_min_segments, 0, 1_000_000_000)
+        in_range(f"{prefix}.rtt_min_samples", self.rtt_min_samples, 0, 1_000_000)
+        in_range(f"{prefix}.top_flows", self.top_flows, 0, 1000)  # top flows are labelled series: bounded
 
     def policy(self, host_addresses: list[str]) -> PeerPolicy:
         extra = {self.host_addresses_class: host_networks(host_addresses)} if self.host_addresses_class else {}

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
+from agent.base.config import number_flag
 from . import decode, inet_diag
 from .accounting import _endpoint
 from .policy import PeerPolicy, local_addresses
@@ -116,16 +117,20 @@ def _size(n: int) -> str:
 def load_policy(config: str | None) -> PeerPolicy:
     from .collector import NetflowSettings
     from agent.base.config import load
+    from agent.sources import REGISTRY, load as load_source
 
-    settings = load(config, {"netflow": NetflowSettings}).section("netflow") if config else NetflowSettings()
+    # The agent's whole file is valid here (its other sections are checked, then unused).
+    schemas = {name: load_source(name).Settings for name in REGISTRY}
+    settings = load(config, schemas).section("netflow") if config else NetflowSettings()
     return settings.policy(local_addresses() if settings.host_addresses_class else [])
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m agent.sources.netflow.top", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", "-c", metavar="FILE", help="agent configuration (its netflow section's peer classes)")
-    p.add_argument("-n", type=int, default=20, help="rows to show (default 20)")
-    p.add_argument("--interval", type=float, default=1.0, help="seconds between the two reads (default 1)")
+    p.add_argument("-n", type=number_flag(1, 10_000, integer=True), default=20, help="rows to show (default 20)")
+    p.add_argument("--interval", type=number_flag(0, 3600, above=True), default=1.0,
+                   help="seconds between the two reads (default 1)")
     p.add_argument("--total", action="store_true", help="rank by lifetime bytes instead of bytes in the interval")
     p.add_argument("--host-only", action="store_true", help="only the host's network namespace")
     args = p.parse_args(argv)

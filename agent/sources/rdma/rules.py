@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 
 from .sysfs import COUNTER_BITS, ERROR_TYPES, PortReading, is_saturated
-from agent.base.config import ConfigError
+from agent.base.config import ConfigError, in_range
 from agent.base.findings import WARNING, Finding, bad, ok, unknown
 
 C = "rdma"
@@ -44,6 +44,7 @@ class RdmaThresholds:
         for key in ("symbol_error_warning_per_second", "link_integrity_warning_per_second"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{prefix}.{key}: must be >= 0, got {getattr(self, key)}")
+            in_range(f"{prefix}.{key}", getattr(self, key), 0, 1e9)
         for i, entry in enumerate(self.ignore_ports):
             if not _IGNORE.match(entry):
                 raise ConfigError(f"{prefix}.ignore_ports[{i}]: expected DEVICE or DEVICE/PORT (e.g. mlx5_4/1), "

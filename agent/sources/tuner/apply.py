@@ -39,11 +39,13 @@ def errno_name(e: OSError) -> str:
     return errno.errorcode.get(e.errno or 0, type(e).__name__)
 
 
-def resolve_mode(configured: str, run: Any, replay: bool) -> tuple[str, str]:
+def resolve_mode(configured: str, run: Any, replay: bool, in_config: bool = True) -> tuple[str, str]:
     """The effective mode and why. --tuner-mode overrides the config; --once never writes unless --tune
-    (which means enforce unless --tuner-mode says otherwise); a snapshot replay never writes into the snapshot."""
+    (which means enforce unless --tuner-mode says otherwise); a snapshot replay never writes into the snapshot.
+    `in_config`: the config file set `sysctl.mode` (else `configured` is the built-in default)."""
     flag = run.tuner_mode
-    mode, why = (flag, "set by --tuner-mode") if flag else (configured, "set in the config")
+    mode, why = (flag, "set by --tuner-mode") if flag else (configured, "set in the config" if in_config
+                                                                      else "the default")
     if run.once:
         if run.tune:
             if not flag:

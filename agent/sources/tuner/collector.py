@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from agent.base.config import CollectorSettings
+from agent.base.config import CollectorSettings, given
 from . import rules
 from . import profile as prof
 from .apply import RlimitOutcome, SysctlOutcome, Tuner, resolve_mode
@@ -80,7 +80,7 @@ class SysctlSettings(CollectorSettings):
 @dataclass
 class TunerReading:
     mode: str  # the effective mode of this pass
-    mode_reason: str  # set in the config | set by --tuner-mode | why --once or a replay changed it
+    mode_reason: str  # the default | set in the config | set by --tuner-mode | why --once or a replay changed it
     profile: str  # where the sysctls came from: gpu-training (shipped) | config
     file_limits: str  # likewise for file limits
     sysctls: list[SysctlOutcome]
@@ -108,7 +108,7 @@ class SysctlCollector(Collector):
         if not root.joinpath("sys").is_dir():
             raise NoData(f"{self.ctx.roots.show(root / 'sys')} not found")
         replay = self.ctx.roots.snapshot is not None
-        mode, why = resolve_mode(self.settings.mode, self.ctx.mode, replay)
+        mode, why = resolve_mode(self.settings.mode, self.ctx.mode, replay, "mode" in given(self.settings))
         if self._tuner is None:
             limits = self._limits if self._limits is not None else PsutilLimits() if self._live_proc() else None
             self._tuner = Tuner(root, limits)

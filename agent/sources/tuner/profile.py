@@ -21,9 +21,7 @@ import re
 from importlib import resources
 from typing import Any, Mapping
 
-import yaml
-
-from agent.base.config import ConfigError
+from agent.base.config import MAX_FILE_BYTES, ConfigError, decode_text, load_yaml
 from .policy import MINIMUM, POLICIES, REPORT, RESOURCES, RlimitEntry, SysctlEntry
 from .values import UNLIMITED, Value, fmt, is_numeric, parse
 
@@ -44,7 +42,7 @@ def key_parts(key: str) -> tuple[str, ...]:
 
 
 def _show(v: Any) -> str:
-    return f"{v!r} ({type(v).__name__})"
+    return f"{repr(v)[:80]} ({type(v).__name__})"
 
 
 def _policy(raw: Any, key: str) -> str:
@@ -60,6 +58,9 @@ def _value(raw: Any, key: str) -> Value:
     value = parse(str(raw))
     if not value:
         raise ConfigError(f"{key}: empty value")
+    for f in value:  # the kernel's sysctls are at most 64-bit (unsigned long); a longer number is a typo
+        if isinstance(f, int) and not -(2**63) <= f < 2**64:
+            raise ConfigError(f"{key}: {len(str(abs(f)))}-digit number; a sysctl holds at most 64 bits")
     return value
 
 
@@ -99,8 +100,8 @@ def parse_sysctls(raw: Any, prefix: str) -> list[SysctlEntry]:
 def _limit(raw: Any, key: str) -> float:
     if raw in ("unlimited", "infinity"):
         return UNLIMITED
-    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
-        raise ConfigError(f"{key}: expected a non-negative integer or 'unlimited', got {_show(raw)}")
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw < 2**63:  # rlim_t below RLIM_INFINITY
+        raise ConfigError(f"{key}: expected a non-negative integer below 2**63 or 'unlimited', got {_show(raw)}")
     return raw
 
 
@@ -139,8 +140,14 @@ def parse_file_limits(raw: Any, prefix: str) -> list[RlimitEntry]:
 
 def default_profile() -> dict[str, Any]:
     """The shipped profile (agent/sources/tuner/profiles/gpu-training.yaml) as a raw mapping with keys profile, file_limits."""
-    text = resources.files(__package__).joinpath("profiles", DEFAULT_PROFILE).read_text()
-    raw = yaml.safe_load(text) or {}
+    try:  # read as a config file is: size-capped, UTF-8, nesting bounded (an operator may edit it in an image)
+        with resources.files(__package__).joinpath("profiles", DEFAULT_PROFILE).open("rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"{DEFAULT_PROFILE}: cannot read: {e.strerror or e}") from None
+    raw = load_yaml(decode_text(data, DEFAULT_PROFILE), DEFAULT_PROFILE)
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{DEFAULT_PROFILE}: expected a mapping with keys file_limits, profile")
     unknown = set(raw) - {"profile", "file_limits"}
     if unknown:
         raise ConfigError(f"{DEFAULT_PROFILE}: {sorted(unknown)[0]}: unknown key (known: file_limits, profile)")

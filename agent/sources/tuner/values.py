@@ -8,7 +8,7 @@ import re
 Field = int | str
 Value = tuple[Field, ...]
 
-_INT = re.compile(r"-?\d+")
+_INT = re.compile(r"-?[0-9]+")  # ASCII: \d also matches "²", which int() refuses
 
 
 def parse(text: str) -> Value:
