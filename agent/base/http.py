@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
@@ -14,24 +15,59 @@ Route = Callable[[], tuple[int, bytes]]  # extra plain-text endpoint: (status, b
 
 
 class MetricsServer:
-    """Serves the agent's (and the aggregator's) /metrics, /healthz, and any `extra` plain-text routes."""
+    """Serves the agent's (and the aggregator's) /metrics, /healthz, and any `extra` plain-text routes.
+
+    start() runs it in a thread of its own; the agent instead supervises serve() (agent/run/supervise.py) and,
+    should it die, calls recover() (the listening socket is bound again, on the same port) before serving
+    again."""
 
     def __init__(self, host: str, port: int, metrics: Callable[[], bytes],
                  alive: Callable[[], tuple[bool, str]], extra: dict[str, Route] | None = None) -> None:
-        handler = _handler(metrics, alive, extra or {})
-        family_host = host
-        ThreadingHTTPServer.allow_reuse_address = True
-        self.httpd = ThreadingHTTPServer((family_host, port), handler)
-        self.httpd.daemon_threads = True
+        self._handler = _handler(metrics, alive, extra or {})
+        self.host = host
+        self.httpd = self._bind(host, port)
         self.port = self.httpd.server_address[1]
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="http", daemon=True)
+        self.stopped = False
+        self._serving = threading.Event()
+        self._thread = threading.Thread(target=self.serve, name="http", daemon=True)
+
+    def _bind(self, host: str, port: int) -> ThreadingHTTPServer:
+        ThreadingHTTPServer.allow_reuse_address = True
+        httpd = _Server((host, port), self._handler)
+        httpd.daemon_threads = True
+        return httpd
+
+    def serve(self) -> None:
+        """Serve until stop(); blocks."""
+        self._serving.set()
+        try:
+            self.httpd.serve_forever()
+        finally:
+            self._serving.clear()
+
+    def recover(self) -> None:
+        """serve() died (its socket closed or broken): bind the same port again."""
+        try:
+            self.httpd.server_close()
+        except OSError:
+            pass
+        self.httpd = self._bind(self.host, self.port)
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
-        self.httpd.shutdown()
+        self.stopped = True
+        if self._serving.is_set():  # shutdown() waits for serve_forever: only when one runs
+            self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class _Server(ThreadingHTTPServer):
+    def service_actions(self) -> None:
+        # serve_forever polls a listening socket that was closed under it for ever, busy and deaf (POLLNVAL):
+        # end it instead, so the supervisor binds the port again.
+        os.fstat(self.socket.fileno())
 
 
 class _GzipCache:
