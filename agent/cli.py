@@ -186,11 +186,12 @@ def cmd_once(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from agent.base.http import ListenError, MetricsServer
+    from agent.run.selfcheck import SelfCheck
+    from agent.run.supervise import Supervisor
 
     config, ctx = setup(args)
     listen_key = "--listen" if args.listen else "agent.listen"
     host, port = parse_listen(args.listen or config.agent.listen, listen_key)
-    agent = Agent(build_collectors(config, ctx, only(args)), ctx.node)
     stream = None
     sc = config.stream
     aggregator = args.aggregator or sc.aggregator
@@ -205,34 +206,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
             targets, args.spool or sc.spool_path, token_file=args.token_file or sc.token_file or None,
             tls_ca=args.tls_ca or sc.tls_ca or None, batch_size=sc.batch_size, heartbeat_seconds=sc.heartbeat_seconds,
             backoff_max=sc.backoff_max_seconds, raise_after=sc.raise_after, clear_after=sc.clear_after,
-            max_events=sc.max_events, max_info=sc.max_info)
+            max_events=sc.max_events, max_info=sc.max_info, max_info_bytes=sc.max_info_bytes,
+            memory_max_info_bytes=sc.memory_max_info_bytes)
         stream = StreamClient(settings, ctx.node, read_boot_id(ctx.roots))
-        agent.observers.append(stream.observe)  # before start(): the first cycle is reported too
+    # Collector loops, the stream and the HTTP server are supervised: a dead thread restarts (DESIGN §0), and
+    # the agent's own check reports it (agent.thread, agent.spool, agent.stream).
+    supervisor = Supervisor()
+    collectors = build_collectors(config, ctx, only(args))
+    collectors.append(SelfCheck(ctx, supervisor, [stream] if stream is not None else []))
+    agent = Agent(collectors, ctx.node, supervisor=supervisor)
     metrics = agent.metrics if stream is None else (lambda: agent.metrics() + stream.exposition())
     # Bind first: a taken port must fail before any collector runs or the spool is locked.
     try:
         server = MetricsServer(host, port, metrics, agent.alive)
     except ListenError as e:
-        agent.stop()
         if e.in_use:
             raise AddressInUse(f"{listen_key}: {e.address} is already in use (another agent still stopping, or "
                                f"another exporter on that port): free it or choose another with --listen") from None
         raise (UsageError if args.listen else ConfigError)(f"{listen_key}: {e}") from None
     if stream is not None:
+        agent.observers.append(stream.observe)  # before start(): the first cycle is reported too
         stream.open_spool()  # before the first cycle: hysteresis continues from the spool's states
     agent.start()
     if stream is not None:
-        stream.start()
-    server.start()
+        stream.start(supervisor)
+    supervisor.add("http", server.serve, server.recover, stopped=lambda: server.stopped)
     log.info("vigil agent %s on node %s: serving http://%s:%d/metrics", __version__, ctx.node, host, server.port)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
+    supervisor.stop()
     server.stop()
+    agent.stop()  # loops first: nothing observes the stream after it closes its spool
     if stream is not None:
         stream.stop()
-    agent.stop()
     for p in tools.shutdown(grace=0):  # the pod is going: end what we started, say what would not die
         log.warning("left behind at exit: %s", p.describe())
     return 0

@@ -6,6 +6,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from agent.base.collector import Collector, Context, NoData, Output
 from agent.sources.gpu.collector import GpuCollector, GpuSettings, _Chain
 from agent.sources.gpu.model import GpuInventory, GpuReading
@@ -116,15 +118,63 @@ def test_healthz_stays_ok_and_metrics_keep_serving_while_an_smi_call_hangs():
         agent.stop()
 
 
-def test_healthz_fails_when_a_collector_loop_is_dead():
-    agent = Agent([Absent(CollectorSettings(interval_seconds=0.1, timeout_seconds=0.1), ctx())], "n1")
+class Clashing(Collector):
+    """Exports a family the agent's core already declares with other labels: rendering the exposition raises,
+    so its loop thread dies on every cycle (a rule bug of this kind once shipped in another exporter)."""
+
+    name, component = "clashing", "test"
+    Settings = CollectorSettings
+
+    def read(self):
+        return 1
+
+    def evaluate(self, reading, previous, elapsed):
+        from agent.base.metrics import Gauge, MetricSet
+
+        ms = MetricSet()
+        ms.add(Gauge("vigil_collector_success", "clash", ("other",)), {"other": "x"}, 1)
+        return Output(metrics=ms)
+
+
+def test_a_dead_collector_loop_is_restarted_reported_and_healthz_stays_ok():
+    from agent.run.selfcheck import SelfCheck
+    from agent.run.supervise import Supervisor
+
+    sup = Supervisor(backoff_base=0.05, backoff_max=0.1)
+    agent = Agent([Clashing(CollectorSettings(interval_seconds=0.1, timeout_seconds=0.1), ctx()),
+                   Absent(CollectorSettings(interval_seconds=0.1, timeout_seconds=0.1), ctx())], "n1", supervisor=sup)
     agent.start()
     try:
-        assert agent.alive()[0]
-        agent._stop.set()  # the loop ends, as if its thread had died
-        for t in agent._threads:
-            t.join()
-        assert agent.alive() == (False, "a collector loop thread died")
+        deadline = time.monotonic() + 10
+        while next(t for t in sup.status() if t.name == "loop-clashing").restarts < 3:
+            assert time.monotonic() < deadline, sup.status()
+            time.sleep(0.05)
+        assert agent.alive() == (True, "ok")  # it recovers by itself: no reason for the kubelet to restart it
+        assert 'vigil_collector_success{collector="absent"} 1.0' in agent.metrics().decode()  # the others go on
+        out = CollectorRunner(SelfCheck(ctx(), sup)).run_once().output
+        [f] = [f for f in out.findings if f.entity == "loop-clashing"]
+        assert (f.check, f.status, f.severity) == ("agent.thread", "unhealthy", "warning")
+        assert "declared twice" in f.message
+        assert out.metrics.value("vigil_agent_thread_restarts_total", thread="loop-clashing") >= 3
+        [healthy] = [f for f in out.findings if f.entity == "loop-absent"]
+        assert healthy.status == "ok"
+    finally:
+        agent.stop()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the watcher's death, on purpose
+def test_healthz_fails_once_nothing_can_restart_the_threads(monkeypatch):
+    """The supervisor's watcher is the one part that cannot be restarted: if it dies, /healthz fails."""
+    agent = Agent([Absent(CollectorSettings(interval_seconds=0.1, timeout_seconds=0.1), ctx())], "n1")
+
+    def die(part):
+        raise SystemExit("watcher gone")
+    monkeypatch.setattr(agent.supervisor, "_check", die)
+    agent.start()
+    try:
+        agent.supervisor._watcher.join(5)
+        ok, why = agent.alive()
+        assert not ok and "supervisor" in why
     finally:
         agent.stop()
 

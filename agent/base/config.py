@@ -86,13 +86,17 @@ class StreamConfig:
     heartbeat_seconds: float = 10.0
     raise_after: int = 1  # hysteresis: cycles a worse status must persist before it is sent
     clear_after: int = 2  # cycles a better status must persist before it is sent
-    max_events: int = 10000  # spool bound; when full the oldest info events go first, never a fatal one
-    max_info: int = 1000
+    # Spool bounds; past one the oldest info events go first, then non-fatal state events, never a fatal one.
+    max_events: int = 250_000
+    max_info: int = 250_000
+    max_info_bytes: int = 32 * 1024 * 1024  # pending info events on disk (about 240 bytes each)
+    memory_max_info_bytes: int = 8 * 1024 * 1024  # the same while the spool file fails and events wait in memory
     backoff_max_seconds: float = 30.0
 
     def check(self, prefix: str) -> None:
         for key, hi in (("batch_size", 10_000), ("raise_after", 1000), ("clear_after", 1000),
-                        ("max_events", 10_000_000), ("max_info", 10_000_000)):
+                        ("max_events", 10_000_000), ("max_info", 10_000_000), ("max_info_bytes", 1 << 40),
+                        ("memory_max_info_bytes", 1 << 40)):
             value = getattr(self, key)
             if value < 1:
                 raise ConfigError(f"{prefix}.{key}: must be >= 1, got {value}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import gzip
 import logging
+import os
 import socket
 import threading
 import time
@@ -61,24 +62,50 @@ def check_bindable(host: str, port: int) -> None:
 
 class MetricsServer:
     """Serves the agent's (and the aggregator's) /metrics, /healthz, and any `extra` plain-text routes.
-    Binds in the constructor (raising ListenError), serves from start()."""
+    Binds in the constructor (raising ListenError). start() serves in a thread of its own; the agent instead
+    supervises serve() (agent/run/supervise.py) and, should it die, calls recover() (the listening socket is
+    bound again, on the same port) before serving again."""
 
     def __init__(self, host: str, port: int, metrics: Callable[[], bytes],
                  alive: Callable[[], tuple[bool, str]], extra: dict[str, Route] | None = None,
                  max_connections: int = MAX_CONNECTIONS, idle_timeout: float = IDLE_TIMEOUT_SECONDS) -> None:
-        handler = _handler(metrics, alive, extra or {}, idle_timeout)
+        self._handler = _handler(metrics, alive, extra or {}, idle_timeout)
+        self.host, self._max_connections = host, max_connections
+        self.httpd = self._bind(host, port)
+        self.port = self.httpd.server_address[1]
+        self.stopped = False
+        self._serving = threading.Event()
+        self._thread = threading.Thread(target=self.serve, name="http", daemon=True)
+
+    def _bind(self, host: str, port: int) -> "_BoundedServer":
         try:
-            self.httpd = _BoundedServer((host, port), handler, max_connections)
+            return _BoundedServer((host, port), self._handler, self._max_connections)
         except OSError as e:  # EADDRINUSE, EADDRNOTAVAIL, EACCES, an unresolvable host
             raise ListenError(show_address(host, port), e) from None
-        self.port = self.httpd.server_address[1]
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="http", daemon=True)
+
+    def serve(self) -> None:
+        """Serve until stop(); blocks."""
+        self._serving.set()
+        try:
+            self.httpd.serve_forever()
+        finally:
+            self._serving.clear()
+
+    def recover(self) -> None:
+        """serve() died (its socket closed or broken): bind the same port again."""
+        try:
+            self.httpd.server_close()
+        except OSError:
+            pass
+        self.httpd = self._bind(self.host, self.port)
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
-        self.httpd.shutdown()
+        self.stopped = True
+        if self._serving.is_set():  # shutdown() waits for serve_forever: only when one runs
+            self.httpd.shutdown()
         self.httpd.server_close()
 
 
@@ -137,6 +164,11 @@ class _BoundedServer(HTTPServer):
 
     def handle_error(self, request: object, client_address: object) -> None:
         log.debug("http: connection from %s failed", client_address, exc_info=True)  # not a traceback on stderr
+
+    def service_actions(self) -> None:
+        # serve_forever polls a listening socket that was closed under it for ever, busy and deaf (POLLNVAL):
+        # end it instead, so the supervisor binds the port again.
+        os.fstat(self.socket.fileno())
 
 
 class _GzipCache:

@@ -14,9 +14,9 @@ from agent.base.config import Config
 from agent.base.errors import error_text
 from agent.base.findings import UNHEALTHY, UNKNOWN, Finding, unknown
 from agent.base import tools
-from agent.base.collector import Output
 from agent.base.metrics import Gauge, MetricSet, render
 from .runner import CollectorRunner, Result
+from .supervise import Supervisor
 
 AGENT_INFO = Gauge("vigil_agent_info", "Agent identity.", ("node", "version"))
 CHECK_STATUS = Gauge("vigil_check_status", "Health check status: 1 ok, 0 unhealthy, -1 unknown.",
@@ -112,30 +112,35 @@ def run_all_once(runners: list[CollectorRunner]) -> list[Result]:
 
 
 class Agent:
-    """The long-running agent loop. `on_cycle` observers get every Result (the stream uses it)."""
+    """The long-running agent loop. `on_cycle` observers get every Result (the stream uses it). Each collector
+    loop runs in a thread the supervisor restarts should it die (agent/run/supervise.py); the stream and the
+    HTTP server join the same supervisor (cli.py)."""
 
-    def __init__(self, collectors: list[Collector], node: str, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, collectors: list[Collector], node: str, clock: Callable[[], float] = time.monotonic,
+                 supervisor: Supervisor | None = None) -> None:
         self.node = node
         # Heartbeats and liveness ages use `clock`; the loops' schedule is real time (they sleep on an Event).
         self.clock = clock
         self.runners = [CollectorRunner(c, clock) for c in collectors]
         self._components = {c.name: c.component for c in collectors}
+        self.supervisor = supervisor or Supervisor(clock)
         self._latest: dict[str, Result] = {}
         self._lock = threading.Lock()
         self._exposition = exposition([], node)
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
         self._heartbeats: dict[str, float] = {}
         self.observers: list[Callable[[Result], None]] = []
 
     # -- loop -------------------------------------------------------------------------------------------
     def start(self) -> None:
         for result in run_all_once(self.runners):  # first cycle at once, so /metrics is full from the start
-            self._publish(result)
+            try:
+                self._publish(result)
+            except Exception:  # noqa: BLE001 - the loop (supervised) will try again
+                log.exception("collector %s: publishing its first result failed", result.collector)
         for runner in self.runners:
-            t = threading.Thread(target=self._loop, args=(runner,), name=f"loop-{runner.name}", daemon=True)
-            t.start()
-            self._threads.append(t)
+            self.supervisor.add(f"loop-{runner.name}", lambda r=runner: self._loop(r), stopped=self._stop.is_set)
+        self.supervisor.start()
 
     def _loop(self, runner: CollectorRunner) -> None:
         next_at = time.monotonic() + runner.interval
@@ -150,12 +155,18 @@ class Agent:
         # or value costs its own series (an unknown finding), not the loop thread or the agent's start.
         result = renderable(result, self._components.get(result.collector, "agent"), self.node)
         with self._lock:
+            previous = self._latest.get(result.collector)
             self._latest[result.collector] = result
             self._heartbeats[result.collector] = self.clock()
             try:
-                self._exposition = exposition(list(self._latest.values()), self.node, tools.stuck_counts())
-            except Exception:  # noqa: BLE001 - each part rendered alone; keep serving the last good bytes
-                log.exception("the exposition does not render; serving the previous one")
+                body = exposition(list(self._latest.values()), self.node, tools.stuck_counts())
+            except Exception:  # /metrics keeps the last good exposition; the loop dies and is restarted
+                if previous is None:
+                    del self._latest[result.collector]
+                else:
+                    self._latest[result.collector] = previous
+                raise
+            self._exposition = body
         for obs in self.observers:
             try:
                 obs(result)
@@ -164,8 +175,11 @@ class Agent:
 
     def stop(self) -> None:
         self._stop.set()
-        for t in self._threads:
-            t.join(timeout=2)
+        self.supervisor.stop()
+        for r in self.runners:
+            t = self.supervisor.thread(f"loop-{r.name}")
+            if t is not None:
+                t.join(timeout=2)
         for r in self.runners:
             r.collector.close()
 
@@ -178,8 +192,12 @@ class Agent:
             return [f for r in self._latest.values() for f in r.output.findings]
 
     def alive(self) -> tuple[bool, str]:
-        """The loop is alive when every collector loop has come round within a few intervals. A stuck read
-        still comes round (the runner abandons it), so a hung SMI call never fails liveness."""
+        """/healthz: fails only when the agent can no longer recover by itself. A stuck read still comes round
+        (the runner abandons it) and a dead loop is restarted (the supervisor), so what fails it is a loop that
+        has not come round within a few intervals (stuck outside any deadline), or a dead supervisor."""
+        ok, why = self.supervisor.alive()
+        if not ok:
+            return ok, why
         now = self.clock()
         with self._lock:
             for runner in self.runners:
@@ -187,6 +205,4 @@ class Agent:
                 limit = 3 * runner.interval + runner.timeout + 5
                 if last is None or now - last > limit:
                     return False, f"collector loop {runner.name} silent for {now - (last or 0):.0f}s"
-        if any(not t.is_alive() for t in self._threads):
-            return False, "a collector loop thread died"
         return True, "ok"

@@ -4,12 +4,19 @@
                                                       ^------------- cumulative acks delete ----------'
 
 `StreamClient.observe` is an Agent observer (cheap: hysteresis in memory, one SQLite transaction per change).
-The network side runs in its own thread with its own asyncio loop: it opens the spool (waiting while another
-agent holds its lock), connects to the first aggregator that answers, sends a Hello (node, boot id, spool
-epoch, version, digest), then batches of pending events in seq order (a bounded window of unacknowledged
-ones) and heartbeats carrying the digest. On any failure it reconnects with full-jitter exponential backoff,
-trying the next target first (a standby answers UNAVAILABLE), and resends everything not acknowledged.
-Stream health is exported through `metrics()` / `exposition()` for the agent's /metrics.
+The spool is kept by agent/stream/keeper.py: the file normally; a bounded spool in memory while another agent
+holds the file (waiting: nothing is sent) or while the file fails (disk full, read-only, corrupt: sent from
+memory), moved back to the file when it works again.
+The network side runs in its own thread with its own asyncio loop: it retries the spool file when due,
+connects to the first aggregator that answers, sends a Hello (node, boot id, spool epoch, version, digest),
+then batches of pending events in seq order (a bounded window of unacknowledged ones) and heartbeats carrying
+the digest. On any failure it reconnects with exponential backoff and jitter, trying the next target first (a
+standby answers UNAVAILABLE), and resends everything not acknowledged. A refusal that retrying will not cure
+(INVALID_ARGUMENT, PERMISSION_DENIED, UNAUTHENTICATED ...) is logged once per distinct answer, counted by code,
+reported as the `agent.stream` finding, and retried slowly (never in a tight loop). When the spool switches,
+the session ends and a new Hello carries the new epoch.
+Stream health is exported through `metrics()` / `exposition()` for the agent's /metrics, and `findings()`
+(agent.spool, agent.stream) for the agent's own check (agent/run/selfcheck.py).
 """
 from __future__ import annotations
 
@@ -24,17 +31,29 @@ from typing import Any, Callable
 
 from agent import __version__, wire
 from agent.base import backoff
-from agent.base.findings import OK, Finding
 from agent.base.config import split_targets
+from agent.base.errors import error_text
+from agent.base.findings import OK, UNHEALTHY, WARNING, Finding, bad, ok
 from .hysteresis import Hysteresis
 from agent.base.metrics import Counter, Gauge, MetricSet, render
-from .spool import Spool, SpoolEvent, SpoolLocked, StateRow
+from .keeper import CLOSED, DISK, LOCK_POLL, REASONS, WAITING, Bounds, SpoolKeeper, SpoolSwitched
+from .spool import Spool, SpoolEvent, StateRow
 
 SPOOL_COALESCED_EVENTS = Counter("vigil_spool_coalesced_events_total", "Unsent non-fatal state events superseded by "
                                  "a newer state of the same check.", ())
 SPOOL_DROPPED_EVENTS = Counter("vigil_spool_dropped_events_total", "Events the bounded spool dropped (never fatal).",
                                ("kind",))
+SPOOL_FAULTS = Counter("vigil_spool_faults_total", "Times the spool file failed and events moved to memory, by "
+                       "reason (full, readonly, corrupt, io).", ("reason",))
+SPOOL_HEALTHY = Gauge("vigil_spool_healthy", "1 while events are kept in the spool file; 0 while they are kept in "
+                      "memory only (the file failed, or another agent holds it).", ())
+SPOOL_INFO_BYTES = Gauge("vigil_spool_info_bytes", "Bytes the pending info events take (bounded by "
+                         "stream.max_info_bytes; in memory, by stream.memory_max_info_bytes).", ())
+SPOOL_MEMORY_EVENTS = Gauge("vigil_spool_memory_events", "Events held in memory only, until the spool file works.",
+                            ())
 SPOOL_PENDING_EVENTS = Gauge("vigil_spool_pending_events", "Events in the spool awaiting acknowledgement.", ("kind",))
+SPOOL_RECOVERIES = Counter("vigil_spool_recoveries_total", "Spool faults the agent recovered from by itself, by "
+                           "reason (corrupt: the file was moved aside and a new one started).", ("reason",))
 STREAM_CONNECTED = Gauge("vigil_stream_connected", "Whether the health stream to the aggregator is up.", ())
 STREAM_CONNECTS = Counter("vigil_stream_connects_total", "Health stream sessions established.", ())
 STREAM_EVENTS_ACKED = Counter("vigil_stream_events_acked_total", "Events acknowledged by the aggregator.", ())
@@ -49,6 +68,11 @@ STREAM_UNACKED_EVENTS = Gauge("vigil_stream_unacked_events", "Events sent and no
 log = logging.getLogger(__name__)
 
 UNKNOWN_BOOT = "unknown-boot"
+DROPS_REPORTED_FOR = 600.0  # seconds agent.spool stays unhealthy after the bound dropped an info event
+# gRPC answers that the same request will get again: retried slowly, and reported (agent.stream). Assumed of
+# the aggregator: it ends the stream with one of these, without acking, when it refuses a message.
+REFUSALS = frozenset({"INVALID_ARGUMENT", "PERMISSION_DENIED", "UNAUTHENTICATED", "FAILED_PRECONDITION",
+                      "OUT_OF_RANGE", "UNIMPLEMENTED", "RESOURCE_EXHAUSTED", "DATA_LOSS"})
 
 
 def read_boot_id(roots: Any) -> str:
@@ -62,6 +86,9 @@ def parse_targets(value: str) -> list[str]:
         return split_targets(value)  # the one rule, which the config's stream.aggregator follows too
     except ValueError as e:
         raise ValueError(f"--aggregator: {e}") from None
+
+
+MIB = 1024 * 1024
 
 
 @dataclass
@@ -78,9 +105,17 @@ class StreamSettings:
     backoff_max: float = 30.0
     raise_after: int = 1
     clear_after: int = 2
-    max_events: int = 10000
-    max_info: int = 1000
-    lock_timeout: float | None = None  # None: wait for ever for another agent's spool lock
+    # The spool file's bounds: info events by the bytes they take (about 240 bytes each), state events by count
+    # (coalesced per check, so they stay few); a fatal state event is never dropped.
+    max_events: int = 250_000
+    max_info: int = 250_000
+    max_info_bytes: int = 32 * MIB
+    # The memory spool's bounds, while the file cannot be used.
+    memory_max_events: int = 50_000
+    memory_max_info: int = 50_000
+    memory_max_info_bytes: int = 8 * MIB
+    reserve_bytes: int = 256 * 1024  # free space kept on the spool's filesystem for acknowledgements
+    spool_retry_max_seconds: float = 60.0  # a failed spool file is retried with backoff up to this
 
 
 def finding_row(collector: str, f: Finding) -> StateRow:
@@ -95,6 +130,15 @@ def event_payload(seq: int, kind: str, check: str, component: str, entity: str, 
                               threshold, observed_at).SerializeToString()
 
 
+def reseq(payload: bytes, seq: int) -> bytes:
+    """The same event under another seq (moved between the file and the memory spool)."""
+    from agent._proto.vigil.v1 import health_pb2 as pb
+
+    event = pb.Event.FromString(payload)
+    event.seq = seq
+    return event.SerializeToString()
+
+
 @dataclass
 class _Counters:
     connects: int = 0
@@ -105,6 +149,8 @@ class _Counters:
     target: str = ""
     inflight: int = 0
     last_ack_at: float | None = None
+    refused: tuple[str, str] | None = None  # (code, details) of the last refusal, until a session progresses
+    last_error: str | None = None
 
 
 class StreamClient:
@@ -116,17 +162,30 @@ class StreamClient:
         self.boot_id = boot_id
         self.version = version
         self.hysteresis = Hysteresis(settings.raise_after, settings.clear_after)
-        self.spool: Spool | None = None
-        self._lock = threading.Lock()  # observe() comes from every collector thread
+        s = settings
+        self.keeper = SpoolKeeper(
+            s.spool_path, Bounds(s.max_events, s.max_info, s.max_info_bytes),
+            Bounds(s.memory_max_events, s.memory_max_info, s.memory_max_info_bytes), reseq,
+            reserve_bytes=s.reserve_bytes, clock=clock, backoff_max=s.spool_retry_max_seconds)
+        self.keeper.sync, self.keeper.seed, self.keeper.notice = self._sync_spool, self._seed, self._notice
+        self.keeper.on_change = self._poke
+        self._lock = self.keeper.lock  # observe() comes from every collector thread; hysteresis and spool together
         self._current: dict[tuple[str, str], tuple[str, Finding]] = {}  # key -> (collector, stable finding)
         self._succeeded: set[str] = set()  # collectors with at least one successful result
         self._c = _Counters()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._stop: asyncio.Event | None = None
+        self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._cache: tuple[float, bytes] = (0.0, b"")
-        self._early_info: collections.deque = collections.deque(maxlen=settings.max_info)
+        self._progressed = False
+        self._drops_seen: tuple[int, float | None] | None = None  # info drops counted so far, when the last came
+
+    @property
+    def spool(self) -> Spool:
+        """The spool events go to now: the file, or the memory spool while the file cannot be used."""
+        return self.keeper.spool
 
     # -- the agent side: findings in -----------------------------------------------------------------------
     def observe(self, result: Any) -> None:
@@ -144,62 +203,57 @@ class StreamClient:
                 self._current.pop(key, None)
             if result.success:
                 self._succeeded.add(result.collector)
-            if self.spool is not None:
-                self._write(result.collector, stable, gone if result.success else None)
+            self._write(result.collector, stable, gone if result.success else None)
 
     def info(self, check: str, component: str, entity: str, message: str, *, status: str = OK,
-             severity: str = "info", action: str | None = None, value: Any = None) -> int | None:
-        """An informational event (tuner write, OOM kill, container exit). Returns its seq, or None while the
-        spool is not open yet (another agent holds it): then it waits in a bounded memory ring (max_info)."""
+             severity: str = "info", action: str | None = None, value: Any = None) -> int:
+        """An informational event (tuner write, OOM kill, container exit). Returns its seq in the current
+        spool (the file's, or the memory spool's while the file cannot be used)."""
         observed_at = time.time()
 
         def payload(seq: int) -> bytes:
             return event_payload(seq, wire.INFO, check, component, entity, status, severity, message, action, value,
                                  observed_at=observed_at)
-        with self._lock:  # held while writing: the spool cannot close under us, nor an early event overtake
-            spool = self.spool
-            if spool is None:  # kept in memory (bounded) until the spool opens
-                self._early_info.append((check, entity, payload))
-                return None
-            return spool.record_info(check, entity, self.boot_id, payload)
+        return self.keeper.record_info(check, entity, self.boot_id, payload)
 
     def _write(self, collector: str, stable: list[Finding], gone: list[tuple[str, str]] | None) -> None:
-        spool = self.spool
-        assert spool is not None
         findings = list(stable)
         if gone:  # None: a failed result clears nothing
-            known = {(r.check, r.entity): r for r in spool.states(collector)}
+            known = {(r.check, r.entity): r for r in self.keeper.states(collector)}
             for key in gone:
                 r = known.get(key)
                 if r is not None and r.status != OK:
                     findings.append(Finding(r.check, r.component, r.entity, OK, r.severity, "no longer reported"))
-        spool.record_states([self._item(collector, f) for f in findings], self.boot_id)
+        self.keeper.record_states([self._item(collector, f) for f in findings], self.boot_id)
 
     def _item(self, collector: str, f: Finding):
         return finding_row(collector, f), lambda seq: event_payload(
             seq, wire.STATE, f.check, f.component, f.entity, f.status, f.severity, f.message, f.action, f.value,
             f.threshold)
 
-    def _record(self, spool: Spool, collector: str, f: Finding) -> None:
-        spool.record_states([self._item(collector, f)], self.boot_id)
-
-    def _sync_opened_spool(self) -> None:
-        """The spool just opened: bring it up to what hysteresis holds now, and report ok whatever it holds
-        that a successful collector no longer reports (a GPU gone, a check renamed across an upgrade).
-        The caller holds self._lock."""
-        spool = self.spool
-        assert spool is not None
-        for collector, f in self._current.values():
-            self._record(spool, collector, f)
+    def _sync_spool(self, spool: Spool) -> None:
+        """Keeper hook (under the lock): bring a spool up to what hysteresis holds now, and report ok whatever it
+        holds that a successful collector no longer reports (a GPU gone, a check renamed across an upgrade)."""
+        items = [self._item(collector, f) for collector, f in self._current.values()]
         for r in spool.states():
             if r.collector in self._succeeded and (r.check, r.entity) not in self._current and r.status != OK:
-                self._record(spool, r.collector, Finding(r.check, r.component, r.entity, OK, r.severity,
-                                                         "no longer reported"))
-        while self._early_info:
-            check, entity, payload = self._early_info.popleft()
-            spool.record_info(check, entity, self.boot_id, payload)
+                items.append(self._item(r.collector, Finding(r.check, r.component, r.entity, OK, r.severity,
+                                                             "no longer reported")))
+        spool.record_states(items, self.boot_id)
 
-    # -- metrics ------------------------------------------------------------------------------------------
+    def _seed(self, states: list[StateRow]) -> None:
+        """Keeper hook: what the spool file remembers is each key's prior stable state; hysteresis continues
+        from it (a check fatal before a restart is not reported ok, then fatal again), and a key no successful
+        read reports any more is "gone"."""
+        for r in states:
+            self.hysteresis.seed(r.collector, Finding(r.check, r.component, r.entity, r.status, r.severity,
+                                                      r.message))
+
+    def _notice(self, message: str) -> None:
+        """Keeper hook: a bad spool file was replaced. An info event, so the aggregator's log has it too."""
+        self.info("agent.spool", "agent", self.node, message, status=UNHEALTHY, severity=WARNING)
+
+    # -- health: metrics and the agent's own findings ------------------------------------------------------
     def metrics(self) -> MetricSet:
         c = self._c
         ms = MetricSet()
@@ -213,13 +267,18 @@ class StreamClient:
         ms.add(STREAM_UNACKED_EVENTS, {}, c.inflight)
         ms.add(STREAM_LAST_ACK_AGE_SECONDS, {},
                None if c.last_ack_at is None else round(self.clock() - c.last_ack_at, 3))
-        spool = self.spool
-        if spool is not None:
-            st = spool.stats()
-            for kind in ("state", "info"):
-                ms.add(SPOOL_PENDING_EVENTS, {"kind": kind}, st[f"pending_{kind}"])
-                ms.add(SPOOL_DROPPED_EVENTS, {"kind": kind}, st[f"dropped_{kind}"])
-            ms.add(SPOOL_COALESCED_EVENTS, {}, st["coalesced"])
+        st = self.keeper.stats()
+        health = self.keeper.health()
+        for kind in ("state", "info"):
+            ms.add(SPOOL_PENDING_EVENTS, {"kind": kind}, st[f"pending_{kind}"])
+            ms.add(SPOOL_DROPPED_EVENTS, {"kind": kind}, st[f"dropped_{kind}"])
+        ms.add(SPOOL_COALESCED_EVENTS, {}, st["coalesced"])
+        ms.add(SPOOL_INFO_BYTES, {}, st["info_bytes"])
+        ms.add(SPOOL_HEALTHY, {}, 1 if health.mode == DISK else 0)
+        ms.add(SPOOL_MEMORY_EVENTS, {}, health.memory_events)
+        for reason in REASONS:
+            ms.add(SPOOL_FAULTS, {"reason": reason}, health.faults[reason])
+            ms.add(SPOOL_RECOVERIES, {"reason": reason}, health.recoveries[reason])
         return ms
 
     def exposition(self) -> bytes:
@@ -231,40 +290,81 @@ class StreamClient:
             self._cache = (now, body)
         return body
 
+    def findings(self) -> list[Finding]:
+        """agent.spool and agent.stream, for the agent's own check (warnings: the node is not sick for them,
+        but someone should look)."""
+        h = self.keeper.health()
+        node = self.node
+        dropped = self.keeper.stats()["dropped_info"]
+        now = self.clock()
+        seen, at = self._drops_seen if self._drops_seen is not None else (dropped, None)  # drops of past runs: old
+        if dropped > seen:
+            at = now
+        self._drops_seen = (dropped, at)
+        recent_drops = at is not None and now - at < DROPS_REPORTED_FOR
+        if h.mode == DISK and recent_drops:
+            spool = bad("agent.spool", "agent", node, f"spool {h.path} full of info events: {dropped} dropped "
+                        "(oldest first) since it was created; state events are kept", WARNING,
+                        action="raise stream.max_info_bytes, or find why the aggregator does not acknowledge")
+        elif h.mode == DISK:
+            spool = ok("agent.spool", "agent", node, f"spool {h.path} in use (epoch {h.epoch})", WARNING)
+        elif h.mode == WAITING:
+            spool = bad("agent.spool", "agent", node, f"spool {h.path} is held by another agent (a rolling update?); "
+                        f"{h.memory_events} events wait in memory", WARNING)
+        else:
+            spool = bad("agent.spool", "agent", node,
+                        f"spool {h.path} unusable ({h.reason}: {h.error}); {h.memory_events} events kept in memory "
+                        "(bounded) and sent from there until it works again", WARNING,
+                        action="free or fix the spool's host path (--spool); the agent recovers by itself")
+        c = self._c
+        if c.refused is not None:
+            code, details = c.refused
+            stream = bad("agent.stream", "agent", node, f"the aggregator refuses this agent's stream: {code} "
+                         f"{details}; retried with backoff, events wait in the spool", WARNING,
+                         action="see the aggregator's log and vigil_stream_failures_total{code}")
+        elif c.connected:
+            stream = ok("agent.stream", "agent", node, f"connected to {c.target}", WARNING)
+        else:
+            stream = ok("agent.stream", "agent", node, "not connected" + (f" ({c.last_error})" if c.last_error
+                                                                         else "") + "; events wait in the spool",
+                        WARNING)
+        return [spool, stream]
+
     # -- lifecycle ----------------------------------------------------------------------------------------
     def open_spool(self) -> bool:
-        """Open the spool now if it is free. Call it before the agent's first cycle: hysteresis then starts
-        from what the spool remembers (a check fatal before a restart is not reported ok, then fatal again)."""
-        if self.spool is not None:
-            return True
-        try:
-            self._adopt(Spool(self.settings.spool_path, max_events=self.settings.max_events,
-                              max_info=self.settings.max_info, lock_timeout=0))
-            return True
-        except SpoolLocked:
-            log.warning("spool %s is held by another agent; waiting", self.settings.spool_path)
-            return False
+        """Open the spool file now if it is free and usable. Call it before the agent's first cycle: hysteresis
+        then starts from what the spool remembers. Never raises: a locked or failing file leaves events in
+        memory (see keeper.py). True when the file is in use."""
+        in_use = self.keeper.open()
+        if self._drops_seen is None:  # drops of earlier runs are old news for agent.spool
+            self._drops_seen = (self.keeper.stats()["dropped_info"], None)
+        return in_use
 
-    def start(self) -> None:
-        """Open the spool if it is free and not yet open, then run the network side in its own thread."""
+    def start(self, supervisor: Any = None) -> None:
+        """Open the spool if it is free and not yet open, then run the network side in its own thread: under
+        `supervisor` (agent/run/supervise.py: restarted with backoff if it dies), else a plain thread."""
         self.open_spool()
-        ready = threading.Event()
-        self._thread = threading.Thread(target=self._thread_main, args=(ready,), name="stream", daemon=True)
-        self._thread.start()
-        ready.wait(5)
+        if supervisor is not None:
+            supervisor.add("stream", self._thread_main, stopped=self._stopping.is_set)
+        else:
+            self._thread = threading.Thread(target=self._thread_main, name="stream", daemon=True)
+            self._thread.start()
 
-    def _thread_main(self, ready: threading.Event) -> None:
-        asyncio.run(self.run(ready))
+    def _thread_main(self) -> None:
+        self._thread = threading.current_thread()
+        asyncio.run(self.run())
 
     def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
         loop, stop = self._loop, self._stop
         if loop is not None and stop is not None:
             try:
                 loop.call_soon_threadsafe(stop.set)
             except RuntimeError:
                 pass
-        if self._thread is not None:
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+        self.keeper.close()
 
     def _poke(self) -> None:
         loop, wake = self._loop, self._wake
@@ -274,50 +374,29 @@ class StreamClient:
             except RuntimeError:  # loop closed
                 pass
 
-    async def run(self, ready: threading.Event | None = None) -> None:
-        self._loop = asyncio.get_running_loop()
+    async def run(self) -> None:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
-        if ready is not None:
-            ready.set()
+        self._loop = asyncio.get_running_loop()  # after _stop: stop() reads _loop first
+        if self._stopping.is_set():
+            self._stop.set()
+        keeper = asyncio.create_task(self._keep_spool())
         try:
-            if self.spool is None:
-                await self._open_spool()
-            if self.spool is None:
-                return
             await self._connect_loop()
         finally:
             self._c.connected = False
-            with self._lock:
-                spool, self.spool = self.spool, None
-                if spool is not None:
-                    spool.close()
-
-    async def _open_spool(self) -> None:
-        s = self.settings
-        deadline = None if s.lock_timeout is None else self.clock() + s.lock_timeout
-        while not self._stop.is_set():  # type: ignore[union-attr]
+            keeper.cancel()
             try:
-                spool = Spool(s.spool_path, max_events=s.max_events, max_info=s.max_info, lock_timeout=0)
-            except SpoolLocked:
-                if deadline is not None and self.clock() >= deadline:
-                    raise
-                await self._sleep(0.5)
-                continue
-            self._adopt(spool)
-            return
+                await keeper
+            except (asyncio.CancelledError, Exception):
+                pass
 
-    def _adopt(self, spool: Spool) -> None:
-        spool.on_change = self._poke
-        with self._lock:
-            # What the spool remembers is each key's prior stable state: hysteresis continues from it, and a
-            # key no successful read reports any more (a GPU gone, a check renamed by an upgrade) is "gone".
-            for r in spool.states():
-                self.hysteresis.seed(r.collector, Finding(r.check, r.component, r.entity, r.status, r.severity,
-                                                          r.message))
-            self.spool = spool
-            self._sync_opened_spool()  # in the same critical section: no info() overtakes the early events
-        log.info("spool %s open (epoch %s)", self.settings.spool_path, spool.epoch)
+    async def _keep_spool(self) -> None:
+        """Retry the spool file when it is due (another agent's lock, or a fault)."""
+        while not self._stop.is_set():  # type: ignore[union-attr]
+            if self.keeper.mode != DISK:
+                self.keeper.tick()  # never raises
+            await self._sleep(0.25)
 
     async def _sleep(self, seconds: float) -> None:
         try:
@@ -330,40 +409,67 @@ class StreamClient:
 
         attempt = 0
         standby_streak = 0
+        refusals = 0
         i = 0
+        s = self.settings
         while not self._stop.is_set():  # type: ignore[union-attr]
-            target = self.settings.targets[i % len(self.settings.targets)]
+            if self.keeper.mode in (WAITING, CLOSED):  # another agent streams this node's spool meanwhile
+                await self._sleep(LOCK_POLL)
+                continue
+            target = s.targets[i % len(s.targets)]
             code = "OK"
             standby = False
+            self._progressed = False
             try:
-                established = await self._session(target)
-                if established:
-                    attempt = standby_streak = 0
+                await self._session(target)
+            except SpoolSwitched:  # the spool moved (file <-> memory): a new Hello with its epoch, at once
+                log.info("stream to %s: the spool switched; saying Hello again", target)
+                continue
             except grpc.aio.AioRpcError as e:
                 code = e.code().name
                 standby = code == "UNAVAILABLE" and "standby" in (e.details() or "")
-                log.info("stream to %s: %s %s", target, code, e.details())
+                self._failed(target, code, e.details() or "")
             except (OSError, asyncio.TimeoutError, _StreamBroken) as e:
                 code = "UNAVAILABLE" if not isinstance(e, _StreamBroken) else e.code
-                log.info("stream to %s: %s", target, e)
+                self._failed(target, code, str(e))
+            except Exception as e:  # noqa: BLE001 - a bug must cost a session, not the stream thread
+                code = "INTERNAL"
+                log.exception("stream to %s: unexpected error", target)
+                self._failed(target, code, error_text(e))
             finally:
                 self._c.connected = False
+                if self._progressed:  # it delivered: back off from scratch next time
+                    attempt = standby_streak = refusals = 0
             if self._stop.is_set():  # type: ignore[union-attr]
                 break
             self._c.failures[code] = self._c.failures.get(code, 0) + 1
             i += 1
-            if standby:
+            if code in REFUSALS:
+                # The same request will be refused again: slow down (never a tight loop), whatever the target.
+                refusals += 1
+                delay = backoff.delay(refusals + 1, s.backoff_base, s.backoff_max, "half")
+            elif standby:
                 # Behind one Service address a new connection may reach the other replica (each session has
                 # its own channel, so kube-proxy picks again): retry soon, slowing only if no leader answers
                 # for a while (a failover in progress), instead of backing off as from a failure.
                 standby_streak += 1
-                delay = backoff.delay(standby_streak // 4, self.settings.backoff_base, self.settings.backoff_max)
-            elif i % len(self.settings.targets) == 0 or code != "UNAVAILABLE":
+                delay = backoff.delay(standby_streak // 4, s.backoff_base, s.backoff_max)
+            elif i % len(s.targets) == 0 or code != "UNAVAILABLE":
                 attempt += 1
-                delay = backoff.delay(attempt, self.settings.backoff_base, self.settings.backoff_max)
+                delay = backoff.delay(attempt, s.backoff_base, s.backoff_max)
             else:  # a standby or a dead replica: the next one may be the leader, try it at once
-                delay = backoff.delay(0, self.settings.backoff_base / 5, self.settings.backoff_max)
+                delay = backoff.delay(0, s.backoff_base / 5, s.backoff_max)
             await self._sleep(delay)
+
+    def _failed(self, target: str, code: str, details: str) -> None:
+        text = f"{code} {details}".strip()
+        if code in REFUSALS:
+            if self._c.refused != (code, details):  # once per distinct refusal, not once per retry
+                log.warning("stream to %s refused: %s", target, text)
+            self._c.refused = (code, details)
+        else:
+            log.info("stream to %s: %s", target, text)
+        self._c.last_error = text
 
     def _channel(self, target: str) -> Any:
         import grpc
@@ -380,20 +486,22 @@ class StreamClient:
         token = Path(self.settings.token_file).read_text().strip()  # re-read: projected tokens rotate
         return [("authorization", f"Bearer {token}")]
 
-    async def _session(self, target: str) -> bool:
-        """One stream: hello, then send and receive until it breaks. Returns whether it got a Welcome."""
+    async def _session(self, target: str) -> None:
+        """One stream: hello, then send and receive until it breaks (or the client stops). Sets _progressed
+        when it got an ack or outlived a heartbeat."""
         from agent._proto.vigil.v1 import health_pb2 as pb
         from agent._proto.vigil.v1 import health_pb2_grpc as pbg
 
-        spool = self.spool
-        assert spool is not None
+        keeper = self.keeper
+        generation, epoch = keeper.session()
         channel = self._channel(target)
         call = None
+        state: _Session | None = None
         try:
             call = pbg.HealthStub(channel).Stream(metadata=self._metadata())
-            rows, as_of = spool.digest()
+            rows, as_of = keeper.digest(generation)
             await call.write(pb.AgentMessage(hello=pb.Hello(
-                node=self.node, boot_id=self.boot_id, spool_epoch=spool.epoch, agent_version=self.version,
+                node=self.node, boot_id=self.boot_id, spool_epoch=epoch, agent_version=self.version,
                 digest=_problems(rows), digest_seq=as_of)))
             first = await asyncio.wait_for(call.read(), self.settings.ack_timeout_seconds)
             if first is grpc_eof() or not first.HasField("welcome"):
@@ -402,12 +510,13 @@ class StreamClient:
             welcome = first.welcome
             heartbeat = welcome.heartbeat_seconds or self.settings.heartbeat_seconds
             if welcome.applied_seq:
-                self._c.acked += spool.ack(welcome.applied_seq)
+                self._c.acked += keeper.ack(generation, welcome.applied_seq)
             c = self._c
             c.connected, c.target, c.connects = True, target, c.connects + 1
             log.info("stream to %s (%s) established; resuming after seq %d", target, welcome.aggregator,
                      welcome.applied_seq)
-            state = _Session(sent=welcome.applied_seq, acked=welcome.applied_seq)
+            state = _Session(generation, sent=welcome.applied_seq, acked=welcome.applied_seq,
+                             started=self.clock())
             reader = asyncio.create_task(self._read_acks(call, state))
             try:
                 await self._send_loop(call, pb, state, heartbeat, reader)
@@ -417,16 +526,16 @@ class StreamClient:
                     await reader
                 except (asyncio.CancelledError, Exception):
                     pass
-            return True
         finally:
+            if state is not None and state.progressed:  # a session that delivered was not refused
+                self._progressed = True
+                self._c.refused = None
             self._c.inflight = 0
             if call is not None:
                 call.cancel()
             await channel.close(None)
 
     async def _read_acks(self, call: Any, state: "_Session") -> None:
-        spool = self.spool
-        assert spool is not None
         while True:
             msg = await call.read()
             if msg is grpc_eof():
@@ -434,15 +543,15 @@ class StreamClient:
             if msg.HasField("ack") and msg.ack.seq > state.acked:
                 state.acked = msg.ack.seq
                 state.last_ack = self.clock()
+                state.progressed = True
                 self._c.last_ack_at = state.last_ack
-                self._c.acked += spool.ack(msg.ack.seq)
+                self._c.acked += self.keeper.ack(state.generation, msg.ack.seq)
                 self._c.inflight = max(0, state.unacked())
                 self._wake.set()  # type: ignore[union-attr]
 
     async def _send_loop(self, call: Any, pb: Any, state: "_Session", heartbeat: float,
                          reader: asyncio.Task) -> None:
-        spool = self.spool
-        assert spool is not None
+        keeper = self.keeper
         s = self.settings
         last_beat = self.clock()
         wake = self._wake
@@ -454,9 +563,11 @@ class StreamClient:
                     raise exc
                 await _raise_status(call)
                 raise _StreamBroken("UNAVAILABLE", "the aggregator closed the stream")
+            if keeper.generation != state.generation:
+                raise SpoolSwitched()
             wake.clear()
             room = s.max_inflight - state.unacked()
-            batch = spool.pending(state.sent, min(s.batch_size, room)) if room > 0 else []
+            batch = keeper.pending(state.generation, state.sent, min(s.batch_size, room)) if room > 0 else []
             if batch:
                 for boot_id, events in _by_boot(batch):
                     msg = pb.AgentMessage(batch=pb.Batch(boot_id=boot_id))
@@ -473,10 +584,12 @@ class StreamClient:
             if state.unacked() and now - max(state.last_ack, state.oldest_unacked_at or now) > s.ack_timeout_seconds:
                 raise _StreamBroken("DEADLINE_EXCEEDED", f"no ack for {s.ack_timeout_seconds:.0f}s")
             if now - last_beat >= heartbeat:
-                rows, as_of = spool.digest()
+                rows, as_of = keeper.digest(state.generation)
                 await call.write(pb.AgentMessage(heartbeat=pb.Heartbeat(digest=_problems(rows),
                                                                         digest_seq=as_of)))
                 last_beat = now
+                if now - state.started >= heartbeat:
+                    state.progressed = True  # a heartbeat's worth of session without a refusal
             timeout = max(0.01, min(heartbeat - (self.clock() - last_beat), 1.0))
             try:
                 await asyncio.wait_for(wake.wait(), timeout)
@@ -492,11 +605,14 @@ class _StreamBroken(Exception):
 
 @dataclass
 class _Session:
+    generation: int  # of the keeper's spool this session reads
     sent: int
     acked: int
+    started: float = 0.0
     sent_seqs: collections.deque = field(default_factory=collections.deque)
     last_ack: float = 0.0
     oldest_unacked_at: float | None = None
+    progressed: bool = False  # an ack advanced, or it outlived a heartbeat
 
     def unacked(self) -> int:
         # seqs have gaps (coalesced, dropped): count what was sent above the ack

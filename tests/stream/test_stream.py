@@ -13,40 +13,7 @@ from agent.base.roots import Roots
 from agent.run.runner import Result
 from agent.stream.client import StreamClient, StreamSettings, parse_targets, read_boot_id
 
-
-def wait_for(cond, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    raise AssertionError("timed out")
-
-
-def replica(port=0):
-    r = ReplicaThread(Replica(AggregatorConfig(identity="t", heartbeat_seconds=1),
-                              ReplicaOptions(listen=f"127.0.0.1:{port}", use_lease=False, auth=False), None))
-    applied = []
-    r.replica.engine.applied_hooks.append(lambda node, boot, epoch, seqs: applied.extend((epoch, s) for s in seqs))
-    return r, applied
-
-
-def client(tmp_path, port, **kw):
-    s = StreamSettings([f"127.0.0.1:{port}"], str(tmp_path / "spool.db"), heartbeat_seconds=1,
-                       backoff_base=0.05, backoff_max=0.2, **kw)
-    return StreamClient(s, "n1", "boot-1")
-
-
-def gpu(*findings, success=True):
-    return Result("gpu", Output(findings=list(findings)), success, 0.01)
-
-
-def free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .helpers import client, free_port, gpu, replica, wait_for
 
 
 def test_events_delivered_in_order_and_acked(tmp_path):
@@ -259,6 +226,7 @@ def test_a_standby_refusal_is_retried_soon_not_backed_off(tmp_path):
         delays.append(d)
 
     async def run():
+        assert c.open_spool()
         c._stop = asyncio.Event()
         c._session, c._sleep = session, sleep
         await c._connect_loop()
@@ -291,7 +259,7 @@ def test_a_stale_fatal_key_from_the_previous_run_is_cleared_when_the_spool_opens
     _fatal(sp, "gpu.ecc", "gpu9")
     sp.close()
     c = StreamClient(_settings(tmp_path), "n1", "b1")
-    c._adopt(Spool(tmp_path / "spool.db"))  # what start() does when the lock is free
+    assert c.open_spool()  # what start() does when the lock is free
     c.observe(gpu(ok("gpu.count", "gpu", "n1", "8 of 8")))  # successful reads: gpu9 is gone
     c.observe(gpu(ok("gpu.count", "gpu", "n1", "8 of 8")))
     rows, _ = c.spool.digest()
@@ -316,7 +284,7 @@ def test_a_restart_with_raise_after_2_does_not_report_a_persisting_fatal_as_ok(t
     last = sp.stats()["last_seq"]
     sp.close()
     c = StreamClient(_settings(tmp_path, raise_after=2), "n1", "b1")
-    c._adopt(Spool(tmp_path / "spool.db"))
+    assert c.open_spool()
     c.observe(gpu(bad("gpu.ecc", "gpu", "gpu3", "2 errors")))  # still fatal after the restart
     assert c.spool.stats()["last_seq"] == last
 
@@ -340,3 +308,79 @@ def test_last_ack_age_is_measured_on_the_clients_clock(tmp_path):
     finally:
         c.stop()
         r.stop()
+
+
+# Issue 12 item 14: info events during an outage.
+def test_info_events_of_a_five_minute_outage_are_all_delivered(tmp_path):
+    """5 minutes of an aggregator outage at 10 OOM kills a second: 3,000 info events. The old 1,000-slot ring
+    dropped two thirds of them; the spool's bound is now in bytes (32 MiB by default, about 140,000 events)."""
+    port = free_port()
+    c = client(tmp_path, port)
+    try:
+        c.start()
+        for i in range(3000):
+            c.info("container.oom_kill", "containers", f"ml/pod-{i}/worker", "OOM-killed on gpu3")
+        r, applied = replica(port)
+        try:
+            wait_for(lambda: len(set(applied.entities("container.oom_kill"))) == 3000, 30, "every event")
+            assert c.metrics().value("vigil_spool_dropped_events_total", kind="info") == 0
+        finally:
+            r.stop()
+    finally:
+        c.stop()
+
+
+def test_info_events_over_the_byte_bound_are_dropped_oldest_first_counted_and_reported(tmp_path):
+    """The exact guarantee when the bound is reached: the oldest info events go, each is counted
+    (vigil_spool_dropped_events_total{kind="info"}, alert VigilSpoolInfoEventsDropped), agent.spool says so;
+    a state event is never dropped."""
+    port = free_port()
+    c = client(tmp_path, port, max_info_bytes=50 * 240)
+    try:
+        c.start()
+        c.observe(gpu(bad("gpu.ecc.uncorrectable", "gpu", "gpu3", "2 errors")))
+        for i in range(200):
+            c.info("container.oom_kill", "containers", f"pod-{i}", "OOM kill")
+        st = c.spool.stats()
+        kept = st["pending_info"]
+        assert 0 < kept < 200 and st["dropped_info"] == 200 - kept and st["info_bytes"] <= 50 * 240
+        assert c.metrics().value("vigil_spool_dropped_events_total", kind="info") == 200 - kept
+        f = next(f for f in c.findings() if f.check == "agent.spool")
+        assert (f.status, f.severity) == ("unhealthy", "warning") and f"{200 - kept} dropped" in f.message
+        r, applied = replica(port)
+        try:
+            wait_for(lambda: len(applied) == kept + 1, 10, "what was kept")
+            assert applied.entities("container.oom_kill") == [f"pod-{i}" for i in range(200 - kept, 200)]
+            assert r.run(lambda: [p.entity for p in r.replica.engine.nodes["n1"].fatal_problems()]) == ["gpu3"]
+        finally:
+            r.stop()
+    finally:
+        c.stop()
+
+
+def test_a_refused_stream_is_retried_slowly_counted_and_reported(tmp_path):
+    """A status that retrying will not cure (here a real one: the aggregator verifies the token with TokenReview
+    and this agent's token belongs to a pod on another node): logged once, counted by code, the agent.stream
+    finding names it, and the agent retries with a growing delay, never in a tight loop."""
+    from agent.fakekube.server import FakeKube
+    from tests.aggregator.helpers import agent_pod
+    from tests.aggregator.helpers import replica as kube_replica
+
+    with FakeKube() as fk:
+        token = agent_pod(fk, "node-a", tmp_path)
+        r = kube_replica(fk, "agg-0", lease=False)
+        c = StreamClient(StreamSettings([f"127.0.0.1:{r.port}"], str(tmp_path / "spool.db"), token_file=str(token),
+                                        backoff_base=0.5, backoff_max=30), "n1", "boot-1")
+        try:
+            c.start()
+            wait_for(lambda: c.metrics().value("vigil_stream_failures_total", code="PERMISSION_DENIED"), 10,
+                     "the refusal")
+            time.sleep(4)
+            n = c.metrics().value("vigil_stream_failures_total", code="PERMISSION_DENIED")
+            assert n <= 4, f"{n} attempts in ~4 s"
+            f = next(f for f in c.findings() if f.check == "agent.stream")
+            assert (f.status, f.severity) == ("unhealthy", "warning") and "PERMISSION_DENIED" in f.message
+            assert "node-a" in f.message  # the aggregator's own words
+        finally:
+            c.stop()
+            r.stop()
