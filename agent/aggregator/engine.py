@@ -18,7 +18,9 @@ from typing import Any, Callable, Iterable
 
 from agent import wire
 from agent.base.backoff import delay as backoff_delay
+from . import intake
 from . import state as st
+from .intake import printable
 from .kube import Kube, node_event, now_iso
 from .lease import NotLeader
 from .metrics import AggregatorMetrics
@@ -43,11 +45,40 @@ class AggregatorConfig:
     tick_seconds: float = 1.0
     resync_seconds: float = 300.0
     retry_seconds: float = 1.0  # first retry of a failed reconcile (doubles, up to 30 s)
+    hello_seconds: float = 10.0  # a stream that sends no Hello this long after it opened is ended
+
+    @property
+    def idle_seconds(self) -> float:
+        """A stream that sends nothing at all (no batch, no heartbeat) this long is ended: its agent is gone."""
+        return max(3.0 * self.heartbeat_seconds, self.policy.heartbeat_timeout)
 
 
-def problems(digest: Iterable[Any]) -> list[st.Problem]:
-    return [st.Problem(p.check, p.entity, wire.status_from_proto(p.status), wire.severity_from_proto(p.severity),
-                       p.message) for p in digest]
+class StreamHandle:
+    """One agent stream as the engine knows it: its place in its spool epoch, whether the agent reads rejections,
+    and how the engine ends it (a newer stream of the same (node, epoch), a lost Lease): `ended` gets the gRPC code
+    name and the details, and the server, which waits on it with every read, ends the call."""
+
+    def __init__(self, node: str, epoch: str, handles_rejections: bool) -> None:
+        self.node, self.epoch = node, epoch
+        self.handles_rejections = handles_rejections
+        self.cursor = intake.Cursor(0)
+        self.ended: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def end(self, code: str, details: str) -> None:
+        if not self.ended.done():
+            self.ended.set_result((code, details))
+
+
+@dataclass
+class BatchResult:
+    ack: int  # cumulative: every event of the epoch at or below it was applied (bar those named in `rejected`)
+    rejected: list[intake.Rejection] = field(default_factory=list)  # named to an agent that reads rejections
+    stop: intake.Rejection | None = None  # set: end the stream INVALID_ARGUMENT after sending the ack
+
+
+def _short(text: str, limit: int = 300) -> str:
+    """Agent-provided text for a log line: bounded, one line."""
+    return printable(text if len(text) <= limit else text[:limit] + "...")
 
 
 class Engine:
@@ -77,6 +108,7 @@ class Engine:
         self.applied_hooks: list[Callable[[str, str, str, list[int]], None]] = []
         self.latencies: list[float] = []  # quarantine latencies, for the benchmark
         self.decisions: list[Any] = []  # recent (node, verdict, actions), for tests and the demo
+        self._streams: dict[tuple[str, str], StreamHandle] = {}  # (node, spool epoch) -> its one live stream
         leader.on_started.append(self._became_leader)
         leader.on_stopped.append(self._lost_leadership)
 
@@ -104,6 +136,9 @@ class Engine:
         self.metrics.leader = False
         self.nodes.clear()
         self._last.clear()
+        for handle in list(self._streams.values()):
+            handle.end("UNAVAILABLE", "this replica lost the Lease")
+        self._streams.clear()
 
     async def _seed(self) -> None:
         """Nodes that carry Vigil's condition are known from the start: silent ones are found after the grace."""
@@ -120,47 +155,99 @@ class Engine:
                 st.seed(self.nodes.setdefault(name, st.NodeState(name)), now)
 
     # -- stream input (synchronous, on the loop) ----------------------------------------------------------
-    def hello(self, node_name: str, boot_id: str, epoch: str, digest: Iterable[Any], digest_seq: int) -> int:
-        """Returns the highest seq of this (node, epoch) already applied."""
+    # Each validates what it is given (intake.py) before it changes anything: intake.Invalid refuses the message.
+    def _cut(self, what: str) -> None:
+        self.metrics.bump(self.metrics.truncated, what)
+
+    def _digest(self, node_name: str, digest: Iterable[Any], where: str) -> list[st.Problem]:
+        found, dropped = intake.read_digest(digest, where, self._cut)
+        if dropped:
+            self.metrics.bump(self.metrics.truncated, "digest", dropped)
+            log.warning("node %s: %s digest has more than %d problems; %d non-fatal ones left out",
+                        node_name, where, wire.MAX_DIGEST, dropped)
+        return found
+
+    def hello(self, node_name: str, boot_id: str, epoch: str, digest: Iterable[Any], digest_seq: int,
+              stream: StreamHandle | None = None) -> int:
+        """Returns the highest seq of this (node, epoch) already applied. With `stream`: it becomes the one live
+        stream of (node, epoch), and an older one is ended (it could otherwise still apply a batch above what this
+        stream's Welcome says)."""
+        problems = self._digest(node_name, digest, "Hello")
+        intake.read_seq("Hello.digest_seq", digest_seq)
         now = self.clock()
         node = self.nodes.get(node_name)
         if node is None:
             node = self.nodes[node_name] = st.NodeState(node_name)
-        st.hello(node, boot_id, epoch, problems(digest), digest_seq, now)
+        st.hello(node, boot_id, epoch, problems, digest_seq, now)
+        applied = node.applied.get(epoch, 0)
+        if stream is not None:
+            old = self._streams.get((node_name, epoch))
+            if old is not None and old is not stream:
+                old.end("ABORTED", "a newer stream of this agent (node, spool epoch) took over")
+            self._streams[(node_name, epoch)] = stream
+            stream.cursor = intake.Cursor(applied, digest_seq)
         self._touch(node, now)
-        return node.applied.get(epoch, 0)
+        return applied
 
-    def heartbeat(self, node_name: str, epoch: str, digest: Iterable[Any], digest_seq: int) -> None:
+    def close_stream(self, stream: StreamHandle) -> None:
+        if self._streams.get((stream.node, stream.epoch)) is stream:
+            del self._streams[(stream.node, stream.epoch)]
+
+    def rejections(self, node_name: str, epoch: str) -> list[tuple[int, str]]:
+        """The latest events of (node, epoch) refused, for the Welcome."""
+        node = self.nodes.get(node_name)
+        return list(node.rejections.get(epoch, ())) if node is not None else []
+
+    def heartbeat(self, node_name: str, epoch: str, digest: Iterable[Any], digest_seq: int,
+                  stream: StreamHandle | None = None) -> None:
+        problems = self._digest(node_name, digest, "Heartbeat")
+        intake.read_seq("Heartbeat.digest_seq", digest_seq, stream.cursor.ceiling() if stream is not None else None)
+        if stream is not None:
+            stream.cursor.declared = max(stream.cursor.declared, digest_seq)
         node = self.nodes.get(node_name)
         if node is None:
             return
         now = self.clock()
-        st.heartbeat(node, epoch, problems(digest), digest_seq, now)
+        st.heartbeat(node, epoch, problems, digest_seq, now)
         self._touch(node, now)
 
-    def batch(self, node_name: str, epoch: str, boot_id: str, events: Iterable[Any]) -> int:
-        """Apply a batch; returns the cumulative ack (highest applied seq of this epoch)."""
+    def batch(self, node_name: str, epoch: str, boot_id: str, events: Any,
+              stream: StreamHandle | None = None) -> BatchResult:
+        """Apply a batch; the result carries the cumulative ack (the highest applied seq of this epoch) and the
+        events refused. Without `stream` (tests, tools) a cursor starts at what the epoch has applied."""
         node = self.nodes.get(node_name)
         if node is None:
-            return 0
+            return BatchResult(0)
         now = self.clock()
         m = self.metrics
         m.batches += 1
-        incoming = [st.IncomingEvent(e.seq, wire.kind_from_proto(e.kind), e.check, e.entity,
-                                     wire.status_from_proto(e.status), wire.severity_from_proto(e.severity),
-                                     e.message)
-                    for e in events]
-        res = st.apply_batch(node, boot_id, epoch, incoming, now)
+        if stream is None:
+            cursor, aware = intake.Cursor(node.applied.get(epoch, 0)), False
+        else:
+            cursor, aware = stream.cursor, stream.handles_rejections
+        cursor.last = max(cursor.last, node.applied.get(epoch, 0))
+        got = intake.read_batch(events, cursor, aware, self._cut)
+        boot, _ = wire.bounded("boot_id", boot_id)
+        res = st.apply_batch(node, boot, epoch, got.events, now)
+        refused = got.rejected + ([got.stop] if got.stop is not None else [])
+        for r in refused:
+            node.reject(epoch, r.seq, r.reason)
+            m.bump(m.rejected, r.label)
+        if refused:
+            log.warning("node %s: refused %d event(s) of spool epoch %s%s; first: %s", node_name, len(refused),
+                        _short(epoch, 40), "" if got.stop is None else " (the stream ends: the agent does not read "
+                        "rejections)" if got.stop.label != "batch_size" else " (the stream ends)",
+                        _short(refused[0].reason))
         if res.duplicates:
             m.bump(m.events, "duplicate", res.duplicates)
         if res.new:
             m.bump(m.events, "state", len(res.new) - res.info)
             m.bump(m.events, "info", res.info)
             for hook in self.applied_hooks:
-                hook(node_name, boot_id, epoch, res.new)
+                hook(node_name, boot, epoch, res.new)
         if res.changed:
             self._touch(node, now)
-        return res.ack
+        return BatchResult(res.ack, got.rejected, got.stop)
 
     def _touch(self, node: st.NodeState, now: float) -> None:
         v = judge(node, self.cfg.policy, now, self.leader_since)
@@ -183,15 +270,18 @@ class Engine:
             self._became_leader()
         tasks = [asyncio.create_task(self._worker()) for _ in range(self.cfg.workers)]
         tasks.append(asyncio.create_task(self._ticker(stop)))
-        await stop.wait()
-        for t in tasks:
-            t.cancel()
         try:
-            await asyncio.wait_for(self.drain_reports(), 2.0)
-        except asyncio.TimeoutError:
-            pass
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+            await stop.wait()
+        finally:  # a stop, or this task cancelled (a kill): the workers go with it
+            for t in tasks:
+                t.cancel()
+            if stop.is_set():
+                try:
+                    await asyncio.wait_for(self.drain_reports(), 2.0)
+                except asyncio.TimeoutError:
+                    pass
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _ticker(self, stop: asyncio.Event) -> None:
         last_resync = self.clock()
@@ -395,4 +485,4 @@ def journal_writer(path: str) -> Callable[[str, str, str, list[int]], None]:
     return hook
 
 
-__all__ = ["AggregatorConfig", "Engine", "journal_writer"]
+__all__ = ["AggregatorConfig", "BatchResult", "Engine", "StreamHandle", "journal_writer"]
