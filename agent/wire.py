@@ -8,11 +8,15 @@ to proto/vigil/v1/health.proto is mapped by regenerating the stubs, never by edi
   with `event_message` and `problem_message`. A string outside the enum raises BadEnum (a ValueError): the
   agent never puts a number it did not mean on the wire.
 - Aggregator side (numbers -> strings): `status_from_proto`, `severity_from_proto`, `kind_from_proto`. What an
-  unspecified (0) or unknown number reads as is ON_UNKNOWN, named below.
+  unspecified (0) or unknown number reads as is ON_UNKNOWN, named below: REJECT, so the stream refuses it.
+- Bounds of the wire (both sides): LIMITS (characters per string field), MIN_SEQ..MAX_SEQ, SEQ_AHEAD,
+  MAX_MESSAGE_BYTES, MAX_BATCH_EVENTS, MAX_DIGEST; `bounded(field, text)` shortens a string to its limit the way
+  the aggregator does on arrival (an agent calls it before spooling, so what it spools is what gets applied).
 Imports only agent._proto and agent.base.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from typing import Any
@@ -21,12 +25,45 @@ from agent._proto.vigil.v1 import health_pb2 as pb
 
 STATE, INFO = "state", "info"  # Event kinds: a state change (the health state machine), or informational
 
-# How an unspecified (0) or unknown enum number reads on the aggregator side, per enum. Today each reads as its
-# cautious value: a status nobody can read is unknown, a severity fatal, a kind a state change. A value of
-# REJECT makes *_from_proto raise BadEnum instead, so the stream can refuse the message (DESIGN §0: the
-# aggregator bounds the enum values it accepts): that later change is this one line.
+# How an unspecified (0) or unknown enum number reads on the aggregator side, per enum. REJECT makes *_from_proto
+# raise BadEnum, so the stream refuses the message (DESIGN §0: the aggregator bounds the enum values it accepts).
+# No guess is safe: reading an unknown severity (a newer agent's) as fatal cordons healthy nodes fleet-wide, as
+# anything else can miss a fatal one. A string value here would be the reading instead.
 REJECT = None
-ON_UNKNOWN: dict[str, str | None] = {"status": "unknown", "severity": "fatal", "kind": STATE}
+ON_UNKNOWN: dict[str, str | None] = {"status": REJECT, "severity": REJECT, "kind": REJECT}
+
+# -- bounds of the wire ----------------------------------------------------------------------------------------
+# Characters per string field. Kubernetes caps what these end up in (a Node's annotations at 256 KiB together, an
+# Event's message at 1 KiB); a real check name is under 64 characters, an entity under 300 (namespace/pod/container).
+LIMITS: dict[str, int] = {
+    "node": 253,  # a Kubernetes node name (a DNS subdomain): longer is refused, not shortened
+    "boot_id": 128, "spool_epoch": 128, "agent_version": 128,
+    "check": 256, "component": 64, "entity": 512,
+    "message": 4096, "action": 1024, "value": 1024, "threshold": 1024,
+}
+IDENTITY = frozenset({"boot_id", "spool_epoch", "check", "entity"})  # keys: shortened with a hash of the whole
+MIN_SEQ, MAX_SEQ = 1, 2**63 - 1  # the spool's counter starts at 1 and is an SQLite INTEGER (signed 64-bit)
+# How far an event's seq may run ahead of the highest seq the agent has declared (its digest_seq) or had applied.
+# The spool allocates one seq per event, fsynced: 2^32 of them within one heartbeat would take hours at any rate a
+# disk allows, while 2^63 or a flipped high bit is caught.
+SEQ_AHEAD = 2**32
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # the largest AgentMessage the aggregator reads (gRPC's usual default)
+MAX_BATCH_EVENTS = 5000  # events applied from one Batch; the rest is not acknowledged (the agent resends it)
+MAX_DIGEST = 10000  # problems kept from one digest (fatal ones first); a real node has well under 1,000
+_HASH = 16  # hex digits of sha256 kept when an identity field is shortened
+
+
+def bounded(field: str, text: str) -> tuple[str, bool]:
+    """`text` within LIMITS[field], and whether it was shortened. An identity field keeps a prefix and a hash of
+    the whole ("<prefix>~<16 hex>"), so two long names stay two keys and a digest and an event agree on one; any
+    other keeps a prefix ending in "...". Deterministic: the same input always gives the same output."""
+    limit = LIMITS[field]
+    if len(text) <= limit:
+        return text, False
+    if field in IDENTITY:
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:_HASH]
+        return f"{text[:limit - _HASH - 1]}~{digest}", True
+    return text[:limit - 3] + "...", True
 
 
 class BadEnum(ValueError):
@@ -64,7 +101,7 @@ def _from(table: dict[int, str], what: str, number: int) -> str:
         return out
     default = ON_UNKNOWN[what]
     if default is REJECT:
-        raise BadEnum(f"{what} {number!r} is not one of {', '.join(map(str, table))}")
+        raise BadEnum(f"{what} {number!r} is not one of {', '.join(f'{n} ({s})' for n, s in table.items())}")
     return default
 
 
@@ -115,6 +152,7 @@ def kind_from_proto(number: int) -> str:
     return _from(_KIND_FROM, "kind", number)
 
 
-__all__ = ["BadEnum", "INFO", "KINDS", "ON_UNKNOWN", "REJECT", "SEVERITIES", "STATE", "STATUSES", "event_message",
-           "kind_from_proto", "kind_to_proto", "problem_message", "severity_from_proto", "severity_to_proto",
-           "status_from_proto", "status_to_proto"]
+__all__ = ["BadEnum", "IDENTITY", "INFO", "KINDS", "LIMITS", "MAX_BATCH_EVENTS", "MAX_DIGEST", "MAX_MESSAGE_BYTES",
+           "MAX_SEQ", "MIN_SEQ", "ON_UNKNOWN", "REJECT", "SEQ_AHEAD", "SEVERITIES", "STATE", "STATUSES", "bounded",
+           "event_message", "kind_from_proto", "kind_to_proto", "problem_message", "severity_from_proto",
+           "severity_to_proto", "status_from_proto", "status_to_proto"]

@@ -22,18 +22,32 @@ def test_round_trips_and_the_proto_numbers():
     assert (wire.kind_to_proto(wire.STATE), wire.kind_to_proto(wire.INFO)) == (pb.KIND_STATE, pb.KIND_INFO)
 
 
-def test_unspecified_and_unknown_numbers_read_as_the_named_defaults():
-    for n in (0, 99):
-        assert wire.status_from_proto(n) == "unknown"
-        assert wire.severity_from_proto(n) == "fatal"
-        assert wire.kind_from_proto(n) == "state"
-
-
-def test_reject_is_one_setting(monkeypatch):
-    monkeypatch.setitem(wire.ON_UNKNOWN, "severity", wire.REJECT)
-    with pytest.raises(wire.BadEnum):
-        wire.severity_from_proto(0)
+def test_unspecified_and_unknown_numbers_are_refused_naming_what_is_known():
+    """No guess is safe (an unknown severity read as fatal cordons healthy nodes; as anything else it can miss a
+    fatal one): the aggregator refuses the number, and the message says what it knows."""
+    for fn in (wire.status_from_proto, wire.severity_from_proto, wire.kind_from_proto):
+        for n in (0, 99):
+            with pytest.raises(wire.BadEnum) as e:
+                fn(n)
+            assert str(n) in str(e.value)
+    with pytest.raises(wire.BadEnum, match=r"1 \(fatal\), 2 \(warning\), 3 \(info\)"):
+        wire.severity_from_proto(7)
     assert wire.severity_from_proto(pb.SEVERITY_INFO) == "info"
+
+
+def test_a_reading_instead_of_reject_is_one_setting(monkeypatch):
+    monkeypatch.setitem(wire.ON_UNKNOWN, "status", "unknown")
+    assert wire.status_from_proto(0) == "unknown"
+
+
+def test_bounded_keeps_identity_fields_distinct_and_short():
+    a, b = "x" * 300_000 + "a", "x" * 300_000 + "b"
+    (ba, cut_a), (bb, _) = wire.bounded("check", a), wire.bounded("check", b)
+    assert cut_a and len(ba) == wire.LIMITS["check"] and ba != bb and ba.startswith("xxx")
+    assert wire.bounded("check", a) == (ba, True)  # deterministic: a digest and an event agree on the key
+    msg, cut = wire.bounded("message", "m" * 5000)
+    assert cut and len(msg) == wire.LIMITS["message"] and msg.endswith("...")
+    assert wire.bounded("entity", "gpu3") == ("gpu3", False)
 
 
 def test_agent_side_refuses_a_string_outside_the_enum():

@@ -4,7 +4,9 @@
   vigil-aggregator cleanup [--dry-run]      remove everything Vigil added to every node (condition, taint, its
                                             own cordon, its annotations); a person's cordon stays
   vigil-aggregator reset-breaker            close the cordon budget's breaker (deliberately; no replay)
-Exit codes: 0 ok, 1 failed, 64 bad usage (the message names the flag), 75 a listen address is in use.
+  vigil-aggregator --version | COMMAND --help
+Exit codes: 0 ok, 1 failed, 64 bad usage (the message names the flag), 75 a listen address is in use,
+78 bad configuration (a kubeconfig that cannot be read: the message names its path).
 """
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ import socket
 import sys
 from pathlib import Path
 
+from agent import __version__
 from agent.base.config import listen_flag, number_flag
-from agent.base.findings import EXIT_ADDRESS_IN_USE, EXIT_USAGE
+from agent.base.findings import EXIT_ADDRESS_IN_USE, EXIT_CONFIG, EXIT_USAGE
 
 log = logging.getLogger("vigil-aggregator")
 
@@ -32,6 +35,24 @@ seconds = number_flag(0, WEEK, above=True)  # finite and > 0 (argparse names the
 def metrics_listen_flag(text: str) -> str:
     return text if text == "off" else listen_flag(text)
 
+COMMANDS = {
+    "serve": ("run one replica (the default command)",
+              "Run one aggregator replica: accept the agents' health streams, judge every node, and mark an "
+              "unhealthy one (condition VigilHealthy=False, taint vigil.dev/unhealthy:NoSchedule, cordon), within "
+              "the cordon budget. Run 2 or more behind one Service: they elect a leader on a Lease, and only the "
+              "leader is Ready, decides and writes."),
+    "cleanup": ("remove everything Vigil added to every node",
+                "Remove from every node what Vigil added: its VigilHealthy condition, its vigil.dev/unhealthy taint, "
+                "the cordon Vigil made (a cordon a person made stays), and its annotations; and the cordon ledger "
+                "from the Lease. Run it before uninstalling: conditions do not expire by themselves. With --dry-run "
+                "it lists what it would remove and changes nothing."),
+    "reset-breaker": ("close the cordon budget's breaker",
+                      "Close the cordon budget's breaker, which opened when more nodes turned unhealthy within the "
+                      "budget's window than it allows (find out why first: a fleet-wide fault, a driver push, a rule "
+                      "bug). The window starts empty again. Nodes refused while it was open stay refused until they "
+                      "recover: a reset does not replay old events. Prints the ledger as it was, as JSON."),
+}
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # type: ignore[override]
@@ -39,16 +60,31 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="vigil-aggregator", description="Vigil aggregator: judges node health from the agents' "
-                "streams and marks, taints and cordons unhealthy nodes, safely.")
-    p.add_argument("command", nargs="?", choices=["serve", "cleanup", "reset-breaker"], default="serve")
-    k = p.add_argument_group("Kubernetes")
-    k.add_argument("--kubeconfig", metavar="FILE", help="default: in-cluster, else ~/.kube/config")
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return v
+
+
+def _common() -> argparse.ArgumentParser:
+    """Flags every command takes: where the cluster is, where the Lease is, how much to log."""
+    c = argparse.ArgumentParser(add_help=False)
+    k = c.add_argument_group("Kubernetes")
+    k.add_argument("--kubeconfig", metavar="FILE", help="default: in-cluster, else $KUBECONFIG or ~/.kube/config")
     k.add_argument("--context", help="kubeconfig context")
     k.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "vigil"),
                    help="where the Lease lives (default $POD_NAMESPACE or vigil)")
     k.add_argument("--lease-name", default="vigil-aggregator")
+    c.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return c
+
+
+def _serve_flags(p: argparse.ArgumentParser) -> None:
+    k = p.add_argument_group("replica")
     k.add_argument("--identity", default=os.environ.get("POD_NAME") or socket.gethostname(),
                    help="this replica's name on the Lease (default $POD_NAME, else the host name)")
     k.add_argument("--event-namespace", default="default", help="namespace of the Node Events (default default)")
@@ -65,6 +101,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--audience", default="vigil", help="the agents' token audience (default vigil)")
     s.add_argument("--insecure-no-auth", action="store_true",
                    help="trust the node an agent names (local demos and benchmarks only)")
+    s.add_argument("--hello-timeout", type=_seconds, default=10.0, metavar="SECONDS",
+                   help="end a stream that sends no Hello this long after it opened (default 10)")
     s.add_argument("--journal", metavar="FILE", help="append one JSON line per applied batch (an audit)")
     d = p.add_argument_group("decisions")
     d.add_argument("--dry-run", action="store_true", help="decide and report, write nothing to nodes or Events")
@@ -83,8 +121,42 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--budget-window", type=seconds, default=3600.0, metavar="SECONDS", help="default 3600")
     d.add_argument("--resync", type=number_flag(0, DAY, above=True), default=300.0, metavar="SECONDS",
                    help="re-check every node against its verdict this often (default 300)")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="vigil-aggregator", description="Vigil aggregator: judges node health from the agents' "
+                "streams and marks, taints and cordons unhealthy nodes, safely. Without a command it serves.",
+                epilog="`vigil-aggregator COMMAND --help` tells what each command does and takes.")
+    p.add_argument("--version", action="version", version=f"vigil-aggregator {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    common = _common()
+    for name, (summary, text) in COMMANDS.items():
+        c = sub.add_parser(name, parents=[common], help=summary, description=text)
+        if name == "serve":
+            _serve_flags(c)
+        elif name == "cleanup":
+            c.add_argument("--dry-run", action="store_true", help="list what would be removed; change nothing")
     return p
+
+
+def _with_command(p: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """The command first (`--kubeconfig K cleanup` works as `cleanup --kubeconfig K`), `serve` when none is named."""
+    subs = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices
+    takes_value = {o for sp in subs.values() for a in sp._actions if a.nargs != 0 for o in a.option_strings}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            break
+        if arg.startswith("-"):
+            i += 2 if arg in takes_value else 1
+            continue
+        if arg in subs:
+            return [arg] + argv[:i] + argv[i + 1:]
+        break
+    if any(a in ("-h", "--help", "--version") for a in argv[:i]):
+        return argv  # the top level's help (which lists the commands) or version
+    return ["serve"] + argv
 
 
 def _kube(args: argparse.Namespace):  # noqa: ANN202
@@ -117,7 +189,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         policy=PolicyConfig(args.healthy_delay, args.heartbeat_timeout, args.startup_grace),
         budget=BudgetConfig(args.budget_nodes, args.budget_percent, args.budget_window),
         dry_run=args.dry_run, identity=args.identity, event_namespace=args.event_namespace,
-        heartbeat_seconds=args.heartbeat_interval, resync_seconds=args.resync)
+        heartbeat_seconds=args.heartbeat_interval, resync_seconds=args.resync, hello_seconds=args.hello_timeout)
     tls = (Path(args.tls_key).read_bytes(), Path(args.tls_cert).read_bytes()) if args.tls_cert else None
     opts = ReplicaOptions(listen=args.listen,
                           metrics_listen=None if args.metrics_listen == "off" else args.metrics_listen,
@@ -216,7 +288,10 @@ def cmd_reset_breaker(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    from .kube import KubeconfigError
+
+    p = parser()
+    args = p.parse_args(_with_command(p, list(sys.argv[1:] if argv is None else argv)))
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from agent.base.http import ListenError
 
@@ -230,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         flag = "--metrics-listen" if e.what == "metrics" else "--listen"
         print(f"vigil-aggregator: {flag}: {e}", file=sys.stderr)
         return EXIT_ADDRESS_IN_USE if e.in_use else EXIT_USAGE
+    except KubeconfigError as e:
+        print(f"vigil-aggregator: {e}", file=sys.stderr)
+        return EXIT_CONFIG
     except ValueError as e:
         print(f"vigil-aggregator: {e}", file=sys.stderr)
         return EXIT_USAGE

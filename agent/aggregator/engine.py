@@ -4,7 +4,9 @@ Stream handlers call hello/batch/heartbeat synchronously on the event loop (chea
 verdict changed is queued. Workers reconcile one node at a time each (never the same node twice at once):
 read the Node, plan (pure), then write through the budget. A ticker re-judges every node each second
 (healthy_delay and silence are functions of time). Reconciles are level-triggered: a retry, a resync or a
-new leader computes the writes from what the Node shows now, so an action is never applied twice.
+new leader computes the writes from what the Node shows now, so an action is never applied twice; and a write
+whose answer was lost is still reported once (metric, Event, log line) when a later read shows it landed.
+Every decision and every action is one INFO log line naming the node, the check and the reason.
 """
 from __future__ import annotations
 
@@ -18,12 +20,15 @@ from typing import Any, Callable, Iterable
 
 from agent import wire
 from agent.base.backoff import delay as backoff_delay
+from . import intake
 from . import state as st
-from .kube import Kube, node_event, now_iso
+from .intake import printable
+from .kube import ApiError, Kube, node_event, now_iso
 from .lease import NotLeader
 from .metrics import AggregatorMetrics
-from .policy import (ADMIT, ALREADY, NONE, OPENED, UNHEALTHY, BudgetConfig, Ledger, PolicyConfig, Verdict,
-                     admit, condition_patch, judge, observe, plan, quarantined, released, unhold)
+from .policy import (ADMIT, ALREADY, MAX_EPISODE, NONE, OPENED, RECORD_FULL, RECORD_MINIMAL, RECORD_NONE, TAINT_EFFECT,
+                     TAINT_KEY, UNHEALTHY, BudgetConfig, Ledger, PolicyConfig, Verdict, admit, condition_patch, judge,
+                     observe, plan, quarantined, released, unhold)
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +48,48 @@ class AggregatorConfig:
     tick_seconds: float = 1.0
     resync_seconds: float = 300.0
     retry_seconds: float = 1.0  # first retry of a failed reconcile (doubles, up to 30 s)
+    hello_seconds: float = 10.0  # a stream that sends no Hello this long after it opened is ended
+
+    @property
+    def idle_seconds(self) -> float:
+        """A stream that sends nothing at all (no batch, no heartbeat) this long is ended: its agent is gone."""
+        return max(3.0 * self.heartbeat_seconds, self.policy.heartbeat_timeout)
 
 
-def problems(digest: Iterable[Any]) -> list[st.Problem]:
-    return [st.Problem(p.check, p.entity, wire.status_from_proto(p.status), wire.severity_from_proto(p.severity),
-                       p.message) for p in digest]
+class StreamHandle:
+    """One agent stream as the engine knows it: its place in its spool epoch, whether the agent reads rejections,
+    and how the engine ends it (a newer stream of the same (node, epoch), a lost Lease): `ended` gets the gRPC code
+    name and the details, and the server, which waits on it with every read, ends the call."""
+
+    def __init__(self, node: str, epoch: str, handles_rejections: bool) -> None:
+        self.node, self.epoch = node, epoch
+        self.handles_rejections = handles_rejections
+        self.cursor = intake.Cursor(0)
+        self.ended: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def end(self, code: str, details: str) -> None:
+        if not self.ended.done():
+            self.ended.set_result((code, details))
+
+
+@dataclass
+class BatchResult:
+    ack: int  # cumulative: every event of the epoch at or below it was applied (bar those named in `rejected`)
+    rejected: list[intake.Rejection] = field(default_factory=list)  # named to an agent that reads rejections
+    stop: intake.Rejection | None = None  # set: end the stream INVALID_ARGUMENT after sending the ack
+
+
+@dataclass
+class _Pending:
+    """A write whose answer has not been seen: reported once, when it answers or when a read shows it landed."""
+
+    landed: Callable[[dict[str, Any]], bool]
+    report: Callable[[dict[str, Any], list[str]], Any]  # (the Node as it is now, done) -> awaitable
+
+
+def _short(text: str, limit: int = 300) -> str:
+    """Agent-provided text for a log line: bounded, one line."""
+    return printable(text if len(text) <= limit else text[:limit] + "...")
 
 
 class Engine:
@@ -77,6 +119,9 @@ class Engine:
         self.applied_hooks: list[Callable[[str, str, str, list[int]], None]] = []
         self.latencies: list[float] = []  # quarantine latencies, for the benchmark
         self.decisions: list[Any] = []  # recent (node, verdict, actions), for tests and the demo
+        self._streams: dict[tuple[str, str], StreamHandle] = {}  # (node, spool epoch) -> its one live stream
+        self._pending: dict[str, dict[str, _Pending]] = {}  # node -> action -> a write not yet reported
+        self._logged: dict[str, Verdict] = {}  # the last decision logged per node (a change is logged once)
         leader.on_started.append(self._became_leader)
         leader.on_stopped.append(self._lost_leadership)
 
@@ -104,6 +149,11 @@ class Engine:
         self.metrics.leader = False
         self.nodes.clear()
         self._last.clear()
+        self._logged.clear()
+        self._pending.clear()
+        for handle in list(self._streams.values()):
+            handle.end("UNAVAILABLE", "this replica lost the Lease")
+        self._streams.clear()
 
     async def _seed(self) -> None:
         """Nodes that carry Vigil's condition are known from the start: silent ones are found after the grace."""
@@ -120,47 +170,99 @@ class Engine:
                 st.seed(self.nodes.setdefault(name, st.NodeState(name)), now)
 
     # -- stream input (synchronous, on the loop) ----------------------------------------------------------
-    def hello(self, node_name: str, boot_id: str, epoch: str, digest: Iterable[Any], digest_seq: int) -> int:
-        """Returns the highest seq of this (node, epoch) already applied."""
+    # Each validates what it is given (intake.py) before it changes anything: intake.Invalid refuses the message.
+    def _cut(self, what: str) -> None:
+        self.metrics.bump(self.metrics.truncated, what)
+
+    def _digest(self, node_name: str, digest: Iterable[Any], where: str) -> list[st.Problem]:
+        found, dropped = intake.read_digest(digest, where, self._cut)
+        if dropped:
+            self.metrics.bump(self.metrics.truncated, "digest", dropped)
+            log.warning("node %s: %s digest has more than %d problems; %d non-fatal ones left out",
+                        node_name, where, wire.MAX_DIGEST, dropped)
+        return found
+
+    def hello(self, node_name: str, boot_id: str, epoch: str, digest: Iterable[Any], digest_seq: int,
+              stream: StreamHandle | None = None) -> int:
+        """Returns the highest seq of this (node, epoch) already applied. With `stream`: it becomes the one live
+        stream of (node, epoch), and an older one is ended (it could otherwise still apply a batch above what this
+        stream's Welcome says)."""
+        problems = self._digest(node_name, digest, "Hello")
+        intake.read_seq("Hello.digest_seq", digest_seq)
         now = self.clock()
         node = self.nodes.get(node_name)
         if node is None:
             node = self.nodes[node_name] = st.NodeState(node_name)
-        st.hello(node, boot_id, epoch, problems(digest), digest_seq, now)
+        st.hello(node, boot_id, epoch, problems, digest_seq, now)
+        applied = node.applied.get(epoch, 0)
+        if stream is not None:
+            old = self._streams.get((node_name, epoch))
+            if old is not None and old is not stream:
+                old.end("ABORTED", "a newer stream of this agent (node, spool epoch) took over")
+            self._streams[(node_name, epoch)] = stream
+            stream.cursor = intake.Cursor(applied, digest_seq)
         self._touch(node, now)
-        return node.applied.get(epoch, 0)
+        return applied
 
-    def heartbeat(self, node_name: str, epoch: str, digest: Iterable[Any], digest_seq: int) -> None:
+    def close_stream(self, stream: StreamHandle) -> None:
+        if self._streams.get((stream.node, stream.epoch)) is stream:
+            del self._streams[(stream.node, stream.epoch)]
+
+    def rejections(self, node_name: str, epoch: str) -> list[tuple[int, str]]:
+        """The latest events of (node, epoch) refused, for the Welcome."""
+        node = self.nodes.get(node_name)
+        return list(node.rejections.get(epoch, ())) if node is not None else []
+
+    def heartbeat(self, node_name: str, epoch: str, digest: Iterable[Any], digest_seq: int,
+                  stream: StreamHandle | None = None) -> None:
+        problems = self._digest(node_name, digest, "Heartbeat")
+        intake.read_seq("Heartbeat.digest_seq", digest_seq, stream.cursor.ceiling() if stream is not None else None)
+        if stream is not None:
+            stream.cursor.declared = max(stream.cursor.declared, digest_seq)
         node = self.nodes.get(node_name)
         if node is None:
             return
         now = self.clock()
-        st.heartbeat(node, epoch, problems(digest), digest_seq, now)
+        st.heartbeat(node, epoch, problems, digest_seq, now)
         self._touch(node, now)
 
-    def batch(self, node_name: str, epoch: str, boot_id: str, events: Iterable[Any]) -> int:
-        """Apply a batch; returns the cumulative ack (highest applied seq of this epoch)."""
+    def batch(self, node_name: str, epoch: str, boot_id: str, events: Any,
+              stream: StreamHandle | None = None) -> BatchResult:
+        """Apply a batch; the result carries the cumulative ack (the highest applied seq of this epoch) and the
+        events refused. Without `stream` (tests, tools) a cursor starts at what the epoch has applied."""
         node = self.nodes.get(node_name)
         if node is None:
-            return 0
+            return BatchResult(0)
         now = self.clock()
         m = self.metrics
         m.batches += 1
-        incoming = [st.IncomingEvent(e.seq, wire.kind_from_proto(e.kind), e.check, e.entity,
-                                     wire.status_from_proto(e.status), wire.severity_from_proto(e.severity),
-                                     e.message)
-                    for e in events]
-        res = st.apply_batch(node, boot_id, epoch, incoming, now)
+        if stream is None:
+            cursor, aware = intake.Cursor(node.applied.get(epoch, 0)), False
+        else:
+            cursor, aware = stream.cursor, stream.handles_rejections
+        cursor.last = max(cursor.last, node.applied.get(epoch, 0))
+        got = intake.read_batch(events, cursor, aware, self._cut)
+        boot, _ = wire.bounded("boot_id", boot_id)
+        res = st.apply_batch(node, boot, epoch, got.events, now)
+        refused = got.rejected + ([got.stop] if got.stop is not None else [])
+        for r in refused:
+            node.reject(epoch, r.seq, r.reason)
+            m.bump(m.rejected, r.label)
+        if refused:
+            log.warning("node %s: refused %d event(s) of spool epoch %s%s; first: %s", node_name, len(refused),
+                        _short(epoch, 40), "" if got.stop is None else " (the stream ends: the agent does not read "
+                        "rejections)" if got.stop.label != "batch_size" else " (the stream ends)",
+                        _short(refused[0].reason))
         if res.duplicates:
             m.bump(m.events, "duplicate", res.duplicates)
         if res.new:
             m.bump(m.events, "state", len(res.new) - res.info)
             m.bump(m.events, "info", res.info)
             for hook in self.applied_hooks:
-                hook(node_name, boot_id, epoch, res.new)
+                hook(node_name, boot, epoch, res.new)
         if res.changed:
             self._touch(node, now)
-        return res.ack
+        return BatchResult(res.ack, got.rejected, got.stop)
 
     def _touch(self, node: st.NodeState, now: float) -> None:
         v = judge(node, self.cfg.policy, now, self.leader_since)
@@ -183,15 +285,18 @@ class Engine:
             self._became_leader()
         tasks = [asyncio.create_task(self._worker()) for _ in range(self.cfg.workers)]
         tasks.append(asyncio.create_task(self._ticker(stop)))
-        await stop.wait()
-        for t in tasks:
-            t.cancel()
         try:
-            await asyncio.wait_for(self.drain_reports(), 2.0)
-        except asyncio.TimeoutError:
-            pass
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+            await stop.wait()
+        finally:  # a stop, or this task cancelled (a kill): the workers go with it
+            for t in tasks:
+                t.cancel()
+            if stop.is_set():
+                try:
+                    await asyncio.wait_for(self.drain_reports(), 2.0)
+                except asyncio.TimeoutError:
+                    pass
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _ticker(self, stop: asyncio.Event) -> None:
         last_resync = self.clock()
@@ -242,47 +347,87 @@ class Engine:
         if verdict.kind == NONE:
             self._last[name] = verdict
             return
+        self._log_decision(name, verdict)
         if self.kube is None:  # no API (unit tests of the stream): decide only
             self._last[name] = verdict
             self._remember(name, verdict, ["no-kube"])
             return
         obj = await self._io(lambda: self.kube.get_node(name))  # type: ignore[union-attr]
+        done: list[str] = []
+        if obj is not None:
+            await self._settle(name, obj, done)
         obs = observe(obj)
         p = plan(verdict, obs)
-        done: list[str] = []
         if p.skipped:
             m.maintenance_skips += 1
             done.append(f"skipped:{p.skipped}")
+            log.info("node %s: not acted on (%s): annotated vigil.dev/maintenance", name, verdict.kind)
         if self.cfg.dry_run:
-            for action, wanted in (("quarantine", p.quarantine), ("release", p.release),
-                                   ("condition", p.condition is not None)):
+            would = []
+            for action, wanted, what in (
+                    ("quarantine", p.quarantine, f"taint {TAINT_KEY}:{TAINT_EFFECT} and cordon"),
+                    ("release", p.release, "remove its taint and cordon"),
+                    ("condition", p.condition is not None, f"set VigilHealthy={p.condition and p.condition[0]}")):
                 if wanted:
                     m.bump(m.actions, (action, "dry_run"))
                     done.append(f"would-{action}")
-            if done:
-                log.info("dry-run: node %s is %s: would %s", name, verdict.kind, ", ".join(done))
+                    would.append(what)
+            if would:
+                log.info("dry-run: node %s is %s, %s; would %s", name, verdict.kind, self._why(verdict),
+                         ", ".join(would))
             self._last[name] = verdict
             self._remember(name, verdict, done)
             return
+        # Each write is attempted even when another failed: audit detail (the condition's text, Vigil's record)
+        # never blocks the taint and cordon, nor the reverse. The first failure is raised for the retry.
+        failed: BaseException | None = None
         if p.quarantine and verdict.kind == UNHEALTHY:
-            await self._quarantine(name, node, verdict, obj or {}, done, since)
+            try:
+                await self._quarantine(name, node, verdict, obj or {}, done, since)
+            except NotLeader:
+                raise
+            except Exception as e:  # noqa: BLE001 - retried by the worker
+                m.bump(m.actions, ("quarantine", "error"))
+                log.warning("node %s: taint and cordon failed: %s", name, _short(str(e)))
+                failed = e
         if p.release:
-            await self._release(name, done)
+            try:
+                await self._release(name, verdict, done)
+            except NotLeader:
+                raise
+            except Exception as e:  # noqa: BLE001
+                m.bump(m.actions, ("release", "error"))
+                log.warning("node %s: release failed: %s", name, _short(str(e)))
+                failed = failed or e
         if p.condition is not None:
-            status, reason, message = p.condition
-            self._check_leader()
-            await self._io(lambda: self.kube.patch_node_status(  # type: ignore[union-attr]
-                name, condition_patch(status, reason, message, now_iso(self.wall()), obs.condition)))
-            m.bump(m.actions, ("condition", "ok"))
-            done.append(f"condition={status}")
-            ev_reason, ev_type = CONDITION_EVENT[status]
-            rv = ((obj or {}).get("metadata") or {}).get("resourceVersion", "")
-            await self._event(obj or {"metadata": {"name": name}}, f"condition-{status}", f"{node.trigger}/{rv}",
-                              ev_reason, f"{reason}: {message}", ev_type)
+            try:
+                await self._condition(name, node, verdict, obj or {"metadata": {"name": name}}, obs, p.condition, done)
+            except NotLeader:
+                raise
+            except Exception as e:  # noqa: BLE001
+                m.bump(m.actions, ("condition", "error"))
+                log.warning("node %s: condition VigilHealthy=%s failed: %s", name, p.condition[0], _short(str(e)))
+                failed = failed or e
+        if failed is not None:
+            raise failed
         if since is not None and done:
             m.decision_latency.observe(self.clock() - since)
         self._last[name] = verdict
         self._remember(name, verdict, done)
+
+    @staticmethod
+    def _why(verdict: Verdict) -> str:
+        """'check X: message' for an unhealthy verdict (its reason is the check), 'reason X: message' otherwise."""
+        word = "check" if verdict.kind == UNHEALTHY else "reason"
+        return f"{word} {_short(verdict.reason, 100)}: {_short(verdict.message)}"
+
+    def _log_decision(self, name: str, verdict: Verdict) -> None:
+        """One line per new decision (a resync that finds the same verdict logs nothing at INFO)."""
+        if self._logged.get(name) == verdict:
+            log.debug("node %s: still %s", name, verdict.kind)
+            return
+        self._logged[name] = verdict
+        log.info("node %s: decided %s, %s", name, verdict.kind, self._why(verdict))
 
     def _remember(self, name: str, verdict: Verdict, done: list[str]) -> None:
         self.decisions.append((name, verdict.kind, tuple(done)))
@@ -292,6 +437,32 @@ class Engine:
     def _check_leader(self) -> None:
         if not self.leader.is_leader():
             raise NotLeader(self.cfg.identity)
+
+    # -- writes that are reported once ----------------------------------------------------------------------
+    async def _settle(self, name: str, obj: dict[str, Any], done: list[str]) -> None:
+        """Report the writes of an earlier reconcile whose answers were lost but which this read shows landed."""
+        pending = self._pending.get(name)
+        if not pending:
+            return
+        for action, p in list(pending.items()):
+            if p.landed(obj):
+                pending.pop(action, None)
+                log.info("node %s: the %s written earlier landed (its answer was lost)", name, action)
+                await p.report(obj, done)
+        if not pending:
+            self._pending.pop(name, None)
+
+    async def _written(self, name: str, action: str, pend: _Pending, written: bool, now_obj: dict[str, Any] | None,
+                       done: list[str]) -> None:
+        """After a write call answered: report it if it wrote, or if the Node shows it landed anyway (a retried
+        request whose first attempt went through: its retry finds nothing to do)."""
+        if self._pending.get(name, {}).get(action) is pend:
+            self._pending[name].pop(action)
+        if written or (now_obj is not None and pend.landed(now_obj)):
+            await pend.report(now_obj or {"metadata": {"name": name}}, done)
+
+    def _expect(self, name: str, action: str, pend: _Pending) -> None:
+        self._pending.setdefault(name, {})[action] = pend
 
     async def _quarantine(self, name: str, node: st.NodeState, verdict: Verdict, obj: dict[str, Any],
                           done: list[str], since: float | None) -> None:
@@ -305,48 +476,118 @@ class Engine:
             done.append("held:budget")
             if decision == OPENED:
                 m.breaker_open = True
-                log.warning("cordon budget exhausted: breaker open; node %s is not cordoned", name)
+                log.warning("cordon budget exhausted: breaker open; node %s is not cordoned (%s)", name,
+                            self._why(verdict))
                 await self._breaker_event(obj, name)
+            else:
+                log.warning("node %s: not cordoned: the cordon budget's breaker is open (%s)", name, self._why(verdict))
             return
-        episode = node.trigger or f"{name}/{node.boot_id}"
+        episode = (node.trigger or f"{name}/{node.boot_id}")[:MAX_EPISODE]
         self._check_leader()
         kube = self.kube
         assert kube is not None
+        note = [""]
 
-        def change(n: dict[str, Any]) -> dict[str, Any] | None:
-            return quarantined(n, verdict.reason, now_iso(wall), episode)
+        def landed(o: dict[str, Any]) -> bool:
+            seen = observe(o)
+            return seen.tainted and (seen.record or {}).get("episode", episode) == episode
 
-        # first with the Node just read (one request saved), then read-modify-write until it sticks
-        written, now_obj = await self._io(lambda: kube.update_node(name, change, current=obj or None))
-        if written and since is not None:
-            lat = self.clock() - since
-            m.cordon_latency.observe(lat)
-            self.latencies.append(lat)
-        if written:
+        async def report(o: dict[str, Any], out: list[str]) -> None:
+            if since is not None:
+                lat = self.clock() - since
+                m.cordon_latency.observe(lat)
+                self.latencies.append(lat)
             m.bump(m.actions, ("quarantine", "ok"))
-            done.append("quarantine")
-            await self._event(now_obj or obj, "quarantine", episode, "VigilCordoned",
-                              f"Vigil tainted {name} vigil.dev/unhealthy:NoSchedule and cordoned it: "
-                              f"{verdict.message}", "Warning")
+            out.append("quarantine")
+            log.info("node %s: tainted %s:%s and cordoned, %s%s", name, TAINT_KEY, TAINT_EFFECT, self._why(verdict),
+                     note[0])
+            await self._event(o, "quarantine", episode, "VigilCordoned",
+                              f"Vigil tainted {name} {TAINT_KEY}:{TAINT_EFFECT} and cordoned it: "
+                              f"{verdict.message}{note[0]}", "Warning")
 
-    async def _release(self, name: str, done: list[str]) -> None:
+        pend = _Pending(landed, report)
+        self._expect(name, "quarantine", pend)
+        # The record is audit detail: when the API server refuses the Node with it (its annotations would pass
+        # 256 KiB), the taint and cordon go on with less of it rather than not at all.
+        for level in (RECORD_FULL, RECORD_MINIMAL, RECORD_NONE):
+            def change(n: dict[str, Any], level: str = level) -> dict[str, Any] | None:
+                return quarantined(n, verdict.reason, now_iso(wall), episode, record=level)
+            try:
+                # first with the Node just read (one request saved), then read-modify-write until it sticks
+                written, now_obj = await self._io(lambda: kube.update_node(name, change, current=obj or None))
+                break
+            except ApiError as e:
+                if e.status not in (413, 422) or level == RECORD_NONE:
+                    raise
+                log.warning("node %s: the API server refused Vigil's %s record (%s); writing the taint and cordon "
+                            "with less", name, level, _short(str(e), 200))
+                note[0] = (" (Vigil's record of what it did could not be written: its cordon will not be undone "
+                           "automatically)" if level == RECORD_MINIMAL else
+                           " (Vigil's record was written without its details: the Node's annotations are full)")
+        await self._written(name, "quarantine", pend, written, now_obj, done)
+
+    async def _condition(self, name: str, node: st.NodeState, verdict: Verdict, obj: dict[str, Any], obs: Any,
+                         want: tuple[str, str, str], done: list[str]) -> None:
+        status, reason, message = want
+        m = self.metrics
+        self._check_leader()
+        ev_reason, ev_type = CONDITION_EVENT[status]
+        rv = (obj.get("metadata") or {}).get("resourceVersion", "")
+        episode = f"{node.trigger}/{rv}"
+
+        def landed(o: dict[str, Any]) -> bool:
+            return observe(o).condition == want
+
+        async def report(o: dict[str, Any], out: list[str]) -> None:
+            m.bump(m.actions, ("condition", "ok"))
+            out.append(f"condition={status}")
+            log.info("node %s: condition VigilHealthy=%s, %s", name, status, self._why(verdict))
+            await self._event(obj, f"condition-{status}", episode, ev_reason, f"{reason}: {message}", ev_type)
+
+        pend = _Pending(landed, report)
+        self._expect(name, "condition", pend)
+        await self._io(lambda: self.kube.patch_node_status(  # type: ignore[union-attr]
+            name, condition_patch(status, reason, message, now_iso(self.wall()), obs.condition)))
+        await self._written(name, "condition", pend, True, None, done)
+
+    async def _release(self, name: str, verdict: Verdict, done: list[str]) -> None:
         m = self.metrics
         self._check_leader()
         before: dict[str, Any] = {}
 
         def change(n: dict[str, Any]) -> dict[str, Any] | None:
-            before.clear()
-            before.update(n)
-            return released(n)
-        written, now_obj = await self._io(lambda: self.kube.update_node(name, change))  # type: ignore[union-attr]
-        if written:
+            out = released(n)
+            if out is not None:  # the Node as it was before this release (a retry that finds it done keeps it)
+                before.clear()
+                before.update(n)
+            return out
+
+        def landed(o: dict[str, Any]) -> bool:
+            seen = observe(o)
+            return bool(before) and seen.record is None and not seen.tainted
+
+        async def report(o: dict[str, Any], out: list[str]) -> None:
             m.bump(m.actions, ("release", "ok"))
-            done.append("release")
-            rec = observe(before).record or {}
-            kept = "" if rec.get("cordoned") or not (before.get("spec") or {}).get("unschedulable") else \
-                " (the node stays cordoned: it was cordoned before Vigil acted)"
-            await self._event(now_obj or before, "release", f"{rec.get('episode', '')}/{rec.get('since', '')}",
-                              "VigilUncordoned", f"Vigil removed its taint and cordon from {name}{kept}", "Normal")
+            out.append("release")
+            rec = observe(before).record
+            was_cordoned = bool((before.get("spec") or {}).get("unschedulable"))
+            if rec is None and was_cordoned:
+                kept = " (the node stays cordoned: Vigil has no record of whether it was cordoned before)"
+            elif was_cordoned and not rec.get("cordoned"):  # type: ignore[union-attr]
+                kept = " (the node stays cordoned: it was cordoned before Vigil acted)"
+            else:
+                kept = ""
+            log.info("node %s: released: removed Vigil's taint%s, %s", name,
+                     "" if kept else " and cordon", self._why(verdict))
+            rec = rec or {}
+            await self._event(o if o.get("metadata", {}).get("uid") else before, "release",
+                              f"{rec.get('episode', '')}/{rec.get('since', '')}", "VigilUncordoned",
+                              f"Vigil removed its taint and cordon from {name}{kept}", "Normal")
+
+        pend = _Pending(landed, report)
+        self._expect(name, "release", pend)
+        written, now_obj = await self._io(lambda: self.kube.update_node(name, change))  # type: ignore[union-attr]
+        await self._written(name, "release", pend, written, now_obj, done)
         if name in self.leader.ledger().held:
             await self.leader.update_ledger(lambda ledger: (None, unhold(ledger, name)))
 
@@ -368,7 +609,8 @@ class Engine:
         try:
             created = await self._io(lambda: self.kube.create_event(self.cfg.event_namespace, body))  # type: ignore[union-attr]
         except Exception as e:  # noqa: BLE001 - an Event is a report, never a reason to redo an action
-            log.warning("event %s for %s: %s", reason, body["involvedObject"]["name"], e)
+            self.metrics.bump(self.metrics.actions, ("event", "error"))
+            log.warning("event %s for %s: %s", reason, body["involvedObject"]["name"], _short(str(e)))
             return
         self.metrics.bump(self.metrics.actions, ("event", "ok" if created else "exists"))
 
@@ -395,4 +637,4 @@ def journal_writer(path: str) -> Callable[[str, str, str, list[int]], None]:
     return hook
 
 
-__all__ = ["AggregatorConfig", "Engine", "journal_writer"]
+__all__ = ["AggregatorConfig", "BatchResult", "Engine", "StreamHandle", "journal_writer"]

@@ -39,6 +39,10 @@ class Transient(Exception):
     """5xx, 429 or a timeout that outlived the retries."""
 
 
+class KubeconfigError(Exception):
+    """The kubeconfig cannot be read or used; the message names its path."""
+
+
 def now_iso(wall: float | None = None) -> str:
     t = datetime.fromtimestamp(wall if wall is not None else time.time(), timezone.utc)
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -152,19 +156,26 @@ class Kube:
 
     @classmethod
     def connect(cls, kubeconfig: str | None = None, context: str | None = None, **kw: Any) -> "Kube":
+        """--kubeconfig FILE, else in-cluster, else $KUBECONFIG or ~/.kube/config. KubeconfigError names the file."""
+        import os
+
         from kubernetes import client as k
         from kubernetes import config
 
+        cfg = k.Configuration()
         if kubeconfig:
-            cfg = k.Configuration()
-            config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
+            if not os.path.isfile(kubeconfig):
+                raise KubeconfigError(f"--kubeconfig {kubeconfig}: no such file")
+            _load_kubeconfig(config, kubeconfig, context, cfg, f"--kubeconfig {kubeconfig}")
         else:
             try:
-                cfg = k.Configuration()
                 config.load_incluster_config(client_configuration=cfg)
-            except config.ConfigException:
-                cfg = k.Configuration()
-                config.load_kube_config(context=context, client_configuration=cfg)
+            except config.ConfigException as incluster:
+                path = os.path.expanduser((os.environ.get("KUBECONFIG") or "~/.kube/config").split(os.pathsep)[0])
+                if not os.path.isfile(path):
+                    raise KubeconfigError(f"not running in a cluster ({incluster}), and no kubeconfig at {path}: "
+                                          f"pass --kubeconfig FILE") from None
+                _load_kubeconfig(config, None, context, cfg, f"kubeconfig {path}")
         cfg.retries = 0  # we retry ourselves, with backoff and classification
         # Keep a connection per thread of the engine's executor (2 x 16 workers by default); urllib3's default
         # of 4 made every burst discard and re-open connections ("Connection pool is full").
@@ -249,6 +260,14 @@ class Kube:
                              {"namespace": namespace, "name": name})
         except NotFound:
             return None
+
+
+def _load_kubeconfig(config: Any, path: str | None, context: str | None, cfg: Any, what: str) -> None:
+    try:
+        config.load_kube_config(config_file=path, context=context, client_configuration=cfg)
+    except Exception as e:  # noqa: BLE001 - YAML, I/O and config errors alike: one line naming the file
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise KubeconfigError(f"{what}: not a usable kubeconfig: {detail}") from None
 
 
 def _status_error(status: int, data: bytes) -> Exception:

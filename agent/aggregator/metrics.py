@@ -10,7 +10,7 @@ from typing import Callable
 from agent.base.metrics import Counter, Gauge, Histogram as HistogramSpec, MetricSet, render
 
 AGGREGATOR_ACTIONS = Counter("vigil_aggregator_actions_total", "Actions on nodes, by action and result (ok, dry_run, "
-                             "refused_budget, error).", ("action", "result"))
+                             "refused_budget, error; event: ok, exists, error).", ("action", "result"))
 AGGREGATOR_BATCHES_RECEIVED = Counter("vigil_aggregator_batches_received_total", "Event batches received.", ())
 AGGREGATOR_BREAKER_OPEN = Gauge("vigil_aggregator_breaker_open", "1 while the cordon budget's breaker is open.", ())
 AGGREGATOR_CORDON_LATENCY_SECONDS = HistogramSpec("vigil_aggregator_cordon_latency_seconds", "From the report that "
@@ -19,6 +19,12 @@ AGGREGATOR_DECISION_LATENCY_SECONDS = HistogramSpec("vigil_aggregator_decision_l
                                                     "that changed a node's verdict to the end of its Kubernetes "
                                                     "writes.", ())
 AGGREGATOR_DECISIONS = Counter("vigil_aggregator_decisions_total", "Reconciles of a node, by verdict.", ("verdict",))
+AGGREGATOR_EVENTS_REJECTED = Counter("vigil_aggregator_events_rejected_total", "Events refused at the stream, never "
+                                     "applied nor acknowledged as applied, by cause (seq, enum, batch_size).",
+                                     ("reason",))
+AGGREGATOR_FIELDS_TRUNCATED = Counter("vigil_aggregator_fields_truncated_total", "Strings from agents shortened to "
+                                      "the stream's bounds on arrival, by field (digest: problems left out of a "
+                                      "digest over its bound).", ("field",))
 AGGREGATOR_EVENTS_RECEIVED = Counter("vigil_aggregator_events_received_total", "Events received from agents, by kind "
                                      "(duplicate: already applied, acknowledged again).", ("kind",))
 AGGREGATOR_KUBE_RETRIES = Counter("vigil_aggregator_kube_retries_total", "Kubernetes calls retried, by cause.",
@@ -59,6 +65,8 @@ class AggregatorMetrics:
     events: dict[str, int] = field(default_factory=dict)  # kind: state | info | duplicate
     batches: int = 0
     refused: dict[str, int] = field(default_factory=dict)  # reason
+    rejected: dict[str, int] = field(default_factory=dict)  # events refused, by reason
+    truncated: dict[str, int] = field(default_factory=dict)  # field
     streams: int = 0
     decisions: dict[str, int] = field(default_factory=dict)  # verdict
     actions: dict[tuple[str, str], int] = field(default_factory=dict)  # (action, result)
@@ -78,6 +86,12 @@ class AggregatorMetrics:
         for kind in sorted(set(self.events) | {"state", "info", "duplicate"}):
             ms.add(AGGREGATOR_EVENTS_RECEIVED, {"kind": kind}, self.events.get(kind, 0))
         ms.add(AGGREGATOR_BATCHES_RECEIVED, {}, self.batches)
+        ms.declare(AGGREGATOR_EVENTS_REJECTED)
+        for reason, n in sorted(self.rejected.items()):
+            ms.add(AGGREGATOR_EVENTS_REJECTED, {"reason": reason}, n)
+        ms.declare(AGGREGATOR_FIELDS_TRUNCATED)
+        for name, n in sorted(self.truncated.items()):
+            ms.add(AGGREGATOR_FIELDS_TRUNCATED, {"field": name}, n)
         ms.declare(AGGREGATOR_STREAMS_REFUSED)
         for reason, n in sorted(self.refused.items()):
             ms.add(AGGREGATOR_STREAMS_REFUSED, {"reason": reason}, n)

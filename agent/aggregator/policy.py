@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any
 
+from agent import wire
 from .state import NodeState
 
 CONDITION = "VigilHealthy"
@@ -27,7 +28,13 @@ MAINTENANCE = "vigil.dev/maintenance"  # a person's: observed, never acted on
 LEDGER = "vigil.dev/v1.cordon-ledger"  # on the Lease: the cordon budget's ledger
 SILENT_REASON = "AgentSilent"
 HEALTHY_REASON = "AgentReportsHealthy"
-MAX_MESSAGE = 1024
+MAX_MESSAGE = 1024  # a condition's message and an Event's (the API server refuses a longer Event message)
+MAX_REASON = wire.LIMITS["check"]  # a condition's reason is a check name (bounded on arrival; again here)
+MAX_EPISODE = 1024
+# How much of Vigil's record goes on the Node (quarantined(record=...)): a record that does not fit (a Node whose
+# annotations are near the API server's 256 KiB) must not block the taint and cordon, so the write is retried with
+# less: the record without its details, then no record (the cordon is then never undone automatically).
+RECORD_FULL, RECORD_MINIMAL, RECORD_NONE = "full", "minimal", "none"
 
 NONE, HEALTHY, RECOVERING, UNHEALTHY, SILENT = "none", "healthy", "recovering", "unhealthy", "silent"
 
@@ -144,18 +151,21 @@ def _changed(obs: Observed, want: tuple[str, str, str]) -> tuple[str, str, str] 
 def condition_patch(status: str, reason: str, message: str, now_iso: str,
                     previous: tuple[str, str, str] | None) -> dict[str, Any]:
     """A strategic-merge patch for nodes/status: conditions merge by `type`, other conditions stay."""
-    cond = {"type": CONDITION, "status": status, "reason": reason, "message": message,
+    cond = {"type": CONDITION, "status": status, "reason": reason[:MAX_REASON], "message": message[:MAX_MESSAGE],
             "lastHeartbeatTime": now_iso}
     if previous is None or previous[0] != status:
         cond["lastTransitionTime"] = now_iso
     return {"status": {"conditions": [cond]}}
 
 
-def quarantined(node: dict[str, Any], reason: str, now_iso: str, episode: str) -> dict[str, Any] | None:
+def quarantined(node: dict[str, Any], reason: str, now_iso: str, episode: str,
+                record: str = RECORD_FULL) -> dict[str, Any] | None:
     """The Node after Vigil's taint, cordon and record, or None when it already has them.
     Keeps every other taint (spec.taints has no merge key: the caller writes the whole object back with its
     resourceVersion). Records whether the node was schedulable before, so a release never uncordons a node
-    that a person cordoned."""
+    that a person cordoned. `record`: RECORD_FULL (with reason, since, episode, each bounded), RECORD_MINIMAL
+    (what a release needs), RECORD_NONE (taint and cordon alone)."""
+    detail = record
     node = json.loads(json.dumps(node))  # a copy
     meta = node.setdefault("metadata", {})
     ann = meta.get("annotations") or {}
@@ -170,11 +180,13 @@ def quarantined(node: dict[str, Any], reason: str, now_iso: str, episode: str) -
             record = None
     if record is None:
         was_schedulable = not spec.get("unschedulable", False)
-        record = {"tainted": True, "cordoned": was_schedulable, "wasSchedulable": was_schedulable,
-                  "reason": reason, "since": now_iso, "episode": episode}
-        ann[RECORD] = json.dumps(record, sort_keys=True, separators=(",", ":"))
-        meta["annotations"] = ann
-        changed = True
+        record = {"tainted": True, "cordoned": was_schedulable, "wasSchedulable": was_schedulable}
+        if detail == RECORD_FULL:
+            record.update(reason=reason[:MAX_REASON], since=now_iso, episode=episode[:MAX_EPISODE])
+        if detail != RECORD_NONE:
+            ann[RECORD] = json.dumps(record, sort_keys=True, separators=(",", ":"))
+            meta["annotations"] = ann
+            changed = True
     if not any(_is_ours(t) for t in taints):
         taints.append({"key": TAINT_KEY, "value": "true", "effect": TAINT_EFFECT})
         spec["taints"] = taints

@@ -6,10 +6,13 @@ step a fake clock. No I/O here; the server feeds it, the policy reads it.
 Level-triggered: a Hello or a Heartbeat carries the digest (every non-ok (check, entity) of the node), which
 replaces what was known; events between heartbeats update single keys. An event that the digest already
 covers (seq <= digest_seq) or that comes from an older boot never changes state. Dedup: per (node, spool
-epoch) the highest applied seq; seqs at or below it are duplicates.
+epoch) the highest applied seq; seqs at or below it are duplicates (the stream's intake refuses them before they
+get here: see intake.py). A node remembers its last EPOCHS spool epochs, and the last REJECTIONS events refused in
+each (the Welcome names them again, for an agent that missed the Ack that did).
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -17,6 +20,8 @@ OK, UNHEALTHY, UNKNOWN = "ok", "unhealthy", "unknown"
 FATAL = "fatal"
 
 Key = tuple[str, str]  # (check, entity)
+EPOCHS = 16  # spool epochs remembered per node: a wiped spool, a second agent in a rolling update
+REJECTIONS = 100  # refused events remembered per epoch
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,22 @@ class NodeState:
     unhealthy_since: float | None = None
     trigger: str = ""  # dedup key of what made it unhealthy: names its Kubernetes Events deterministically
     seeded: bool = False  # known from a condition Vigil published before this replica led
+    rejections: dict[str, deque] = field(default_factory=dict)  # spool epoch -> recent (seq, reason) refused
+
+    def use_epoch(self, epoch: str) -> None:
+        """The epoch is in use: it becomes the most recent, and the least recently used beyond EPOCHS is forgotten
+        (so agents that keep changing epochs cannot grow the node's memory)."""
+        self.applied[epoch] = self.applied.pop(epoch, 0)
+        while len(self.applied) > EPOCHS:
+            old = next(iter(self.applied))
+            del self.applied[old]
+            self.rejections.pop(old, None)
+
+    def reject(self, epoch: str, seq: int, reason: str) -> None:
+        ring = self.rejections.get(epoch)
+        if ring is None:
+            ring = self.rejections[epoch] = deque(maxlen=REJECTIONS)
+        ring.append((seq, reason))
 
     @property
     def reported(self) -> bool:
@@ -103,6 +124,7 @@ def hello(node: NodeState, boot_id: str, epoch: str, digest: Iterable[Problem], 
     if node.first_report_at is None:
         node.first_report_at = now
     node.seeded = False
+    node.use_epoch(epoch)
     _digest(node, epoch, digest, digest_seq, now, f"digest/{boot_id}/{epoch}/{digest_seq}")
     return rebooted
 

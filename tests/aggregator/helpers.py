@@ -140,3 +140,72 @@ def stop(proc):
             proc.wait(5)
         except subprocess.TimeoutExpired:
             kill(proc)
+
+
+# ---- a hand-driven agent stream -----------------------------------------------------------------------------------
+def stream_replica(fk, **cfg):
+    """One replica (no Lease) against the fake API, with TokenReview auth, real gRPC on loopback. `applied` lists
+    every (epoch, seq) the engine applied, as its --journal would."""
+    policy = cfg.pop("policy", PolicyConfig(healthy_delay=5.0, heartbeat_timeout=10))
+    r = ReplicaThread(Replica(AggregatorConfig(policy=policy, identity="agg", heartbeat_seconds=1, tick_seconds=0.1,
+                                               **cfg),
+                              ReplicaOptions(listen="127.0.0.1:0", use_lease=False), Kube(fk.api_client())))
+    r.applied = []
+    r.replica.engine.applied_hooks.append(lambda node, boot, epoch, seqs: r.applied.extend((epoch, s) for s in seqs))
+    return r
+
+
+class RawAgent:
+    """An agent stream driven by hand over real gRPC (the sync client): a test sends exactly the messages it
+    needs, malformed ones included, and reads each answer."""
+
+    def __init__(self, port, token, timeout=15.0):
+        import queue
+
+        import grpc
+
+        from agent._proto.vigil.v1 import health_pb2_grpc as pbg
+
+        self._q = queue.Queue()
+        self._ch = grpc.insecure_channel(f"127.0.0.1:{port}")
+
+        def requests():
+            while True:
+                m = self._q.get()
+                if m is None:
+                    return
+                yield m
+        md = (("authorization", f"Bearer {token}"),) if token else ()
+        self.call = pbg.HealthStub(self._ch).Stream(requests(), metadata=md, timeout=timeout)
+
+    def send(self, **body):
+        self._q.put(pb.AgentMessage(**body))
+
+    def hello(self, node, digest=(), boot="b1", epoch="e1", digest_seq=0, rejections=False):
+        self.send(hello=pb.Hello(node=node, boot_id=boot, spool_epoch=epoch, agent_version="test", digest=list(digest),
+                                 digest_seq=digest_seq, handles_rejections=rejections))
+        return self.read().welcome
+
+    def batch(self, events, boot="b1"):
+        self.send(batch=pb.Batch(boot_id=boot, events=list(events)))
+        return self.read().ack
+
+    def read(self):
+        return next(self.call)
+
+    def end(self):
+        """(code, details) the stream ended with, reading what is left."""
+        import grpc
+
+        try:
+            while True:
+                next(self.call)
+        except grpc.RpcError as e:
+            return e.code(), e.details()
+        except StopIteration:
+            return grpc.StatusCode.OK, ""
+
+    def close(self):
+        self._q.put(None)
+        self.call.cancel()
+        self._ch.close()

@@ -3,6 +3,8 @@ the official client: condition, taint, cordon, record, Events; idempotence, retr
 recovery, silence and the cordon budget. The engine runs on a fake clock and is reconciled by hand."""
 import json
 
+import pytest
+
 from agent.aggregator import policy as P
 from agent.aggregator.policy import BudgetConfig
 
@@ -181,3 +183,123 @@ def test_events_have_deterministic_names(harness, fake):
     assert h.kube.create_event("default", body) is True
     assert h.kube.create_event("default", body) is False  # a retry: 409, not a second Event
     assert len(fake.list("events", "default")) == 1
+
+
+def test_a_record_that_does_not_fit_still_taints_and_cordons(harness, fake):
+    """DESIGN §0: audit detail never blocks a quarantine. A node whose annotations (another tool's) leave no room
+    for Vigil's record is refused by the API server (422, over 256 KiB); the taint, cordon and condition are
+    written anyway, with less record, and the Event says that the cordon will not be undone by itself."""
+    from agent.fakekube.validation import ANNOTATIONS_MAX_BYTES
+
+    fake.add_node("n1", annotations={"example.com/big": "x" * (ANNOTATIONS_MAX_BYTES - 40)})
+    h = harness()
+    h.hello("n1", [fatal()])
+    h.reconcile("n1")
+    node = h.node("n1")
+    assert vigil_taints(node) and node["spec"]["unschedulable"] is True
+    assert vigil_condition(node)["status"] == "False"
+    assert P.RECORD not in node["metadata"]["annotations"]
+    assert len(fake.requests("PUT", r"/nodes/n1$", status=422)) == 2  # the full record, then the minimal one
+    cordoned = [e for e in fake.list("events", "default") if e["reason"] == "VigilCordoned"]
+    assert len(cordoned) == 1 and "will not be undone automatically" in cordoned[0]["message"]
+    assert h.engine.metrics.actions[("quarantine", "ok")] == 1
+    # recovery: the taint goes; the cordon stays (Vigil cannot tell whether it was there before)
+    h.engine.heartbeat("n1", "e1", [], 1)
+    h.clock.step(301)
+    h.engine.heartbeat("n1", "e1", [], 1)
+    h.reconcile("n1")
+    node = h.node("n1")
+    assert not vigil_taints(node) and node["spec"]["unschedulable"] is True
+    released = [e for e in fake.list("events", "default") if e["reason"] == "VigilUncordoned"]
+    assert "no record" in released[0]["message"]
+
+
+def test_a_quarantine_whose_answer_was_lost_is_still_reported_once(harness, fake):
+    """Issue 12 #18: the PUT lands, its answer is lost (a timeout); the retry finds the taint already there. The
+    action is still counted and its VigilCordoned Event written, once."""
+    fake.add_node("n1")
+    h = harness()
+    h.kube.timeout = 0.5
+    fake.faults.add("PUT", r"/nodes/n1$", timeout_seconds=1.0, after_apply=True, times=1)
+    h.hello("n1", [fatal()])
+    h.reconcile("n1")
+    assert vigil_taints(h.node("n1"))
+    assert h.engine.metrics.actions[("quarantine", "ok")] == 1
+    assert [e["reason"] for e in fake.list("events", "default")].count("VigilCordoned") == 1
+
+
+def test_writes_that_failed_after_landing_are_reported_by_the_next_reconcile(harness, fake):
+    """Issue 12 #18, across reconciles: every answer to the taint's PUT and to the condition's PATCH is a 503 after
+    the write went through, so the reconcile fails and is retried. The retry reads the Node, finds both writes
+    there, and reports each once (metric, Event, log line); a later resync reports nothing again."""
+    fake.add_node("n1")
+    h = harness()
+    fake.faults.add("PUT", r"/nodes/n1$", status=503, after_apply=True, times=5)
+    fake.faults.add("PATCH", r"/nodes/n1/status$", status=503, after_apply=True, times=5)
+    h.hello("n1", [fatal()])
+    with pytest.raises(Exception):
+        h.reconcile("n1")
+    node = h.node("n1")
+    assert vigil_taints(node) and vigil_condition(node)["status"] == "False"
+    assert ("quarantine", "ok") not in h.engine.metrics.actions
+    h.reconcile("n1")  # the worker's retry
+    m = h.engine.metrics.actions
+    assert m[("quarantine", "ok")] == 1 and m[("condition", "ok")] == 1
+    assert m[("quarantine", "error")] == 1 and m[("condition", "error")] == 1
+    h.engine._last.clear()  # a resync
+    h.reconcile("n1")
+    assert m[("quarantine", "ok")] == 1 and m[("condition", "ok")] == 1
+    reasons = [e["reason"] for e in fake.list("events", "default")]
+    assert reasons.count("VigilCordoned") == 1 and reasons.count("VigilUnhealthy") == 1
+
+
+def test_a_failed_condition_write_is_counted_as_an_error_and_does_not_hold_back_the_taint(harness, fake):
+    fake.add_node("n1")
+    h = harness()
+    fake.faults.add("PATCH", r"/nodes/n1/status$", status=422, message="refused", times=None)
+    h.hello("n1", [fatal()])
+    with pytest.raises(Exception):
+        h.reconcile("n1")
+    node = h.node("n1")
+    assert vigil_taints(node) and node["spec"]["unschedulable"] is True
+    assert h.engine.metrics.actions[("condition", "error")] == 1
+
+
+def test_every_decision_and_action_is_one_info_line_with_node_check_and_reason(harness, fake, caplog):
+    """Issue 12 #20: at INFO the aggregator used to log nothing when it tainted and cordoned a node. Agent text in
+    a log line is escaped: a message cannot forge a second line."""
+    import logging
+
+    fake.add_node("n1")
+    h = harness()
+    h.hello("n1", [fatal(message="2 errors\nnode n2: decided healthy")])
+    with caplog.at_level(logging.INFO, logger="agent.aggregator"):
+        h.reconcile("n1")
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert all("\n" not in line for line in lines)
+    decided = [x for x in lines if x.startswith("node n1: decided unhealthy")]
+    tainted = [x for x in lines if x.startswith("node n1: tainted vigil.dev/unhealthy:NoSchedule and cordoned")]
+    condition = [x for x in lines if x.startswith("node n1: condition VigilHealthy=False")]
+    assert len(decided) == len(tainted) == len(condition) == 1
+    for line in decided + tainted + condition:
+        assert "check gpu.ecc.uncorrectable" in line and "2 errors\\nnode n2" in line
+    caplog.clear()
+    h.engine._last.clear()
+    with caplog.at_level(logging.INFO, logger="agent.aggregator"):
+        h.reconcile("n1")  # a resync that finds nothing to do logs nothing at INFO
+    assert [r for r in caplog.records if r.levelno >= logging.INFO] == []
+
+
+def test_the_dry_run_log_says_what_it_would_do(harness, fake, caplog):
+    import logging
+
+    fake.add_node("n1")
+    h = harness(dry_run=True)
+    h.hello("n1", [fatal()])
+    with caplog.at_level(logging.INFO, logger="agent.aggregator"):
+        h.reconcile("n1")
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("dry-run"))
+    assert "would would" not in line and "would-" not in line
+    assert line == ("dry-run: node n1 is unhealthy, check gpu.ecc.uncorrectable: gpu.ecc.uncorrectable on gpu3: "
+                    "2 uncorrectable ECC errors; would taint vigil.dev/unhealthy:NoSchedule and cordon, "
+                    "set VigilHealthy=False")

@@ -109,3 +109,41 @@ def test_a_taken_listen_address_exits_75_naming_it(fake, tmp_path, capsys, flag)
                 "--metrics-listen", address if flag == "--metrics-listen" else "off"]
         assert main(argv) == 75
     assert f"vigil-aggregator: {flag}: cannot listen on {address}: Address already in use" in capsys.readouterr().err
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "agent.aggregator.cli", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_version_and_per_command_help():
+    """Issue 12 #20: `--version`, and each command's --help says what it does."""
+    from agent import __version__
+
+    out = cli("--version")
+    assert (out.returncode, out.stdout.strip()) == (0, f"vigil-aggregator {__version__}")
+    top = cli("--help").stdout
+    assert all(c in top for c in ("serve", "cleanup", "reset-breaker"))
+    cleanup = cli("cleanup", "--help").stdout
+    assert "condition" in cleanup and "taint" in cleanup and "a cordon a person made" in cleanup.replace("\n", " ")
+    assert "--dry-run" in cleanup and "--listen" not in cleanup
+    reset = " ".join(cli("reset-breaker", "--help").stdout.split())
+    assert "Close the cordon budget's breaker" in reset and "does not replay old events" in reset
+    assert "--hello-timeout" in cli("serve", "--help").stdout
+
+
+def test_kubeconfig_errors_name_the_path(tmp_path):
+    """Issue 12 #20: one line naming the file, exit 78 (bad configuration), no traceback."""
+    missing = tmp_path / "nope" / "kc"
+    out = cli("cleanup", "--kubeconfig", str(missing))
+    assert out.returncode == 78 and out.stderr.strip() == f"vigil-aggregator: --kubeconfig {missing}: no such file"
+    assert cli("--kubeconfig", str(missing), "cleanup").stderr == out.stderr  # flags before the command reach it
+    garbage = tmp_path / "kc"
+    garbage.write_text("this: [is not a kubeconfig\n")
+    out = cli("reset-breaker", "--kubeconfig", str(garbage))
+    assert out.returncode == 78 and str(garbage) in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    out = subprocess.run([sys.executable, "-m", "agent.aggregator.cli", "cleanup"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 78 and str(tmp_path / ".kube" / "config") in out.stderr
+

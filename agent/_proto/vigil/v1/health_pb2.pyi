@@ -71,20 +71,22 @@ class Problem(_message.Message):
     def __init__(self, check: _Optional[str] = ..., entity: _Optional[str] = ..., severity: _Optional[_Union[Severity, str]] = ..., status: _Optional[_Union[Status, str]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("node", "boot_id", "spool_epoch", "agent_version", "digest", "digest_seq")
+    __slots__ = ("node", "boot_id", "spool_epoch", "agent_version", "digest", "digest_seq", "handles_rejections")
     NODE_FIELD_NUMBER: _ClassVar[int]
     BOOT_ID_FIELD_NUMBER: _ClassVar[int]
     SPOOL_EPOCH_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     DIGEST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    HANDLES_REJECTIONS_FIELD_NUMBER: _ClassVar[int]
     node: str
     boot_id: str
     spool_epoch: str
     agent_version: str
     digest: _containers.RepeatedCompositeFieldContainer[Problem]
     digest_seq: int
-    def __init__(self, node: _Optional[str] = ..., boot_id: _Optional[str] = ..., spool_epoch: _Optional[str] = ..., agent_version: _Optional[str] = ..., digest: _Optional[_Iterable[_Union[Problem, _Mapping]]] = ..., digest_seq: _Optional[int] = ...) -> None: ...
+    handles_rejections: bool
+    def __init__(self, node: _Optional[str] = ..., boot_id: _Optional[str] = ..., spool_epoch: _Optional[str] = ..., agent_version: _Optional[str] = ..., digest: _Optional[_Iterable[_Union[Problem, _Mapping]]] = ..., digest_seq: _Optional[int] = ..., handles_rejections: _Optional[bool] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("seq", "kind", "check", "component", "entity", "status", "severity", "message", "action", "observed_at_unix_ms", "value", "threshold")
@@ -131,17 +133,33 @@ class Heartbeat(_message.Message):
     def __init__(self, digest: _Optional[_Iterable[_Union[Problem, _Mapping]]] = ..., digest_seq: _Optional[int] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("applied_seq", "heartbeat_seconds", "aggregator")
+    __slots__ = ("applied_seq", "heartbeat_seconds", "aggregator", "rejected", "max_message_bytes", "max_batch_events")
     APPLIED_SEQ_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     AGGREGATOR_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_EVENTS_FIELD_NUMBER: _ClassVar[int]
     applied_seq: int
     heartbeat_seconds: int
     aggregator: str
-    def __init__(self, applied_seq: _Optional[int] = ..., heartbeat_seconds: _Optional[int] = ..., aggregator: _Optional[str] = ...) -> None: ...
+    rejected: _containers.RepeatedCompositeFieldContainer[Rejection]
+    max_message_bytes: int
+    max_batch_events: int
+    def __init__(self, applied_seq: _Optional[int] = ..., heartbeat_seconds: _Optional[int] = ..., aggregator: _Optional[str] = ..., rejected: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., max_message_bytes: _Optional[int] = ..., max_batch_events: _Optional[int] = ...) -> None: ...
 
 class Ack(_message.Message):
-    __slots__ = ("seq",)
+    __slots__ = ("seq", "rejected")
     SEQ_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
     seq: int
-    def __init__(self, seq: _Optional[int] = ...) -> None: ...
+    rejected: _containers.RepeatedCompositeFieldContainer[Rejection]
+    def __init__(self, seq: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ...) -> None: ...
+
+class Rejection(_message.Message):
+    __slots__ = ("seq", "reason")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    reason: str
+    def __init__(self, seq: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...

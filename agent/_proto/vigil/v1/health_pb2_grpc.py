@@ -29,7 +29,12 @@ class HealthStub:
     """One bidirectional stream per agent. The agent opens with a Hello, then sends Batches and Heartbeats in any
     order; the aggregator answers the Hello with a Welcome and every Batch with a cumulative Ack.
     A standby aggregator (not the Lease holder) refuses with UNAVAILABLE; a token that does not verify with
-    UNAUTHENTICATED; a report for another node than the token's pod runs on with PERMISSION_DENIED.
+    UNAUTHENTICATED; a report for another node than the token's pod runs on with PERMISSION_DENIED; no Hello
+    within the aggregator's Hello deadline, or no message at all for its idle timeout, with DEADLINE_EXCEEDED; a
+    newer stream of the same (node, spool epoch) ends the older one with ABORTED. A message the aggregator cannot
+    accept (a Hello or Heartbeat with an unknown enum value or an impossible digest_seq; an invalid event sent by an
+    agent that did not set Hello.handles_rejections) ends the stream with INVALID_ARGUMENT, the details naming the
+    field: sending the same message again fails the same way.
     The agent's projected ServiceAccount token (audience "vigil") travels as metadata `authorization: Bearer ...`.
     """
 
@@ -50,7 +55,12 @@ class HealthServicer:
     """One bidirectional stream per agent. The agent opens with a Hello, then sends Batches and Heartbeats in any
     order; the aggregator answers the Hello with a Welcome and every Batch with a cumulative Ack.
     A standby aggregator (not the Lease holder) refuses with UNAVAILABLE; a token that does not verify with
-    UNAUTHENTICATED; a report for another node than the token's pod runs on with PERMISSION_DENIED.
+    UNAUTHENTICATED; a report for another node than the token's pod runs on with PERMISSION_DENIED; no Hello
+    within the aggregator's Hello deadline, or no message at all for its idle timeout, with DEADLINE_EXCEEDED; a
+    newer stream of the same (node, spool epoch) ends the older one with ABORTED. A message the aggregator cannot
+    accept (a Hello or Heartbeat with an unknown enum value or an impossible digest_seq; an invalid event sent by an
+    agent that did not set Hello.handles_rejections) ends the stream with INVALID_ARGUMENT, the details naming the
+    field: sending the same message again fails the same way.
     The agent's projected ServiceAccount token (audience "vigil") travels as metadata `authorization: Bearer ...`.
     """
 
@@ -80,7 +90,12 @@ class Health:
     """One bidirectional stream per agent. The agent opens with a Hello, then sends Batches and Heartbeats in any
     order; the aggregator answers the Hello with a Welcome and every Batch with a cumulative Ack.
     A standby aggregator (not the Lease holder) refuses with UNAVAILABLE; a token that does not verify with
-    UNAUTHENTICATED; a report for another node than the token's pod runs on with PERMISSION_DENIED.
+    UNAUTHENTICATED; a report for another node than the token's pod runs on with PERMISSION_DENIED; no Hello
+    within the aggregator's Hello deadline, or no message at all for its idle timeout, with DEADLINE_EXCEEDED; a
+    newer stream of the same (node, spool epoch) ends the older one with ABORTED. A message the aggregator cannot
+    accept (a Hello or Heartbeat with an unknown enum value or an impossible digest_seq; an invalid event sent by an
+    agent that did not set Hello.handles_rejections) ends the stream with INVALID_ARGUMENT, the details naming the
+    field: sending the same message again fails the same way.
     The agent's projected ServiceAccount token (audience "vigil") travels as metadata `authorization: Bearer ...`.
     """
 
