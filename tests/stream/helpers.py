@@ -35,11 +35,11 @@ class Applied:
         engine.applied_hooks.append(lambda node, boot, epoch, seqs: self.seqs.extend((epoch, s) for s in seqs))
         batch = engine.batch
 
-        def spy(node, epoch, boot_id, events):  # every event received, by (epoch, seq)
+        def spy(node, epoch, boot_id, events, *args, **kw):  # every event received, by (epoch, seq)
             events = list(events)
             for e in events:
                 self._events.setdefault((epoch, e.seq), (e.kind, e.check, e.entity, e.status))
-            return batch(node, epoch, boot_id, events)
+            return batch(node, epoch, boot_id, events, *args, **kw)
         engine.batch = spy
 
     def __len__(self) -> int:
