@@ -212,9 +212,13 @@ class Engine:
             del self._streams[(stream.node, stream.epoch)]
 
     def rejections(self, node_name: str, epoch: str) -> list[tuple[int, str]]:
-        """The latest events of (node, epoch) refused, for the Welcome."""
+        """The latest events of (node, epoch) refused at or below its applied seq, for the Welcome (one above it is
+        still the agent's to send, and is refused again, by name, if it comes)."""
         node = self.nodes.get(node_name)
-        return list(node.rejections.get(epoch, ())) if node is not None else []
+        if node is None:
+            return []
+        upto = node.applied.get(epoch, 0)
+        return [(seq, why) for seq, why in node.rejections.get(epoch, ()) if seq <= upto]
 
     def heartbeat(self, node_name: str, epoch: str, digest: Iterable[Any], digest_seq: int,
                   stream: StreamHandle | None = None) -> None:
