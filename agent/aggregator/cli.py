@@ -124,12 +124,14 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="vigil-aggregator", description="Vigil aggregator: judges node health from the agents' "
-                "streams and marks, taints and cordons unhealthy nodes, safely. Without a command it serves.",
+    common = _common()
+    p = _Parser(prog="vigil-aggregator", parents=[common],
+                description="Vigil aggregator: judges node health from the agents' streams and marks, taints and "
+                "cordons unhealthy nodes, safely. Without a command it serves, with the flags below.",
                 epilog="`vigil-aggregator COMMAND --help` tells what each command does and takes.")
     p.add_argument("--version", action="version", version=f"vigil-aggregator {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    common = _common()
+    _serve_flags(p)  # the default command's flags, listed in the top-level help
+    sub = p.add_subparsers(dest="command", parser_class=_Parser, title="commands")
     for name, (summary, text) in COMMANDS.items():
         c = sub.add_parser(name, parents=[common], help=summary, description=text)
         if name == "serve":

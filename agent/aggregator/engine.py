@@ -59,17 +59,20 @@ class AggregatorConfig:
 class StreamHandle:
     """One agent stream as the engine knows it: its place in its spool epoch, whether the agent reads rejections,
     and how the engine ends it (a newer stream of the same (node, epoch), a lost Lease): `ended` gets the gRPC code
-    name and the details, and the server, which waits on it with every read, ends the call."""
+    name and the details, and `on_end`, the server's, ends the call."""
 
     def __init__(self, node: str, epoch: str, handles_rejections: bool) -> None:
         self.node, self.epoch = node, epoch
         self.handles_rejections = handles_rejections
         self.cursor = intake.Cursor(0)
         self.ended: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.on_end: Callable[[str, str], Any] | None = None  # the server's: ends the call
 
     def end(self, code: str, details: str) -> None:
         if not self.ended.done():
             self.ended.set_result((code, details))
+            if self.on_end is not None:
+                self.on_end(code, details)
 
 
 @dataclass
@@ -209,9 +212,13 @@ class Engine:
             del self._streams[(stream.node, stream.epoch)]
 
     def rejections(self, node_name: str, epoch: str) -> list[tuple[int, str]]:
-        """The latest events of (node, epoch) refused, for the Welcome."""
+        """The latest events of (node, epoch) refused at or below its applied seq, for the Welcome (one above it is
+        still the agent's to send, and is refused again, by name, if it comes)."""
         node = self.nodes.get(node_name)
-        return list(node.rejections.get(epoch, ())) if node is not None else []
+        if node is None:
+            return []
+        upto = node.applied.get(epoch, 0)
+        return [(seq, why) for seq, why in node.rejections.get(epoch, ()) if seq <= upto]
 
     def heartbeat(self, node_name: str, epoch: str, digest: Iterable[Any], digest_seq: int,
                   stream: StreamHandle | None = None) -> None:

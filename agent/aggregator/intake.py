@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from agent import wire
+from agent._proto.vigil.v1 import health_pb2 as pb
 from .state import OK, IncomingEvent, Problem
 
 Cut = Callable[[str], None]  # told the name of every field that was shortened (a metric)
@@ -55,7 +56,8 @@ class Cursor:
     declared: int = 0  # the highest digest_seq the agent declared on this stream
 
     def ceiling(self) -> int:
-        return min(wire.MAX_SEQ, max(self.last, self.declared) + wire.SEQ_AHEAD)
+        """The highest seq the next event may have."""
+        return min(wire.MAX_SEQ, (self.last if self.last > self.declared else self.declared) + wire.SEQ_AHEAD)
 
 
 @dataclass(frozen=True)
@@ -116,25 +118,57 @@ def read_digest(digest: Iterable[Any], where: str, cut: Cut = _no_cut) -> tuple[
     return out, dropped
 
 
+_L_CHECK, _L_ENTITY, _L_MESSAGE = wire.LIMITS["check"], wire.LIMITS["entity"], wire.LIMITS["message"]
+
+
+def _known(read: Callable[[int], str], numbers: Iterable[int]) -> dict[int, str]:
+    """wire's map, as a dict for the hot path (an absent number goes through wire again, for its error)."""
+    out = {}
+    for n in numbers:
+        try:
+            out[n] = read(n)
+        except wire.BadEnum:
+            pass
+    return out
+
+
+_KINDS = _known(wire.kind_from_proto, pb.Kind.values())
+_STATUSES = _known(wire.status_from_proto, pb.Status.values())
+_SEVERITIES = _known(wire.severity_from_proto, pb.Severity.values())
+
+
 def read_event(e: Any, cursor: Cursor, cut: Cut = _no_cut) -> IncomingEvent | Rejection:
     """One event of a Batch, against the stream's cursor (not advanced here: the caller advances it when it takes
-    the event)."""
-    seq = e.seq
+    the event). On the hot path (100,000 events/s): the common case costs a few comparisons."""
+    seq, last, declared = e.seq, cursor.last, cursor.declared
+    if not last < seq <= min(wire.MAX_SEQ, (last if last > declared else declared) + wire.SEQ_AHEAD) \
+            or seq < wire.MIN_SEQ:
+        return _bad_seq(seq, cursor)
+    kind, status, severity = _KINDS.get(e.kind), _STATUSES.get(e.status), _SEVERITIES.get(e.severity)
+    if kind is None or status is None or severity is None:
+        try:
+            kind = wire.kind_from_proto(e.kind)
+            status, severity = wire.status_from_proto(e.status), wire.severity_from_proto(e.severity)
+        except wire.BadEnum as err:
+            return Rejection(seq, f"seq {seq} ({_show(e.check)}): {err}", "enum")
+    check, entity, message = e.check, e.entity, e.message
+    if len(check) > _L_CHECK:
+        check = _text("check", check, cut)
+    if len(entity) > _L_ENTITY:
+        entity = _text("entity", entity, cut)
+    if len(message) > _L_MESSAGE:
+        message = _text("message", message, cut)
+    return IncomingEvent(seq, kind, check, entity, status, severity, message)
+
+
+def _bad_seq(seq: int, cursor: Cursor) -> Rejection:
     if not wire.MIN_SEQ <= seq <= wire.MAX_SEQ:
         return Rejection(seq, f"seq {seq} is outside {wire.MIN_SEQ}..{wire.MAX_SEQ}", "seq")
     if seq <= cursor.last:
         return Rejection(seq, f"seq {seq} is not above {cursor.last}, the last seq of this stream (or already "
                               f"acknowledged): events go in seq order, once", "seq")
-    if seq > cursor.ceiling():
-        return Rejection(seq, f"seq {seq} jumps more than {wire.SEQ_AHEAD} past {max(cursor.last, cursor.declared)}, "
-                              f"the highest seq this stream has seen", "seq")
-    try:
-        kind = wire.kind_from_proto(e.kind)
-        status, severity = wire.status_from_proto(e.status), wire.severity_from_proto(e.severity)
-    except wire.BadEnum as err:
-        return Rejection(seq, f"seq {seq} ({_show(e.check)}): {err}", "enum")
-    return IncomingEvent(seq, kind, _text("check", e.check, cut), _text("entity", e.entity, cut), status, severity,
-                         _text("message", e.message, cut))
+    return Rejection(seq, f"seq {seq} jumps more than {wire.SEQ_AHEAD} past {max(cursor.last, cursor.declared)}, "
+                          f"the highest seq this stream has seen", "seq")
 
 
 @dataclass

@@ -10,8 +10,9 @@ sends nothing for the idle timeout is ended; so is an older stream of the same (
 every stream when this replica loses the Lease (UNAVAILABLE): the agents spool and reconnect.
 
 A pending read is never cancelled: grpc.aio leaks a little native memory for each cancelled read
-(grpc/grpc#43360). Each read waits beside the deadline and the stream's end, and a stream that must end returns
-its status with the read still pending: finishing the call completes it.
+(grpc/grpc#43360), so a deadline is not a wait_for around the read. The handler reads plainly (the hot path costs
+what it did), and a per-call `_Watch` (one timer) ends the call from outside with context.abort: the pending read
+then raises the AbortError, which ends the handler.
 """
 from __future__ import annotations
 
@@ -33,20 +34,81 @@ from .intake import printable
 
 log = logging.getLogger(__name__)
 
-_TIMEOUT, _ENDED = object(), object()
-
 
 class _End(Exception):
-    """End the call with this status (raised inside the handler, turned into set_code/set_details)."""
+    """End the call with this status (raised inside the handler, where no read is pending)."""
 
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         super().__init__(details)
         self.code, self.details = code, details
 
 
-def _retrieve(task: asyncio.Future) -> None:
-    if not task.cancelled():
-        task.exception()  # a read left pending when its stream ended: its outcome is of no interest
+class _Watch:
+    """The end of one call, decided once: by the handler (a refusal, EOF), by a deadline (no Hello, or nothing
+    received for the idle timeout), or by the engine (a newer stream, a lost Lease). A deadline and the engine end
+    the call from outside, with context.abort in a task of its own, while the handler's read is still pending."""
+
+    def __init__(self, context: grpc.aio.ServicerContext, limit: float, reason: str, text: str,
+                 on_timeout: Any) -> None:
+        self.context = context
+        self.loop = asyncio.get_running_loop()
+        self.last = self.loop.time()  # the handler sets it on every message
+        self.claimed = False
+        self.task: asyncio.Task | None = None
+        self.aborted: BaseException | None = None
+        self._on_timeout = on_timeout
+        self._timer: asyncio.TimerHandle | None = None
+        self.arm(limit, reason, text)
+
+    def arm(self, limit: float, reason: str, text: str) -> None:
+        """(Re)start the deadline: `limit` seconds without a message ends the call with DEADLINE_EXCEEDED."""
+        self.limit, self.reason, self.text = limit, reason, text
+        self.last = self.loop.time()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_at(self.last + limit, self._check)
+
+    def _check(self) -> None:
+        quiet = self.loop.time() - self.last
+        if quiet < self.limit:  # a message came since: look again when the rest has passed
+            self._timer = self.loop.call_at(self.last + self.limit, self._check)
+            return
+        self._timer = None
+        if self.end_soon(grpc.StatusCode.DEADLINE_EXCEEDED, self.text) and self.reason:
+            self._on_timeout(self.reason)
+
+    def claim(self) -> bool:
+        """The handler ends the call itself: True unless a deadline or the engine got there first."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.claimed:
+            return False
+        self.claimed = True
+        return True
+
+    def end_soon(self, code: grpc.StatusCode, details: str) -> bool:
+        if not self.claim():
+            return False
+        self.task = self.loop.create_task(self._abort(code, details))
+        return True
+
+    async def _abort(self, code: grpc.StatusCode, details: str) -> None:
+        try:
+            await self.context.abort(code, details)
+        except BaseException as e:  # noqa: BLE001 - grpc's AbortError: how abort() returns
+            self.aborted = e
+
+    async def end(self, code: grpc.StatusCode, details: str) -> None:
+        """From the handler: end the call with this status, or, when a deadline or the engine ended it first, wait
+        for that and leave the way abort() does (raising its AbortError)."""
+        if self.claim():
+            await self.context.abort(code, details)
+        if self.task is not None:
+            await asyncio.shield(self.task)
+        if self.aborted is not None:
+            raise self.aborted
+        raise asyncio.CancelledError  # pragma: no cover - abort() always raises
 
 
 class HealthService(pbg.HealthServicer):
@@ -58,28 +120,18 @@ class HealthService(pbg.HealthServicer):
         m = self.engine.metrics
         m.bump(m.refused, reason)
 
-    async def _next(self, context: grpc.aio.ServicerContext, timeout: float,
-                    stream: StreamHandle | None = None) -> Any:
-        """The next message, EOF, _TIMEOUT after `timeout` seconds, or _ENDED when the engine ended the stream."""
-        read = asyncio.ensure_future(context.read())
-        read.add_done_callback(_retrieve)  # also when this handler is cancelled (the agent went away) mid-wait
-        waits: set[asyncio.Future] = {read}
-        if stream is not None:
-            waits.add(stream.ended)
-        done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        if read in done:
-            return read.result()
-        # the read is left pending, not cancelled: see the module's docstring
-        return _ENDED if stream is not None and stream.ended.done() else _TIMEOUT
-
     async def Stream(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
+        watch = _Watch(context, self.engine.cfg.hello_seconds, "hello_timeout",
+                       f"no Hello within {self.engine.cfg.hello_seconds:g}s of the stream's start: the stream must "
+                       f"open with one", self._refuse)
         try:
-            await self._serve(context)
+            await self._serve(context, watch)
         except _End as e:
-            context.set_code(e.code)
-            context.set_details(e.details)
+            await watch.end(e.code, e.details)
+        finally:
+            watch.claim()  # ended: no deadline fires on a finished call
 
-    async def _serve(self, context: grpc.aio.ServicerContext) -> None:
+    async def _serve(self, context: grpc.aio.ServicerContext, watch: _Watch) -> None:
         engine = self.engine
         cfg = engine.cfg
         if not engine.leader.is_leader():
@@ -93,11 +145,7 @@ class HealthService(pbg.HealthServicer):
         except Exception as e:  # noqa: BLE001 - the API server is down: let the agent retry
             self._refuse("auth_unavailable")
             raise _End(grpc.StatusCode.UNAVAILABLE, f"cannot verify the token now: {e}") from None
-        first = await self._next(context, cfg.hello_seconds)
-        if first is _TIMEOUT:
-            self._refuse("hello_timeout")
-            raise _End(grpc.StatusCode.DEADLINE_EXCEEDED,
-                       f"no Hello within {cfg.hello_seconds:g}s of the stream's start: the stream must open with one")
+        first = await context.read()  # the Hello deadline runs from the stream's start (the watch)
         if first is grpc.aio.EOF or not first.HasField("hello"):
             self._refuse("no_hello")
             raise _End(grpc.StatusCode.INVALID_ARGUMENT, "the stream must open with a Hello")
@@ -117,15 +165,16 @@ class HealthService(pbg.HealthServicer):
             raise _End(grpc.StatusCode.UNAVAILABLE, "this replica lost the Lease")
         node, epoch = hello.node, hello.epoch
         stream = StreamHandle(node, epoch, hello.handles_rejections)
+        stream.on_end = lambda code, details: watch.end_soon(getattr(grpc.StatusCode, code), details)
         engine.metrics.streams += 1
         try:
-            await self._session(context, stream, hello, first.hello)
+            await self._session(context, watch, stream, hello, first.hello)
         finally:
             engine.metrics.streams -= 1
             engine.close_stream(stream)
 
-    async def _session(self, context: grpc.aio.ServicerContext, stream: StreamHandle, hello: intake.HelloIn,
-                       msg: Any) -> None:
+    async def _session(self, context: grpc.aio.ServicerContext, watch: _Watch, stream: StreamHandle,
+                       hello: intake.HelloIn, msg: Any) -> None:
         engine = self.engine
         node, epoch = hello.node, hello.epoch
         try:
@@ -140,16 +189,16 @@ class HealthService(pbg.HealthServicer):
             welcome.rejected.extend(pb.Rejection(seq=s, reason=r) for s, r in engine.rejections(node, epoch))
         await context.write(pb.AggregatorMessage(welcome=welcome))
         idle = engine.cfg.idle_seconds
+        watch.arm(idle, "", f"nothing received for {idle:g}s (no heartbeat)")  # not a refusal: the agent left
+        loop = watch.loop
         while True:
-            msg = await self._next(context, idle, stream)
+            msg = await context.read()
+            watch.last = loop.time()
             if msg is grpc.aio.EOF:
                 return
-            if msg is _ENDED or stream.ended.done():
+            if stream.ended.done():  # ended by the engine since this message came: it must not be applied
                 code, details = stream.ended.result()
-                raise _End(getattr(grpc.StatusCode, code), details)
-            if msg is _TIMEOUT:
-                self._refuse("idle")
-                raise _End(grpc.StatusCode.DEADLINE_EXCEEDED, f"nothing received for {idle:g}s (no heartbeat)")
+                await watch.end(getattr(grpc.StatusCode, code), details)
             if node not in engine.nodes:  # this replica's state was reset (a Lease change): start over
                 raise _End(grpc.StatusCode.UNAVAILABLE, "aggregator state reset; reconnect")
             which = msg.WhichOneof("body")
