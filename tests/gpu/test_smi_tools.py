@@ -105,7 +105,7 @@ def test_the_output_cap_is_a_setting_and_range_checked(tmp_path):
     cfg = tmp_path / "vigil.yaml"
     cfg.write_text("gpu:\n  smi_max_output_bytes: 4194304\n")
     assert run_cli("--config", str(cfg), "--snapshot", "mi300x-rocm71-healthy").returncode == 0
-    cfg.write_text("gpu:\n  smi_max_output_bytes: 1099511627776\n")
+    cfg.write_text("gpu:\n  smi_max_output_bytes: 1073741824\n")  # 1 GiB: over the 256 MiB bound
     p = run_cli("--config", str(cfg), "--snapshot", "mi300x-rocm71-healthy")
     assert p.returncode == 78 and "gpu.smi_max_output_bytes: must be an integer within" in p.stderr
 
