@@ -134,9 +134,20 @@ def test_strings_are_bounded_before_spooling_as_the_aggregator_would(tmp_path):
         r.stop()
 
 
-def test_sessions_end_by_half_close_not_cancel(tmp_path):
-    """Stopping the client ends its session cleanly: the aggregator's handler reads the end of the stream and
-    returns, rather than being cancelled (grpc.aio leaks native memory for each cancelled call, grpc/grpc#43360)."""
+def test_sessions_end_by_half_close_not_cancel(tmp_path, monkeypatch):
+    """Stopping the client ends its session by half-closing it: the aggregator's handler reads the end of the
+    stream and returns, and no call is cancelled (grpc.aio leaks native memory for each cancelled call,
+    grpc/grpc#43360)."""
+    import grpc.aio._call as aio_call
+
+    cancels: list[str] = []
+    real_cancel = aio_call.Call.cancel
+
+    def counting_cancel(self):
+        if not self.done():
+            cancels.append(type(self).__name__)
+        return real_cancel(self)
+    monkeypatch.setattr(aio_call.Call, "cancel", counting_cancel)
     r, applied = replica()
     svc = r.replica.service
     inner = svc._session
@@ -153,11 +164,33 @@ def test_sessions_end_by_half_close_not_cancel(tmp_path):
     c = client(tmp_path, r.port)
     try:
         c.start()
-        wait_for(lambda: c.metrics().value("vigil_stream_connected") == 1, 10, "connected")
+        c.info("tuner.write", "sysctl", "k", "wrote")
+        wait_for(lambda: len(applied) == 1, 10, "delivered")
     finally:
         c.stop()
     try:
         wait_for(lambda: ends, 5, "the session ended")
-        assert ends == ["returned"]
+        assert ends == ["returned"] and cancels == []
     finally:
+        r.stop()
+
+
+def test_a_session_the_aggregator_aborted_is_reconnected_at_once(tmp_path):
+    """A newer stream of the same spool epoch ends this one with ABORTED (the aggregator's reason, not this
+    agent's message): the agent reconnects at once, not after its failure backoff (here 10 s doubling)."""
+    from tests.aggregator.helpers import RawAgent
+
+    r, applied = replica()
+    c = client(tmp_path, r.port, backoff_base=10.0, backoff_max=60.0)
+    try:
+        c.start()
+        wait_for(lambda: c.metrics().value("vigil_stream_connects_total") == 1, 10, "connected")
+        raw = RawAgent(r.port, None)
+        raw.hello("n1", boot="boot-1", epoch=c.keeper.session()[1], rejections=True)  # takes the epoch's stream
+        wait_for(lambda: c.metrics().value("vigil_stream_failures_total", code="ABORTED") == 1, 10, "aborted")
+        t0 = time.monotonic()
+        wait_for(lambda: c.metrics().value("vigil_stream_connects_total") == 2, 10, "reconnected")
+        assert time.monotonic() - t0 < 2.0
+    finally:
+        c.stop()
         r.stop()
