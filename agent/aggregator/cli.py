@@ -119,6 +119,13 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     d.add_argument("--budget-percent", type=number_flag(0, 100), default=None, metavar="P",
                    help="cordon at most P%% of the nodes per window")
     d.add_argument("--budget-window", type=seconds, default=3600.0, metavar="SECONDS", help="default 3600")
+    r = p.add_argument_group("finer than a node (DESIGN §9)")
+    r.add_argument("--device-quarantine", action="store_true",
+                   help="a fault that is one GPU's (ECC, row remap, its Xids, RAS, XGMI/NVLink, a probe) taints that "
+                   "device with a DeviceTaintRule (resource.k8s.io v1, else v1beta2, as discovery offers) instead of "
+                   "cordoning the node; needs RBAC on resourceslices (list) and devicetaintrules")
+    r.add_argument("--device-effect", choices=["NoSchedule", "NoExecute"], default="NoSchedule",
+                   help="the device taint's effect (default NoSchedule; NoExecute: DRA evicts the pods using it)")
     d.add_argument("--resync", type=number_flag(0, DAY, above=True), default=300.0, metavar="SECONDS",
                    help="re-check every node against its verdict this often (default 300)")
 
@@ -179,6 +186,7 @@ def _usernames(args: argparse.Namespace) -> set[str]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .app import Replica, ReplicaOptions
+    from .devices import DeviceConfig
     from .engine import AggregatorConfig
     from .policy import BudgetConfig, PolicyConfig
 
@@ -190,6 +198,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = AggregatorConfig(
         policy=PolicyConfig(args.healthy_delay, args.heartbeat_timeout, args.startup_grace),
         budget=BudgetConfig(args.budget_nodes, args.budget_percent, args.budget_window),
+        devices=DeviceConfig(enabled=args.device_quarantine, effect=args.device_effect),
         dry_run=args.dry_run, identity=args.identity, event_namespace=args.event_namespace,
         heartbeat_seconds=args.heartbeat_interval, resync_seconds=args.resync, hello_seconds=args.hello_timeout)
     tls = (Path(args.tls_key).read_bytes(), Path(args.tls_cert).read_bytes()) if args.tls_cert else None
@@ -240,6 +249,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         if did:
             changed += 1
             print(f"{'would clean' if args.dry_run else 'cleaned'} {name}: {', '.join(did)}")
+    changed += _cleanup_device_rules(kube, args.dry_run)
     lease = kube.get_lease(args.namespace, args.lease_name)
     if lease is not None and LEDGER in ((lease.get("metadata") or {}).get("annotations") or {}):
         if not args.dry_run:
@@ -250,6 +260,25 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
               f"{args.namespace}/{args.lease_name}")
     print(f"{changed} node(s) {'to clean' if args.dry_run else 'cleaned'}")
     return 0
+
+
+def _cleanup_device_rules(kube, dry_run: bool) -> int:  # noqa: ANN001
+    """Vigil's DeviceTaintRules (its labels and annotation; a person's rule stays), where the server has them."""
+    from .devices import DeviceApi
+    from .kube import ApiError
+
+    api = DeviceApi(kube)
+    try:
+        version = api.discover()
+        rules = api.rules(version) if version else []
+    except ApiError as e:  # 403: this aggregator was not given the RBAC (device quarantine was never enabled)
+        print(f"DeviceTaintRules not listed ({e}): skipped", file=sys.stderr)
+        return 0
+    for rule in rules:
+        if not dry_run:
+            api.delete_rule(version, rule)  # type: ignore[arg-type]
+        print(f"{'would delete' if dry_run else 'deleted'} DeviceTaintRule {rule['metadata']['name']}")
+    return len(rules)
 
 
 def _update_lease(kube, args: argparse.Namespace, change) -> dict | None:  # noqa: ANN001

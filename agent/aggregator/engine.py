@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable
 
 from agent import wire
@@ -24,9 +24,11 @@ from . import intake
 from . import state as st
 from .intake import printable
 from .kube import ApiError, Kube, node_event, now_iso
+from .devices import DeviceConfig
 from .lease import NotLeader
 from .metrics import AggregatorMetrics
-from .policy import (ADMIT, ALREADY, MAX_EPISODE, NONE, OPENED, RECORD_FULL, RECORD_MINIMAL, RECORD_NONE, TAINT_EFFECT,
+from .remedy import Remedy
+from .policy import (ADMIT, ALREADY, HEALTHY, MAX_EPISODE, NONE, OPENED, RECORD_FULL, RECORD_MINIMAL, RECORD_NONE, TAINT_EFFECT,
                      TAINT_KEY, UNHEALTHY, BudgetConfig, Ledger, PolicyConfig, Verdict, admit, condition_patch, judge,
                      observe, plan, quarantined, released, unhold)
 
@@ -40,6 +42,7 @@ CONDITION_EVENT = {"False": ("VigilUnhealthy", "Warning"), "True": ("VigilHealth
 class AggregatorConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    devices: DeviceConfig = field(default_factory=DeviceConfig)  # per-device quarantine (DRA): remedy.py
     dry_run: bool = False
     identity: str = "vigil-aggregator"
     event_namespace: str = "default"  # where Node Events go (kubectl describe node looks there)
@@ -125,6 +128,7 @@ class Engine:
         self._streams: dict[tuple[str, str], StreamHandle] = {}  # (node, spool epoch) -> its one live stream
         self._pending: dict[str, dict[str, _Pending]] = {}  # node -> action -> a write not yet reported
         self._logged: dict[str, Verdict] = {}  # the last decision logged per node (a change is logged once)
+        self.remedy = Remedy(self)  # finer than a node: device quarantine (DESIGN §9)
         leader.on_started.append(self._became_leader)
         leader.on_stopped.append(self._lost_leadership)
 
@@ -171,6 +175,7 @@ class Engine:
             if observe(obj).condition is not None:
                 name = obj["metadata"]["name"]
                 st.seed(self.nodes.setdefault(name, st.NodeState(name)), now)
+        await self.remedy.seed()
 
     # -- stream input (synchronous, on the loop) ----------------------------------------------------------
     # Each validates what it is given (intake.py) before it changes anything: intake.Invalid refuses the message.
@@ -365,6 +370,13 @@ class Engine:
             await self._settle(name, obj, done)
         obs = observe(obj)
         p = plan(verdict, obs)
+        # Finer than a node: when every fatal fault is one device's and maps to a DRA device, taint the devices
+        # instead (remedy.py); otherwise the node, and its Event says why not the device.
+        dplan = None
+        if verdict.kind == UNHEALTHY and not p.skipped and obj is not None:
+            dplan = await self.remedy.device_plan(name, node.fatal_problems())
+            if dplan.device:
+                p = replace(p, quarantine=False)
         if p.skipped:
             m.maintenance_skips += 1
             done.append(f"skipped:{p.skipped}")
@@ -382,6 +394,10 @@ class Engine:
             if would:
                 log.info("dry-run: node %s is %s, %s; would %s", name, verdict.kind, self._why(verdict),
                          ", ".join(would))
+            if dplan is not None and dplan.device:
+                await self.remedy.quarantine(name, obj or {}, node, verdict, dplan, done)
+            if verdict.kind == HEALTHY and not p.skipped:
+                await self.remedy.release(name, obj, done)
             self._last[name] = verdict
             self._remember(name, verdict, done)
             return
@@ -397,6 +413,21 @@ class Engine:
                 m.bump(m.actions, ("quarantine", "error"))
                 log.warning("node %s: taint and cordon failed: %s", name, _short(str(e)))
                 failed = e
+        for wanted, step, what in (
+                (dplan is not None and dplan.device,
+                 lambda: self.remedy.quarantine(name, obj or {}, node, verdict, dplan, done), "device quarantine"),
+                (verdict.kind == HEALTHY and not p.skipped, lambda: self.remedy.release(name, obj, done),
+                 "device release")):
+            if not wanted:
+                continue
+            try:
+                await step()
+            except NotLeader:
+                raise
+            except Exception as e:  # noqa: BLE001 - retried by the worker
+                m.bump(m.actions, (what.replace(" ", "_"), "error"))
+                log.warning("node %s: %s failed: %s", name, what, _short(str(e)))
+                failed = failed or e
         if p.release:
             try:
                 await self._release(name, verdict, done)
@@ -510,7 +541,7 @@ class Engine:
                      note[0])
             await self._event(o, "quarantine", episode, "VigilCordoned",
                               f"Vigil tainted {name} {TAINT_KEY}:{TAINT_EFFECT} and cordoned it: "
-                              f"{verdict.message}{note[0]}", "Warning")
+                              f"{verdict.message}{self.remedy.notes.get(name, '')}{note[0]}", "Warning")
 
         pend = _Pending(landed, report)
         self._expect(name, "quarantine", pend)
