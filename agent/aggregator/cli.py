@@ -126,6 +126,13 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
                    "cordoning the node; needs RBAC on resourceslices (list) and devicetaintrules")
     r.add_argument("--device-effect", choices=["NoSchedule", "NoExecute"], default="NoSchedule",
                    help="the device taint's effect (default NoSchedule; NoExecute: DRA evicts the pods using it)")
+    r.add_argument("--signature-nodes", type=number_flag(2, 100_000, integer=True), default=3, metavar="K",
+                   help="an application-class Xid on K nodes running GPU pods of one owner (Job, JobSet, "
+                   "PyTorchJob, Deployment...) within the window is that job's signature: one Event on the owner, "
+                   "no node quarantined for it (default 3; needs RBAC to list pods)")
+    r.add_argument("--signature-window", type=number_flag(0, DAY, above=True), default=60.0, metavar="SECONDS",
+                   help="the correlation window, and how long a fatal application-class fault waits for it before "
+                   "it quarantines (default 60)")
     d.add_argument("--resync", type=number_flag(0, DAY, above=True), default=300.0, metavar="SECONDS",
                    help="re-check every node against its verdict this often (default 300)")
 
@@ -189,6 +196,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .devices import DeviceConfig
     from .engine import AggregatorConfig
     from .policy import BudgetConfig, PolicyConfig
+    from .signatures import SignatureConfig
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValueError("--tls-cert and --tls-key go together")
@@ -199,6 +207,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         policy=PolicyConfig(args.healthy_delay, args.heartbeat_timeout, args.startup_grace),
         budget=BudgetConfig(args.budget_nodes, args.budget_percent, args.budget_window),
         devices=DeviceConfig(enabled=args.device_quarantine, effect=args.device_effect),
+        signatures=SignatureConfig(args.signature_nodes, args.signature_window),
         dry_run=args.dry_run, identity=args.identity, event_namespace=args.event_namespace,
         heartbeat_seconds=args.heartbeat_interval, resync_seconds=args.resync, hello_seconds=args.hello_timeout)
     tls = (Path(args.tls_key).read_bytes(), Path(args.tls_cert).read_bytes()) if args.tls_cert else None

@@ -27,7 +27,8 @@ from .kube import ApiError, Kube, node_event, now_iso
 from .devices import DeviceConfig
 from .lease import NotLeader
 from .metrics import AggregatorMetrics
-from .remedy import Remedy
+from .remedy import Remedy, Signatures
+from .signatures import SignatureConfig
 from .policy import (ADMIT, ALREADY, HEALTHY, MAX_EPISODE, NONE, OPENED, RECORD_FULL, RECORD_MINIMAL, RECORD_NONE, TAINT_EFFECT,
                      TAINT_KEY, UNHEALTHY, BudgetConfig, Ledger, PolicyConfig, Verdict, admit, condition_patch, judge,
                      observe, plan, quarantined, released, unhold)
@@ -43,6 +44,7 @@ class AggregatorConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     devices: DeviceConfig = field(default_factory=DeviceConfig)  # per-device quarantine (DRA): remedy.py
+    signatures: SignatureConfig = field(default_factory=SignatureConfig)  # job signatures: signatures.py
     dry_run: bool = False
     identity: str = "vigil-aggregator"
     event_namespace: str = "default"  # where Node Events go (kubectl describe node looks there)
@@ -129,6 +131,7 @@ class Engine:
         self._pending: dict[str, dict[str, _Pending]] = {}  # node -> action -> a write not yet reported
         self._logged: dict[str, Verdict] = {}  # the last decision logged per node (a change is logged once)
         self.remedy = Remedy(self)  # finer than a node: device quarantine (DESIGN §9)
+        self.signatures = Signatures(self)  # floods are episodes; a job's application fault is its signature
         leader.on_started.append(self._became_leader)
         leader.on_stopped.append(self._lost_leadership)
 
@@ -267,6 +270,9 @@ class Engine:
                         _short(refused[0].reason))
         if res.duplicates:
             m.bump(m.events, "duplicate", res.duplicates)
+        if res.new and boot == node.boot_id:  # an older boot's events never trigger anything
+            fresh = set(res.new)
+            self.signatures.observe(node_name, [e for e in got.events if e.seq in fresh], now)
         if res.new:
             m.bump(m.events, "state", len(res.new) - res.info)
             m.bump(m.events, "info", res.info)
@@ -277,7 +283,7 @@ class Engine:
         return BatchResult(res.ack, got.rejected, got.stop)
 
     def _touch(self, node: st.NodeState, now: float) -> None:
-        v = judge(node, self.cfg.policy, now, self.leader_since)
+        v = judge(node, self.cfg.policy, now, self.leader_since, self.signatures.ignore(node.name, now))
         if v != self._last.get(node.name):
             self._since.setdefault(node.name, now)
             self._enqueue(node.name)
@@ -352,7 +358,8 @@ class Engine:
         if node is None or not self.leader.is_leader():
             return
         now = self.clock()
-        verdict = judge(node, self.cfg.policy, now, self.leader_since)
+        ignore = self.signatures.ignore(name, now)
+        verdict = judge(node, self.cfg.policy, now, self.leader_since, ignore)
         m = self.metrics
         m.bump(m.decisions, verdict.kind)
         since = self._since.pop(name, None)
@@ -374,7 +381,7 @@ class Engine:
         # instead (remedy.py); otherwise the node, and its Event says why not the device.
         dplan = None
         if verdict.kind == UNHEALTHY and not p.skipped and obj is not None:
-            dplan = await self.remedy.device_plan(name, node.fatal_problems())
+            dplan = await self.remedy.device_plan(name, [f for f in node.fatal_problems() if not ignore(f)])
             if dplan.device:
                 p = replace(p, quarantine=False)
         if p.skipped:

@@ -8,6 +8,7 @@ with its uid as precondition. Dry-run decides and logs, and writes none.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -185,4 +186,110 @@ def _admit(ledger: Any, key: str, wall: float, budget: Any, total: int) -> tuple
     return decision, (None if new == ledger else new)
 
 
-__all__ = ["DevicePlan", "Remedy"]
+
+
+class Signatures:
+    """Job signatures wired to the engine (signatures.py decides): the first event of each application-class
+    episode reads the GPU pods of its node (one list per node and half-window, off the stream path), then the
+    correlator is asked; a new signature is reported once (an Event on the owner, a metric) and its nodes are
+    judged again (their application-class faults are left out)."""
+
+    def __init__(self, engine: "Engine") -> None:
+        from .signatures import Correlator
+
+        self.e = engine
+        self.c = Correlator(engine.cfg.signatures)
+        self._reading: set[str] = set()
+        self.reported: list[Any] = []  # signatures reported, for tests and the demo
+
+    def ignore(self, node: str, now: float):  # noqa: ANN201
+        return lambda p: self._ignore(node, p, now)
+
+    def _ignore(self, node: str, p: Any, now: float) -> bool:
+        from .signatures import application_class
+
+        if application_class(p.check, p.message) and (node, p.check, p.entity) not in self.c.held:
+            # known from a digest (a failover, an agent restart): correlate it like a streamed one
+            if self.c.fault(node, p.check, p.entity, p.message, now):
+                self._lookup(node)
+        return self.c.ignore(node, p.check, p.entity, p.message, now)
+
+    def _lookup(self, node: str) -> None:
+        if node not in self._reading and self.e.kube is not None and self.e._loop is not None:
+            self._reading.add(node)
+            task = self.e._loop.create_task(self._read(node))
+            self.e._reports.add(task)
+            task.add_done_callback(self.e._reports.discard)
+
+    def observe(self, node: str, events: list[Any], now: float) -> None:
+        """New events of the node's current boot (older boots never reach here)."""
+        from .signatures import application_class
+
+        m = self.e.metrics
+        lookup = faulted = False
+        for ev in events:
+            new, _ = self.c.episode(node, ev.check, ev.entity, ev.message, now)
+            m.bump(m.episodes, "new" if new else "repeat")
+            if ev.status == "ok":
+                self.c.forget(node, [(ev.check, ev.entity)])
+            elif new and application_class(ev.check, ev.message):
+                faulted = True
+                lookup = self.c.fault(node, ev.check, ev.entity, ev.message, now) or lookup
+        if lookup:
+            self._lookup(node)
+        elif faulted:  # its owners are known: it may join (or make) a signature now
+            self.correlate()
+
+    async def _read(self, node: str) -> None:
+        try:
+            pods = await self.e._io(lambda: self.e.kube._req(  # type: ignore[union-attr]
+                "GET", "/api/v1/pods?fieldSelector=spec.nodeName%3D" + _quote(node)).get("items") or [])
+        except Exception as e:  # noqa: BLE001 - no owners: no signature; after the hold the fault is judged as is
+            log.warning("node %s: reading its pods for job signatures: %s", node, e)
+            return
+        finally:
+            self._reading.discard(node)
+        self.c.set_owners(node, pods, self.e.clock())
+        self.correlate()
+
+    def correlate(self) -> None:
+        """Ask the correlator (synchronously: the nodes of a signature are known before the next judgement), and
+        report what is new in the background."""
+        e, m = self.e, self.e.metrics
+        for sig in self.c.correlate(e.clock()):
+            m.bump(m.signatures, sig.owner.kind)
+            self.reported.append(sig)
+            log.warning("job signature: %s on %d nodes running %s within %gs: application class, no node is "
+                        "quarantined for it", ", ".join(f"Xid {c}" for c in sorted(sig.codes)), len(sig.nodes),
+                        sig.owner, self.c.cfg.window)
+            for n in sig.nodes:
+                e._enqueue(n)
+            if e.cfg.dry_run or e.kube is None or e._loop is None:
+                continue
+            task = e._loop.create_task(self._report(sig))
+            e._reports.add(task)
+            task.add_done_callback(e._reports.discard)
+
+    async def _report(self, sig: Any) -> None:
+        """One Event per signature, written when its window has passed, so that it names every node it reached
+        (the blast radius), not the first K."""
+        from .signatures import owner_event
+
+        e, m = self.e, self.e.metrics
+        await asyncio.sleep(self.c.cfg.window)
+        body = owner_event(sig, e.cfg.event_namespace, e.cfg.identity, now_iso(e.wall()), self.c.cfg.window)
+        try:
+            created = await e._io(lambda: e.kube.create_event(body["metadata"]["namespace"], body))  # type: ignore
+            m.bump(m.actions, ("event", "ok" if created else "exists"))
+        except Exception as ex:  # noqa: BLE001 - a report, never a reason to act
+            m.bump(m.actions, ("event", "error"))
+            log.warning("event VigilJobSignature for %s: %s", sig.owner, ex)
+
+
+def _quote(text: str) -> str:
+    from urllib.parse import quote
+
+    return quote(text, safe="")
+
+
+__all__ = ["DevicePlan", "Remedy", "Signatures"]
