@@ -133,6 +133,13 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     r.add_argument("--signature-window", type=number_flag(0, DAY, above=True), default=60.0, metavar="SECONDS",
                    help="the correlation window, and how long a fatal application-class fault waits for it before "
                    "it quarantines (default 60)")
+    r.add_argument("--drain", action="append", metavar="KEY=POLICY",
+                   help="opt-in partial drain after a quarantine: POLICY none (default), device (the pods holding the "
+                   "sick device, by their DRA ResourceClaims) or all (every GPU pod of the node), for KEY a "
+                   "namespace, * (every other one) or selector:k=v[,k=v] (pod labels); repeatable. Evicts through "
+                   "the Eviction API (PodDisruptionBudgets hold); needs RBAC on pods/eviction and resourceclaims")
+    r.add_argument("--drain-deadline", type=number_flag(0, DAY, above=True), default=600.0, metavar="SECONDS",
+                   help="stop evicting (and report what is left) this long after a drain began (default 600)")
     d.add_argument("--resync", type=number_flag(0, DAY, above=True), default=300.0, metavar="SECONDS",
                    help="re-check every node against its verdict this often (default 300)")
 
@@ -194,6 +201,7 @@ def _usernames(args: argparse.Namespace) -> set[str]:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .app import Replica, ReplicaOptions
     from .devices import DeviceConfig
+    from .drain import DrainConfig
     from .engine import AggregatorConfig
     from .policy import BudgetConfig, PolicyConfig
     from .signatures import SignatureConfig
@@ -208,6 +216,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         budget=BudgetConfig(args.budget_nodes, args.budget_percent, args.budget_window),
         devices=DeviceConfig(enabled=args.device_quarantine, effect=args.device_effect),
         signatures=SignatureConfig(args.signature_nodes, args.signature_window),
+        drain=DrainConfig(DrainConfig.parse(args.drain or ()), args.drain_deadline,
+                          agent_service_accounts=tuple(u.split(":", 2)[2]
+                                                       for u in _usernames(args))),
         dry_run=args.dry_run, identity=args.identity, event_namespace=args.event_namespace,
         heartbeat_seconds=args.heartbeat_interval, resync_seconds=args.resync, hello_seconds=args.hello_timeout)
     tls = (Path(args.tls_key).read_bytes(), Path(args.tls_cert).read_bytes()) if args.tls_cert else None

@@ -25,6 +25,7 @@ from . import state as st
 from .intake import printable
 from .kube import ApiError, Kube, node_event, now_iso
 from .devices import DeviceConfig
+from .drain import Drain, DrainConfig
 from .lease import NotLeader
 from .metrics import AggregatorMetrics
 from .remedy import Remedy, Signatures
@@ -45,6 +46,7 @@ class AggregatorConfig:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     devices: DeviceConfig = field(default_factory=DeviceConfig)  # per-device quarantine (DRA): remedy.py
     signatures: SignatureConfig = field(default_factory=SignatureConfig)  # job signatures: signatures.py
+    drain: DrainConfig = field(default_factory=DrainConfig)  # opt-in partial drain: drain.py
     dry_run: bool = False
     identity: str = "vigil-aggregator"
     event_namespace: str = "default"  # where Node Events go (kubectl describe node looks there)
@@ -132,6 +134,7 @@ class Engine:
         self._logged: dict[str, Verdict] = {}  # the last decision logged per node (a change is logged once)
         self.remedy = Remedy(self)  # finer than a node: device quarantine (DESIGN §9)
         self.signatures = Signatures(self)  # floods are episodes; a job's application fault is its signature
+        self.drain = Drain(self)  # after a quarantine, evict the pods the policy names (PDBs hold)
         leader.on_started.append(self._became_leader)
         leader.on_stopped.append(self._lost_leadership)
 
@@ -161,6 +164,7 @@ class Engine:
         self._last.clear()
         self._logged.clear()
         self._pending.clear()
+        self.drain.stop_all()
         for handle in list(self._streams.values()):
             handle.end("UNAVAILABLE", "this replica lost the Lease")
         self._streams.clear()
@@ -405,6 +409,7 @@ class Engine:
                 await self.remedy.quarantine(name, obj or {}, node, verdict, dplan, done)
             if verdict.kind == HEALTHY and not p.skipped:
                 await self.remedy.release(name, obj, done)
+            self._drain(name, node, verdict, obs, dplan, done)
             self._last[name] = verdict
             self._remember(name, verdict, done)
             return
@@ -455,10 +460,28 @@ class Engine:
                 failed = failed or e
         if failed is not None:
             raise failed
+        self._drain(name, node, verdict, obs, dplan, done)
         if since is not None and done:
             m.decision_latency.observe(self.clock() - since)
         self._last[name] = verdict
         self._remember(name, verdict, done)
+
+    def _drain(self, name: str, node: st.NodeState, verdict: Verdict, obs: Any, dplan: Any, done: list[str]) -> None:
+        """Opt-in partial drain (drain.py) once the device or the node is quarantined (not when the budget held it)."""
+        if verdict.kind != UNHEALTHY or not self.cfg.drain.enabled or obs.maintenance or "held:budget" in done:
+            return
+        if dplan is not None and dplan.device:
+            targets = [(t.driver, t.pool, t.device) for _, ts in dplan.targets for t in ts]
+            self.drain.start(name, f"{node.trigger}/devices", f"{verdict.reason} on a device", targets)
+        elif obs.tainted or "quarantine" in done or "would-quarantine" in done:
+            from .devices import device_scoped
+
+            ignore = self.signatures.ignore(name, self.clock())
+            fatal = [f for f in node.fatal_problems() if not ignore(f)]
+            if any(not device_scoped(f.check, f.entity, self.cfg.devices) for f in fatal):
+                self.drain.start(name, f"{node.trigger}/node", f"{verdict.reason}, node-wide", None)
+            else:  # a device's fault, but no DRA device to attribute pods to: `device` evicts none, and says so
+                self.drain.start(name, f"{node.trigger}/node", f"{verdict.reason} on a device", [])
 
     @staticmethod
     def _why(verdict: Verdict) -> str:
