@@ -23,16 +23,16 @@ from agent.base.backoff import delay as backoff_delay
 from . import intake
 from . import state as st
 from .intake import printable
-from .kube import ApiError, Kube, node_event, now_iso
 from .devices import DeviceConfig
 from .drain import Drain, DrainConfig
+from .kube import ApiError, Kube, node_event, now_iso
 from .lease import NotLeader
 from .metrics import AggregatorMetrics
+from .policy import (ADMIT, ALREADY, HEALTHY, MAX_EPISODE, NONE, OPENED, RECORD_FULL, RECORD_MINIMAL, RECORD_NONE,
+                     TAINT_EFFECT, TAINT_KEY, UNHEALTHY, BudgetConfig, Ledger, PolicyConfig, Verdict, admit,
+                     condition_patch, judge, observe, plan, quarantined, released, unhold)
 from .remedy import Remedy, Signatures
 from .signatures import SignatureConfig
-from .policy import (ADMIT, ALREADY, HEALTHY, MAX_EPISODE, NONE, OPENED, RECORD_FULL, RECORD_MINIMAL, RECORD_NONE, TAINT_EFFECT,
-                     TAINT_KEY, UNHEALTHY, BudgetConfig, Ledger, PolicyConfig, Verdict, admit, condition_patch, judge,
-                     observe, plan, quarantined, released, unhold)
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from typing import Callable, Iterable
 from urllib.parse import parse_qs, urlsplit
 
 from . import schema
-from .store import (GROUP_VERSIONS, GROUPS, RESOURCES, TOKENREVIEWS, ApiError, Resource, Store, bad_request, core_resource,
-                    find_resource, method_not_allowed, parse_field_selector, parse_label_selector)
+from .store import (GROUP_VERSIONS, GROUPS, RESOURCES, TOKENREVIEWS, ApiError, Resource, Store, bad_request,
+                    core_resource, find_resource, method_not_allowed, parse_field_selector, parse_label_selector)
 
 DEFAULT_API_AUDIENCES = ("https://kubernetes.default.svc.cluster.local",)
 NOT_FOUND_RESOURCE = "the server could not find the requested resource"
@@ -793,8 +793,8 @@ class FakeKube:
                 api = {"Job": "batch/v1", "Deployment": "apps/v1", "ReplicaSet": "apps/v1",
                        "StatefulSet": "apps/v1", "DaemonSet": "apps/v1", "JobSet": "jobset.x-k8s.io/v1alpha2",
                        "PyTorchJob": "kubeflow.org/v1"}.get(kind, "v1")
-                owner = {"apiVersion": api, "kind": kind, "name": oname, "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{namespace}/{kind}/{oname}")),
-                         "controller": True, "blockOwnerDeletion": True}
+                uid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{namespace}/{kind}/{oname}"))  # one per owner
+                owner = {"apiVersion": api, "kind": kind, "name": oname, "uid": uid, "controller": True, "blockOwnerDeletion": True}
             meta["ownerReferences"] = [owner]
         res = core_resource("pods")
         obj, _ = self.store.create(res, namespace, {"metadata": meta, "spec": spec})
