@@ -126,6 +126,9 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
                    "cordoning the node; needs RBAC on resourceslices (list) and devicetaintrules")
     r.add_argument("--device-effect", choices=["NoSchedule", "NoExecute"], default="NoSchedule",
                    help="the device taint's effect (default NoSchedule; NoExecute: DRA evicts the pods using it)")
+    r.add_argument("--job-signatures", action="store_true",
+                   help="correlate application-class Xids across the nodes of one job before quarantining (reads the "
+                   "pods of a node that reports one: RBAC to list pods and create Events in their namespaces)")
     r.add_argument("--signature-nodes", type=number_flag(2, 100_000, integer=True), default=3, metavar="K",
                    help="an application-class Xid on K nodes running GPU pods of one owner (Job, JobSet, "
                    "PyTorchJob, Deployment...) within the window is that job's signature: one Event on the owner, "
@@ -215,7 +218,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         policy=PolicyConfig(args.healthy_delay, args.heartbeat_timeout, args.startup_grace),
         budget=BudgetConfig(args.budget_nodes, args.budget_percent, args.budget_window),
         devices=DeviceConfig(enabled=args.device_quarantine, effect=args.device_effect),
-        signatures=SignatureConfig(args.signature_nodes, args.signature_window),
+        signatures=SignatureConfig(args.job_signatures, args.signature_nodes, args.signature_window),
         drain=DrainConfig(DrainConfig.parse(args.drain or ()), args.drain_deadline,
                           agent_service_accounts=tuple(u.split(":", 2)[2]
                                                        for u in _usernames(args))),

@@ -43,6 +43,11 @@ DEVICE_CHECKS = ("gpu.ecc.*", "gpu.row_remap.*", "gpu.pages.*", "gpu.xid", "gpu.
 PCI_ATTRIBUTES = ("resource.kubernetes.io/pciBusID", "pcieBusID", "pciBusID", "pciAddr")
 NVIDIA_DRIVER = "gpu.nvidia.com"
 
+# The Kubernetes calls device quarantine makes (components/device-quarantine grants exactly these): (group,
+# resource, verb, cluster-wide). Discovery (GET /apis/resource.k8s.io) is every authenticated user's.
+API_CALLS = frozenset({(GROUP, "resourceslices", "list", True), (GROUP, "devicetaintrules", "list", True),
+                       (GROUP, "devicetaintrules", "create", True), (GROUP, "devicetaintrules", "delete", True)})
+
 _GPU_ENTITY = re.compile(r"gpu(\d{1,4})(?:/.*)?", re.ASCII)
 
 

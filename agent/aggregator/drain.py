@@ -31,6 +31,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
+# The Kubernetes calls a drain makes (components/drain grants exactly these): (group, resource, verb, cluster-wide).
+API_CALLS = frozenset({("", "pods", "list", True), ("", "pods/eviction", "create", True),
+                       ("resource.k8s.io", "resourceclaims", "get", True)})
 NONE, DEVICE, ALL = "none", "device", "all"
 POLICIES = (NONE, DEVICE, ALL)
 TAINT_KEY = "vigil.dev/unhealthy"

@@ -208,6 +208,8 @@ class Signatures:
     def _ignore(self, node: str, p: Any, now: float) -> bool:
         from .signatures import application_class
 
+        if not self.c.cfg.enabled:
+            return False
         if application_class(p.check, p.message) and (node, p.check, p.entity) not in self.c.held:
             # known from a digest (a failover, an agent restart): correlate it like a streamed one
             if self.c.fault(node, p.check, p.entity, p.message, now):
@@ -232,7 +234,7 @@ class Signatures:
             m.bump(m.episodes, "new" if new else "repeat")
             if ev.status == "ok":
                 self.c.forget(node, [(ev.check, ev.entity)])
-            elif new and application_class(ev.check, ev.message):
+            elif new and self.c.cfg.enabled and application_class(ev.check, ev.message):
                 faulted = True
                 lookup = self.c.fault(node, ev.check, ev.entity, ev.message, now) or lookup
         if lookup:

@@ -44,8 +44,15 @@ def application_class(check: str, message: str) -> bool:
     return xid_code(check, message) in APPLICATION_XIDS
 
 
+# The Kubernetes calls correlation makes (tests/deploy checks that components/job-signatures grants exactly these,
+# and tests/aggregator that the requests seen at the fake API server are among them): (group, resource, verb,
+# cluster-wide).
+API_CALLS = frozenset({("", "pods", "list", True), ("", "events", "create", True)})
+
+
 @dataclass(frozen=True)
 class SignatureConfig:
+    enabled: bool = False  # --job-signatures (it reads every node's pods: RBAC in components/job-signatures)
     nodes: int = 3  # K: this many nodes of one owner within the window is the job's signature
     window: float = 60.0  # also the hold: how long a fatal application-class fault waits for the correlation
 

@@ -23,7 +23,7 @@ from agent.aggregator.devices import DeviceConfig
 from agent.aggregator.policy import BudgetConfig, PolicyConfig
 from agent.fakekube import FakeKube
 
-from .helpers import RawAgent, agent_pod, stream_replica, wait_for
+from .helpers import CORE_CALLS, RawAgent, agent_pod, declared, seen_calls, stream_replica, wait_for
 
 NV = "gpu.nvidia.com"
 AMD = "gpu.amd.com"
@@ -140,6 +140,8 @@ def test_one_bad_gpu_of_eight_keeps_seven_allocatable_and_is_released_after_heal
     wait_for(lambda: vigil_events(fk, "VigilDeviceUntainted"), 10, what="the release Event")
     m = r.replica.metrics.actions
     assert m.get(("device_quarantine", "ok")) == 1 and m.get(("device_release", "ok")) == 1
+    # what it called is what components/device-quarantine grants (devices.API_CALLS), beyond the core
+    assert declared(dv) <= seen_calls(fk) <= CORE_CALLS | declared(dv)
 
 
 def test_a_node_wide_fault_still_cordons_the_node(setup):

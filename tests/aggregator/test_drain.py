@@ -20,7 +20,7 @@ from agent.aggregator.drain import DrainConfig
 from agent.aggregator.policy import PolicyConfig
 from agent.fakekube import FakeKube
 
-from .helpers import RawAgent, agent_pod, stream_replica, wait_for
+from .helpers import CORE_CALLS, RawAgent, agent_pod, declared, seen_calls, stream_replica, wait_for
 from .test_devices import NV, nvidia_gpus, tainted_devices
 
 GPU = [{"name": "main", "image": "registry.example/train:1", "resources": {"limits": {"nvidia.com/gpu": "1"}}}]
@@ -106,6 +106,9 @@ def test_the_pods_on_the_bad_gpu_are_evicted_and_a_pdb_delays_one(setup):
     assert states["ml/infer-3"] == ("evicted", "Deployment infer")
     assert states["ml/tolerant"][0] == "kept" and states["ml/ds-3"][0] == "kept"
     assert not fk.get("nodes", "gpu-1")["spec"].get("unschedulable")  # the device, not the node
+    from agent.aggregator import devices as dv
+
+    assert declared(dr) <= seen_calls(fk) <= CORE_CALLS | declared(dr, dv)
 
 
 def test_a_budget_that_never_allows_is_reported_at_the_deadline(setup):

@@ -19,7 +19,7 @@ from agent.aggregator.policy import BudgetConfig, PolicyConfig
 from agent.aggregator.signatures import SignatureConfig
 from agent.fakekube import FakeKube
 
-from .helpers import RawAgent, agent_pod, stream_replica, wait_for
+from .helpers import CORE_CALLS, RawAgent, agent_pod, declared, seen_calls, stream_replica, wait_for
 
 GPU = [{"name": "train", "image": "registry.example/train:1", "resources": {"limits": {"nvidia.com/gpu": "8"}}}]
 
@@ -52,7 +52,7 @@ def cluster(tmp_path):
             fk.add_pod("monitoring", f"exporter-{i}", node_name=node, owner=("DaemonSet", "exporter"),
                        containers=GPU)
         r = stream_replica(fk, policy=PolicyConfig(healthy_delay=2.0, heartbeat_timeout=30),
-                           budget=budget or BudgetConfig(), signatures=SignatureConfig(nodes=k, window=window))
+                           budget=budget or BudgetConfig(), signatures=SignatureConfig(enabled=True, nodes=k, window=window))
         agents = {}
         for node, token in tokens.items():
             a = RawAgent(r.port, token, timeout=60)
@@ -99,6 +99,7 @@ def test_xid_13_on_30_nodes_of_one_job_quarantines_none_and_makes_one_event(clus
              what="5 quarantined, the breaker open")
     time.sleep(0.5)
     assert sum(cordoned(fk, n) for n in agents) == 5
+    assert declared(sg) <= seen_calls(fk) <= CORE_CALLS | declared(sg)
 
 
 def test_an_application_xid_on_fewer_than_k_nodes_is_quarantined_after_the_hold(cluster):
@@ -150,7 +151,7 @@ def test_owners_as_pods_carry_them():
 
 
 def test_episodes_fold_repeats_and_end_when_idle():
-    c = sg.Correlator(SignatureConfig(window=10))
+    c = sg.Correlator(SignatureConfig(True, window=10))
     assert c.episode("n", "gpu.xid", "gpu0", "Xid 13: a", 0)[0]
     new, ep = c.episode("n", "gpu.xid", "gpu0", "Xid 13: b (other text)", 5)
     assert not new and (ep.count, ep.first, ep.last) == (2, 0, 5)
@@ -159,7 +160,7 @@ def test_episodes_fold_repeats_and_end_when_idle():
 
 
 def test_signature_needs_k_nodes_of_one_owner_within_the_window():
-    c = sg.Correlator(SignatureConfig(nodes=3, window=10))
+    c = sg.Correlator(SignatureConfig(True, nodes=3, window=10))
     job = {"metadata": {"namespace": "ml", "ownerReferences": [{"kind": "Job", "name": "t", "controller": True}]},
            "spec": {"containers": GPU}, "status": {"phase": "Running"}}
     other = {"metadata": {"namespace": "ml", "ownerReferences": [{"kind": "Job", "name": "u", "controller": True}]},
@@ -188,3 +189,15 @@ def test_config_bounds():
     for bad in ({"nodes": 1}, {"nodes": 10**6}, {"window": 0}, {"window": float("nan")}):
         with pytest.raises(ValueError):
             SignatureConfig(**bad)
+
+
+def test_without_job_signatures_nothing_is_held_nor_read(cluster):
+    """Off (the default): no pods are read, a fatal application-class Xid quarantines at once, floods are still
+    counted as episodes."""
+    fk, r, agents = cluster(n=3, window=30.0)
+    r.replica.engine.signatures.c.cfg = SignatureConfig(enabled=False)
+    node = next(iter(agents))
+    agents[node].batch([xid(1, 13), xid(2, 13)])
+    wait_for(lambda: cordoned(fk, node), 10, what="quarantined without a hold")
+    assert not fk.requests("GET", "/api/v1/pods")
+    assert r.replica.metrics.episodes == {"new": 1, "repeat": 1}
