@@ -251,6 +251,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     """Remove what Vigil added to every node: the condition, its taint, its own cordon, its annotations."""
+    from .drain import ANNOTATION as DRAIN_RECORD
     from .kube import STRATEGIC
     from .policy import CONDITION, LEDGER, observe, released
 
@@ -264,6 +265,10 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
             if not args.dry_run:
                 kube.update_node(name, released)
             did.append("taint/cordon/record")
+        if DRAIN_RECORD in ((obj.get("metadata") or {}).get("annotations") or {}):
+            if not args.dry_run:
+                kube.update_node(name, _without_drain_record)
+            did.append("drain record")
         if obs.condition is not None:
             if not args.dry_run:
                 kube._req("PATCH", "/api/v1/nodes/{name}/status", {"name": name},
@@ -283,6 +288,16 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
               f"{args.namespace}/{args.lease_name}")
     print(f"{changed} node(s) {'to clean' if args.dry_run else 'cleaned'}")
     return 0
+
+
+def _without_drain_record(node: dict) -> dict | None:
+    from .drain import ANNOTATION
+
+    ann = (node.get("metadata") or {}).get("annotations") or {}
+    if ANNOTATION not in ann:
+        return None
+    node["metadata"]["annotations"] = {k: v for k, v in ann.items() if k != ANNOTATION}
+    return node
 
 
 def _cleanup_device_rules(kube, dry_run: bool) -> int:  # noqa: ANN001

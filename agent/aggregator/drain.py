@@ -78,9 +78,17 @@ def _selector(text: str, item: str = "") -> dict[str, str]:
     return sel
 
 
+def _d(v: Any) -> dict:
+    return v if isinstance(v, dict) else {}
+
+
+def _l(v: Any) -> list:
+    return v if isinstance(v, list) else []
+
+
 def policy_for(pod: dict[str, Any], cfg: DrainConfig) -> str:
-    meta = pod.get("metadata") or {}
-    labels = meta.get("labels") or {}
+    meta = _d(_d(pod).get("metadata"))
+    labels = _d(meta.get("labels"))
     for key, policy in cfg.rules:
         if key.startswith("selector:") and all(labels.get(k) == v
                                                for k, v in _selector(key[len("selector:"):]).items()):
@@ -92,33 +100,38 @@ def policy_for(pod: dict[str, Any], cfg: DrainConfig) -> str:
 
 def protected(pod: dict[str, Any], cfg: DrainConfig) -> str:
     """Why this pod is never evicted ("" when it may be)."""
-    meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+    meta, spec = _d(_d(pod).get("metadata")), _d(_d(pod).get("spec"))
     sa = f"{meta.get('namespace')}:{spec.get('serviceAccountName') or spec.get('serviceAccount') or 'default'}"
     if sa in cfg.agent_service_accounts:
         return "the Vigil agent"
-    if any(isinstance(r, dict) and r.get("kind") == "DaemonSet" for r in meta.get("ownerReferences") or []):
+    if any(isinstance(r, dict) and r.get("kind") == "DaemonSet" for r in _l(meta.get("ownerReferences"))):
         return "a DaemonSet pod"
-    if "kubernetes.io/config.mirror" in (meta.get("annotations") or {}):
+    if "kubernetes.io/config.mirror" in _d(meta.get("annotations")):
         return "a static pod"
-    if any(isinstance(t, dict) and t.get("key") == TAINT_KEY for t in spec.get("tolerations") or []):
+    if any(isinstance(t, dict) and t.get("key") == TAINT_KEY for t in _l(spec.get("tolerations"))):
         return f"it tolerates {TAINT_KEY}"
-    if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+    if _d(pod.get("status")).get("phase") in ("Succeeded", "Failed"):
         return "it has finished"
     return ""
 
 
 def claim_names(pod: dict[str, Any]) -> list[str]:
     """The ResourceClaims a pod uses: named directly, or generated from a template (status says which)."""
-    spec, status = pod.get("spec") or {}, pod.get("status") or {}
-    out = [c.get("resourceClaimName") for c in spec.get("resourceClaims") or [] if isinstance(c, dict)]
-    out += [c.get("resourceClaimName") for c in status.get("resourceClaimStatuses") or [] if isinstance(c, dict)]
+    spec, status = _d(_d(pod).get("spec")), _d(_d(pod).get("status"))
+    out = [c.get("resourceClaimName") for c in _l(spec.get("resourceClaims")) if isinstance(c, dict)]
+    out += [c.get("resourceClaimName") for c in _l(status.get("resourceClaimStatuses")) if isinstance(c, dict)]
     return sorted({n for n in out if isinstance(n, str) and n})
 
 
 def claim_holds(claim: dict[str, Any], targets: Iterable[tuple[str, str, str]]) -> bool:
     want = set(targets)
-    results = (((claim.get("status") or {}).get("allocation") or {}).get("devices") or {}).get("results") or []
-    return any(isinstance(r, dict) and (r.get("driver"), r.get("pool"), r.get("device")) in want for r in results)
+    results = _l(_d(_d(_d(_d(claim).get("status")).get("allocation")).get("devices")).get("results"))
+    return any(isinstance(r, dict) and _hashable(r) and (r.get("driver"), r.get("pool"), r.get("device")) in want
+               for r in results)
+
+
+def _hashable(r: dict) -> bool:
+    return all(isinstance(r.get(k), (str, type(None))) for k in ("driver", "pool", "device"))
 
 
 def owner_text(pod: dict[str, Any]) -> str:
@@ -136,7 +149,7 @@ class Report:
     unattributed: list[str] = field(default_factory=list)  # pods under `device` Vigil could not attribute
 
     def record(self, pod: dict[str, Any], policy: str, state: str, why: str = "") -> None:
-        meta = pod.get("metadata") or {}
+        meta = _d(pod.get("metadata"))
         self.affected.append({"pod": f"{meta.get('namespace')}/{meta.get('name')}", "owner": owner_text(pod),
                               "policy": policy, "state": state, "why": why})
 

@@ -91,7 +91,8 @@ def owner_of(pod: dict[str, Any]) -> Owner | None:
         return None
     ns = meta.get("namespace") or ""
     labels = meta.get("labels") if isinstance(meta.get("labels"), dict) else {}
-    refs = [r for r in meta.get("ownerReferences") or [] if isinstance(r, dict) and r.get("controller")]
+    owners = meta.get("ownerReferences")
+    refs = [r for r in owners if isinstance(r, dict) and r.get("controller")] if isinstance(owners, list) else []
     if not refs or not isinstance(ns, str):
         return None
     ref = refs[0]
@@ -114,7 +115,9 @@ def gpu_pod(pod: dict[str, Any]) -> bool:
         return False
     if spec.get("resourceClaims"):
         return True
-    for c in (spec.get("containers") or []) + (spec.get("initContainers") or []):
+    def items(v: Any) -> list:
+        return v if isinstance(v, list) else []
+    for c in items(spec.get("containers")) + items(spec.get("initContainers")):
         res = c.get("resources") if isinstance(c, dict) else None
         if not isinstance(res, dict):
             continue

@@ -173,3 +173,27 @@ def test_policy_rules_and_protection():
         with pytest.raises(ValueError):
             DrainConfig.parse(bad)
     assert not DrainConfig().enabled and not DrainConfig(DrainConfig.parse(["*=none"])).enabled
+
+
+from hypothesis import given, settings, strategies as hs  # noqa: E402
+
+_json = hs.recursive(hs.none() | hs.booleans() | hs.integers() | hs.text(max_size=6),
+                     lambda c: hs.lists(c, max_size=3) | hs.dictionaries(
+                         hs.sampled_from(["metadata", "spec", "status", "labels", "ownerReferences", "kind",
+                                          "resourceClaims", "resourceClaimName", "containers", "resources", "limits",
+                                          "tolerations", "key", "phase", "allocation", "devices", "results",
+                                          "namespace", "name", "controller"]), c, max_size=4), max_leaves=25)
+
+
+@settings(max_examples=300, deadline=None)
+@given(pod=_json)
+def test_selection_never_raises_on_hostile_objects(pod):
+    """What the API server returns is read defensively: a field of the wrong type costs that pod, not the drain."""
+    from agent.aggregator import signatures as sg
+
+    cfg = DrainConfig(DrainConfig.parse(["*=all"]))
+    for fn in (lambda: dr.policy_for(pod, cfg), lambda: dr.protected(pod, cfg), lambda: dr.claim_names(pod),
+               lambda: dr.claim_holds(pod, [("d", "p", "x")]), lambda: dr.owner_text(pod),
+               lambda: sg.gpu_pod(pod), lambda: sg.owner_of(pod), lambda: sg.running(pod)):
+        if isinstance(pod, dict):
+            fn()
