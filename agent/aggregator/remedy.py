@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import devices as dv
-from .kube import now_iso
+from .kube import ApiError, now_iso
 from .policy import ADMIT, ALREADY, OPENED, unhold
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,6 +44,7 @@ class Remedy:
         self.discovered = False
         self.known: set[str] = set()  # nodes that may carry Vigil's rules (seeded at leadership, kept after)
         self.notes: dict[str, str] = {}  # node -> why its fault was not device-scoped (for the node's Event)
+        self.refused: dict[str, str] = {}  # node -> why the API server refused its rule (it gets the node's)
 
     # -- discovery --------------------------------------------------------------------------------------------
     async def _version(self) -> str | None:
@@ -80,10 +81,20 @@ class Remedy:
         node_wide = [p for p in fatal if not dv.device_scoped(p.check, p.entity, self.cfg)]
         if node_wide:
             return DevicePlan(fallback="")  # a node-wide fault: the node's, nothing to explain
-        version = await self._version()
+        if name in self.refused:
+            return self._fallback(name, self.refused[name])
+        # A read that fails quarantines the node: never fail open for want of the finer tool.
+        try:
+            version = await self._version()
+        except Exception as e:  # noqa: BLE001
+            self.discovered = False
+            return self._fallback(name, f"resource.k8s.io discovery failed: {str(e)[:200]}")
         if version is None:
             return self._fallback(name, "the API server serves no DeviceTaintRule (resource.k8s.io v1 or v1beta2)")
-        slices = await self.e._io(lambda: self.api.slices(version, name))  # type: ignore[union-attr]
+        try:
+            slices = await self.e._io(lambda: self.api.slices(version, name))  # type: ignore[union-attr]
+        except Exception as e:  # noqa: BLE001
+            return self._fallback(name, f"reading the node's ResourceSlices failed: {str(e)[:200]}")
         out = DevicePlan()
         for p in fatal:
             targets, why = dv.match(p.entity, slices)
@@ -133,7 +144,12 @@ class Remedy:
                 e._check_leader()
                 body = dv.rule_body(name, t, p.check, p.entity, p.message, self.cfg.effect, version, now_iso(wall),
                                     node.trigger or f"{name}/{node.boot_id}")
-                created = await e._io(lambda body=body: self.api.create_rule(version, body))  # type: ignore
+                try:
+                    created = await e._io(lambda body=body: self.api.create_rule(version, body))  # type: ignore
+                except ApiError as ex:  # 403, 422: it will not get better by retrying; the node's quarantine will do
+                    self.refused[name] = f"the API server refused DeviceTaintRule {rule}: {str(ex)[:200]}"
+                    log.warning("node %s: %s; quarantining the node instead", name, self.refused[name])
+                    raise
                 existing.add(rule)
                 m.bump(m.actions, ("device_quarantine", "ok" if created else "exists"))
                 done.append(f"device:{t.device}")
@@ -177,6 +193,7 @@ class Remedy:
                                 f"Vigil removed its DeviceTaintRule {r['metadata']['name']} from device "
                                 f"{sel.get('device')} of {name}: the node reports every fatal check ok", "Normal")
         self.known.discard(name)
+        self.refused.pop(name, None)
 
 
 def _admit(ledger: Any, key: str, wall: float, budget: Any, total: int) -> tuple[str, Any]:

@@ -280,3 +280,22 @@ def test_match_never_raises_on_hostile_slices(entity, slices):
     except (AttributeError, TypeError) as e:  # pragma: no cover - what this test guards against
         raise AssertionError(f"match raised {e!r}")
     assert bool(targets) != bool(why)
+
+
+def test_a_refused_rule_quarantines_the_node_instead(setup):
+    """A 403 (the RBAC was not given) or a 422 on the rule: the node is quarantined, never left as it was."""
+    fk, r, a = setup()
+    fk.faults.add("POST", "/devicetaintrules$", status=403, reason="Forbidden", message="forbidden", times=None)
+    a.hello("gpu-1")
+    a.batch([ev(1)])
+    wait_for(lambda: cordoned(fk, "gpu-1"), 20, what="the node cordoned")
+    wait_for(lambda: vigil_events(fk, "VigilCordoned"), 10, what="the Event")
+    assert "refused DeviceTaintRule" in vigil_events(fk, "VigilCordoned")[0]["message"]
+
+
+def test_unreadable_slices_quarantine_the_node(setup):
+    fk, r, a = setup()
+    fk.faults.add("GET", "/resourceslices$", status=500, times=None)
+    a.hello("gpu-1")
+    a.batch([ev(1)])
+    wait_for(lambda: cordoned(fk, "gpu-1"), 30, what="the node cordoned")
