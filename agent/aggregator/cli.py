@@ -119,6 +119,30 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     d.add_argument("--budget-percent", type=number_flag(0, 100), default=None, metavar="P",
                    help="cordon at most P%% of the nodes per window")
     d.add_argument("--budget-window", type=seconds, default=3600.0, metavar="SECONDS", help="default 3600")
+    r = p.add_argument_group("finer than a node (DESIGN §9)")
+    r.add_argument("--device-quarantine", action="store_true",
+                   help="a fault that is one GPU's (ECC, row remap, its Xids, RAS, XGMI/NVLink, a probe) taints that "
+                   "device with a DeviceTaintRule (resource.k8s.io v1, else v1beta2, as discovery offers) instead of "
+                   "cordoning the node; needs RBAC on resourceslices (list) and devicetaintrules")
+    r.add_argument("--device-effect", choices=["NoSchedule", "NoExecute"], default="NoSchedule",
+                   help="the device taint's effect (default NoSchedule; NoExecute: DRA evicts the pods using it)")
+    r.add_argument("--job-signatures", action="store_true",
+                   help="correlate application-class Xids across the nodes of one job before quarantining (reads the "
+                   "pods of a node that reports one: RBAC to list pods and create Events in their namespaces)")
+    r.add_argument("--signature-nodes", type=number_flag(2, 100_000, integer=True), default=3, metavar="K",
+                   help="an application-class Xid on K nodes running GPU pods of one owner (Job, JobSet, "
+                   "PyTorchJob, Deployment...) within the window is that job's signature: one Event on the owner, "
+                   "no node quarantined for it (default 3; needs RBAC to list pods)")
+    r.add_argument("--signature-window", type=number_flag(0, DAY, above=True), default=60.0, metavar="SECONDS",
+                   help="the correlation window, and how long a fatal application-class fault waits for it before "
+                   "it quarantines (default 60)")
+    r.add_argument("--drain", action="append", metavar="KEY=POLICY",
+                   help="opt-in partial drain after a quarantine: POLICY none (default), device (the pods holding the "
+                   "sick device, by their DRA ResourceClaims) or all (every GPU pod of the node), for KEY a "
+                   "namespace, * (every other one) or selector:k=v[,k=v] (pod labels); repeatable. Evicts through "
+                   "the Eviction API (PodDisruptionBudgets hold); needs RBAC on pods/eviction and resourceclaims")
+    r.add_argument("--drain-deadline", type=number_flag(0, DAY, above=True), default=600.0, metavar="SECONDS",
+                   help="stop evicting (and report what is left) this long after a drain began (default 600)")
     d.add_argument("--resync", type=number_flag(0, DAY, above=True), default=300.0, metavar="SECONDS",
                    help="re-check every node against its verdict this often (default 300)")
 
@@ -179,8 +203,11 @@ def _usernames(args: argparse.Namespace) -> set[str]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .app import Replica, ReplicaOptions
+    from .devices import DeviceConfig
+    from .drain import DrainConfig
     from .engine import AggregatorConfig
     from .policy import BudgetConfig, PolicyConfig
+    from .signatures import SignatureConfig
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValueError("--tls-cert and --tls-key go together")
@@ -190,6 +217,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = AggregatorConfig(
         policy=PolicyConfig(args.healthy_delay, args.heartbeat_timeout, args.startup_grace),
         budget=BudgetConfig(args.budget_nodes, args.budget_percent, args.budget_window),
+        devices=DeviceConfig(enabled=args.device_quarantine, effect=args.device_effect),
+        signatures=SignatureConfig(args.job_signatures, args.signature_nodes, args.signature_window),
+        drain=DrainConfig(DrainConfig.parse(args.drain or ()), args.drain_deadline,
+                          agent_service_accounts=tuple(u.split(":", 2)[2]
+                                                       for u in _usernames(args))),
         dry_run=args.dry_run, identity=args.identity, event_namespace=args.event_namespace,
         heartbeat_seconds=args.heartbeat_interval, resync_seconds=args.resync, hello_seconds=args.hello_timeout)
     tls = (Path(args.tls_key).read_bytes(), Path(args.tls_cert).read_bytes()) if args.tls_cert else None
@@ -219,6 +251,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     """Remove what Vigil added to every node: the condition, its taint, its own cordon, its annotations."""
+    from .drain import ANNOTATION as DRAIN_RECORD
     from .kube import STRATEGIC
     from .policy import CONDITION, LEDGER, observe, released
 
@@ -232,6 +265,10 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
             if not args.dry_run:
                 kube.update_node(name, released)
             did.append("taint/cordon/record")
+        if DRAIN_RECORD in ((obj.get("metadata") or {}).get("annotations") or {}):
+            if not args.dry_run:
+                kube.update_node(name, _without_drain_record)
+            did.append("drain record")
         if obs.condition is not None:
             if not args.dry_run:
                 kube._req("PATCH", "/api/v1/nodes/{name}/status", {"name": name},
@@ -240,6 +277,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         if did:
             changed += 1
             print(f"{'would clean' if args.dry_run else 'cleaned'} {name}: {', '.join(did)}")
+    changed += _cleanup_device_rules(kube, args.dry_run)
     lease = kube.get_lease(args.namespace, args.lease_name)
     if lease is not None and LEDGER in ((lease.get("metadata") or {}).get("annotations") or {}):
         if not args.dry_run:
@@ -250,6 +288,35 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
               f"{args.namespace}/{args.lease_name}")
     print(f"{changed} node(s) {'to clean' if args.dry_run else 'cleaned'}")
     return 0
+
+
+def _without_drain_record(node: dict) -> dict | None:
+    from .drain import ANNOTATION
+
+    ann = (node.get("metadata") or {}).get("annotations") or {}
+    if ANNOTATION not in ann:
+        return None
+    node["metadata"]["annotations"] = {k: v for k, v in ann.items() if k != ANNOTATION}
+    return node
+
+
+def _cleanup_device_rules(kube, dry_run: bool) -> int:  # noqa: ANN001
+    """Vigil's DeviceTaintRules (its labels and annotation; a person's rule stays), where the server has them."""
+    from .devices import DeviceApi
+    from .kube import ApiError
+
+    api = DeviceApi(kube)
+    try:
+        version = api.discover()
+        rules = api.rules(version) if version else []
+    except ApiError as e:  # 403: this aggregator was not given the RBAC (device quarantine was never enabled)
+        print(f"DeviceTaintRules not listed ({e}): skipped", file=sys.stderr)
+        return 0
+    for rule in rules:
+        if not dry_run:
+            api.delete_rule(version, rule)  # type: ignore[arg-type]
+        print(f"{'would delete' if dry_run else 'deleted'} DeviceTaintRule {rule['metadata']['name']}")
+    return len(rules)
 
 
 def _update_lease(kube, args: argparse.Namespace, change) -> dict | None:  # noqa: ANN001

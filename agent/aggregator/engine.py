@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable
 
 from agent import wire
@@ -23,12 +23,16 @@ from agent.base.backoff import delay as backoff_delay
 from . import intake
 from . import state as st
 from .intake import printable
+from .devices import DeviceConfig
+from .drain import Drain, DrainConfig
 from .kube import ApiError, Kube, node_event, now_iso
 from .lease import NotLeader
 from .metrics import AggregatorMetrics
-from .policy import (ADMIT, ALREADY, MAX_EPISODE, NONE, OPENED, RECORD_FULL, RECORD_MINIMAL, RECORD_NONE, TAINT_EFFECT,
-                     TAINT_KEY, UNHEALTHY, BudgetConfig, Ledger, PolicyConfig, Verdict, admit, condition_patch, judge,
-                     observe, plan, quarantined, released, unhold)
+from .policy import (ADMIT, ALREADY, HEALTHY, MAX_EPISODE, NONE, OPENED, RECORD_FULL, RECORD_MINIMAL, RECORD_NONE,
+                     TAINT_EFFECT, TAINT_KEY, UNHEALTHY, BudgetConfig, Ledger, PolicyConfig, Verdict, admit,
+                     condition_patch, judge, observe, plan, quarantined, released, unhold)
+from .remedy import Remedy, Signatures
+from .signatures import SignatureConfig
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,9 @@ CONDITION_EVENT = {"False": ("VigilUnhealthy", "Warning"), "True": ("VigilHealth
 class AggregatorConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    devices: DeviceConfig = field(default_factory=DeviceConfig)  # per-device quarantine (DRA): remedy.py
+    signatures: SignatureConfig = field(default_factory=SignatureConfig)  # job signatures: signatures.py
+    drain: DrainConfig = field(default_factory=DrainConfig)  # opt-in partial drain: drain.py
     dry_run: bool = False
     identity: str = "vigil-aggregator"
     event_namespace: str = "default"  # where Node Events go (kubectl describe node looks there)
@@ -125,6 +132,9 @@ class Engine:
         self._streams: dict[tuple[str, str], StreamHandle] = {}  # (node, spool epoch) -> its one live stream
         self._pending: dict[str, dict[str, _Pending]] = {}  # node -> action -> a write not yet reported
         self._logged: dict[str, Verdict] = {}  # the last decision logged per node (a change is logged once)
+        self.remedy = Remedy(self)  # finer than a node: device quarantine (DESIGN §9)
+        self.signatures = Signatures(self)  # floods are episodes; a job's application fault is its signature
+        self.drain = Drain(self)  # after a quarantine, evict the pods the policy names (PDBs hold)
         leader.on_started.append(self._became_leader)
         leader.on_stopped.append(self._lost_leadership)
 
@@ -154,6 +164,7 @@ class Engine:
         self._last.clear()
         self._logged.clear()
         self._pending.clear()
+        self.drain.stop_all()
         for handle in list(self._streams.values()):
             handle.end("UNAVAILABLE", "this replica lost the Lease")
         self._streams.clear()
@@ -171,6 +182,7 @@ class Engine:
             if observe(obj).condition is not None:
                 name = obj["metadata"]["name"]
                 st.seed(self.nodes.setdefault(name, st.NodeState(name)), now)
+        await self.remedy.seed()
 
     # -- stream input (synchronous, on the loop) ----------------------------------------------------------
     # Each validates what it is given (intake.py) before it changes anything: intake.Invalid refuses the message.
@@ -270,6 +282,9 @@ class Engine:
                 res.ack = max(res.ack, past)
         if res.duplicates:
             m.bump(m.events, "duplicate", res.duplicates)
+        if res.new and boot == node.boot_id:  # an older boot's events never trigger anything
+            fresh = set(res.new)
+            self.signatures.observe(node_name, [e for e in got.events if e.seq in fresh], now)
         if res.new:
             m.bump(m.events, "state", len(res.new) - res.info)
             m.bump(m.events, "info", res.info)
@@ -280,7 +295,7 @@ class Engine:
         return BatchResult(res.ack, got.rejected, got.stop)
 
     def _touch(self, node: st.NodeState, now: float) -> None:
-        v = judge(node, self.cfg.policy, now, self.leader_since)
+        v = judge(node, self.cfg.policy, now, self.leader_since, self.signatures.ignore(node.name, now))
         if v != self._last.get(node.name):
             self._since.setdefault(node.name, now)
             self._enqueue(node.name)
@@ -355,7 +370,8 @@ class Engine:
         if node is None or not self.leader.is_leader():
             return
         now = self.clock()
-        verdict = judge(node, self.cfg.policy, now, self.leader_since)
+        ignore = self.signatures.ignore(name, now)
+        verdict = judge(node, self.cfg.policy, now, self.leader_since, ignore)
         m = self.metrics
         m.bump(m.decisions, verdict.kind)
         since = self._since.pop(name, None)
@@ -373,6 +389,13 @@ class Engine:
             await self._settle(name, obj, done)
         obs = observe(obj)
         p = plan(verdict, obs)
+        # Finer than a node: when every fatal fault is one device's and maps to a DRA device, taint the devices
+        # instead (remedy.py); otherwise the node, and its Event says why not the device.
+        dplan = None
+        if verdict.kind == UNHEALTHY and not p.skipped and obj is not None:
+            dplan = await self.remedy.device_plan(name, [f for f in node.fatal_problems() if not ignore(f)])
+            if dplan.device:
+                p = replace(p, quarantine=False)
         if p.skipped:
             m.maintenance_skips += 1
             done.append(f"skipped:{p.skipped}")
@@ -390,6 +413,11 @@ class Engine:
             if would:
                 log.info("dry-run: node %s is %s, %s; would %s", name, verdict.kind, self._why(verdict),
                          ", ".join(would))
+            if dplan is not None and dplan.device:
+                await self.remedy.quarantine(name, obj or {}, node, verdict, dplan, done)
+            if verdict.kind == HEALTHY and not p.skipped:
+                await self.remedy.release(name, obj, done)
+            self._drain(name, node, verdict, obs, dplan, done)
             self._last[name] = verdict
             self._remember(name, verdict, done)
             return
@@ -405,6 +433,21 @@ class Engine:
                 m.bump(m.actions, ("quarantine", "error"))
                 log.warning("node %s: taint and cordon failed: %s", name, _short(str(e)))
                 failed = e
+        for wanted, step, what in (
+                (dplan is not None and dplan.device,
+                 lambda: self.remedy.quarantine(name, obj or {}, node, verdict, dplan, done), "device quarantine"),
+                (verdict.kind == HEALTHY and not p.skipped, lambda: self.remedy.release(name, obj, done),
+                 "device release")):
+            if not wanted:
+                continue
+            try:
+                await step()
+            except NotLeader:
+                raise
+            except Exception as e:  # noqa: BLE001 - retried by the worker
+                m.bump(m.actions, (what.replace(" ", "_"), "error"))
+                log.warning("node %s: %s failed: %s", name, what, _short(str(e)))
+                failed = failed or e
         if p.release:
             try:
                 await self._release(name, verdict, done)
@@ -425,10 +468,28 @@ class Engine:
                 failed = failed or e
         if failed is not None:
             raise failed
+        self._drain(name, node, verdict, obs, dplan, done)
         if since is not None and done:
             m.decision_latency.observe(self.clock() - since)
         self._last[name] = verdict
         self._remember(name, verdict, done)
+
+    def _drain(self, name: str, node: st.NodeState, verdict: Verdict, obs: Any, dplan: Any, done: list[str]) -> None:
+        """Opt-in partial drain (drain.py) once the device or the node is quarantined (not when the budget held it)."""
+        if verdict.kind != UNHEALTHY or not self.cfg.drain.enabled or obs.maintenance or "held:budget" in done:
+            return
+        if dplan is not None and dplan.device:
+            targets = [(t.driver, t.pool, t.device) for _, ts in dplan.targets for t in ts]
+            self.drain.start(name, f"{node.trigger}/devices", f"{verdict.reason} on a device", targets)
+        elif obs.tainted or "quarantine" in done or "would-quarantine" in done:
+            from .devices import device_scoped
+
+            ignore = self.signatures.ignore(name, self.clock())
+            fatal = [f for f in node.fatal_problems() if not ignore(f)]
+            if any(not device_scoped(f.check, f.entity, self.cfg.devices) for f in fatal):
+                self.drain.start(name, f"{node.trigger}/node", f"{verdict.reason}, node-wide", None)
+            else:  # a device's fault, but no DRA device to attribute pods to: `device` evicts none, and says so
+                self.drain.start(name, f"{node.trigger}/node", f"{verdict.reason} on a device", [])
 
     @staticmethod
     def _why(verdict: Verdict) -> str:
@@ -518,7 +579,7 @@ class Engine:
                      note[0])
             await self._event(o, "quarantine", episode, "VigilCordoned",
                               f"Vigil tainted {name} {TAINT_KEY}:{TAINT_EFFECT} and cordoned it: "
-                              f"{verdict.message}{note[0]}", "Warning")
+                              f"{verdict.message}{self.remedy.notes.get(name, '')}{note[0]}", "Warning")
 
         pend = _Pending(landed, report)
         self._expect(name, "quarantine", pend)

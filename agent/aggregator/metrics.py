@@ -22,6 +22,12 @@ AGGREGATOR_DECISIONS = Counter("vigil_aggregator_decisions_total", "Reconciles o
 AGGREGATOR_EVENTS_REJECTED = Counter("vigil_aggregator_events_rejected_total", "Events refused at the stream, never "
                                      "applied nor acknowledged as applied, by cause (seq, enum, batch_size).",
                                      ("reason",))
+AGGREGATOR_EPISODES = Counter("vigil_aggregator_episodes_total", "Agent findings by episode: new (the first of an "
+                              "episode of identical findings) or repeat (folded into its episode's count).",
+                              ("result",))
+AGGREGATOR_JOB_SIGNATURES = Counter("vigil_aggregator_job_signatures_total", "Application-class faults seen on "
+                                    "enough nodes of one owner within the window to be that job's signature (no "
+                                    "node quarantined for it), by owner kind.", ("kind",))
 AGGREGATOR_FIELDS_TRUNCATED = Counter("vigil_aggregator_fields_truncated_total", "Strings from agents shortened to "
                                       "the stream's bounds on arrival, by field (digest: problems left out of a "
                                       "digest over its bound).", ("field",))
@@ -74,6 +80,8 @@ class AggregatorMetrics:
     decision_latency: Histogram = field(default_factory=Histogram)
     cordon_latency: Histogram = field(default_factory=Histogram)
     maintenance_skips: int = 0
+    episodes: dict[str, int] = field(default_factory=dict)  # new | repeat
+    signatures: dict[str, int] = field(default_factory=dict)  # owner kind
     breaker_open: bool = False
     leader: bool = False
     nodes: Callable[[], dict[str, int]] = lambda: {}
@@ -106,6 +114,11 @@ class AggregatorMetrics:
         for reason, n in sorted(self.kube_retries.items()):
             ms.add(AGGREGATOR_KUBE_RETRIES, {"reason": reason}, n)
         ms.add(AGGREGATOR_MAINTENANCE_SKIPS, {}, self.maintenance_skips)
+        for result in ("new", "repeat"):
+            ms.add(AGGREGATOR_EPISODES, {"result": result}, self.episodes.get(result, 0))
+        ms.declare(AGGREGATOR_JOB_SIGNATURES)
+        for kind, n in sorted(self.signatures.items()):
+            ms.add(AGGREGATOR_JOB_SIGNATURES, {"kind": kind}, n)
         ms.add(AGGREGATOR_BREAKER_OPEN, {}, 1 if self.breaker_open else 0)
         ms.add(AGGREGATOR_LEADER, {}, 1 if self.leader else 0)
         ms.declare(AGGREGATOR_NODES)

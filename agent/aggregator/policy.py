@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Callable
 
 from agent import wire
 from .state import NodeState
@@ -57,7 +57,10 @@ class Verdict:
     message: str = ""
 
 
-def judge(node: NodeState, cfg: PolicyConfig, now: float, leader_since: float) -> Verdict:
+def judge(node: NodeState, cfg: PolicyConfig, now: float, leader_since: float,
+          ignore: Callable[[Any], bool] | None = None) -> Verdict:
+    """`ignore(problem)`: a fatal fault left out of the verdict (a job's signature, or one held for correlation:
+    signatures.py)."""
     if not node.reported and not node.seeded:
         return Verdict(NONE)
     silent_for = now - node.last_seen if node.last_seen is not None else float("inf")
@@ -67,6 +70,8 @@ def judge(node: NodeState, cfg: PolicyConfig, now: float, leader_since: float) -
     if not node.reported:
         return Verdict(NONE)
     fatal = node.fatal_problems()
+    if ignore is not None:
+        fatal = [p for p in fatal if not ignore(p)]
     if fatal:
         msg = "; ".join(f"{p.check} on {p.entity}: {p.message}" for p in fatal)
         return Verdict(UNHEALTHY, fatal[0].check, msg[:MAX_MESSAGE])

@@ -28,8 +28,8 @@ from typing import Callable, Iterable
 from urllib.parse import parse_qs, urlsplit
 
 from . import schema
-from .store import (GROUPS, RESOURCES, TOKENREVIEWS, ApiError, Resource, Store, bad_request, core_resource,
-                    find_resource, method_not_allowed, parse_field_selector, parse_label_selector)
+from .store import (GROUP_VERSIONS, GROUPS, RESOURCES, TOKENREVIEWS, ApiError, Resource, Store, bad_request,
+                    core_resource, find_resource, method_not_allowed, parse_field_selector, parse_label_selector)
 
 DEFAULT_API_AUDIENCES = ("https://kubernetes.default.svc.cluster.local",)
 NOT_FOUND_RESOURCE = "the server could not find the requested resource"
@@ -542,8 +542,12 @@ class FakeKube:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, kube_version: str = "1.33.0",
                  api_audiences: Iterable[str] = DEFAULT_API_AUDIENCES, namespaces: Iterable[str] = ("vigil",),
                  admin_token: str = "fakekube-admin-token", require_auth: bool = False, tls: bool = False,
-                 history: int = 10000, bookmark_interval: float = 1.0, log_limit: int = 100000):
+                 history: int = 10000, bookmark_interval: float = 1.0, log_limit: int = 100000,
+                 resource_versions: Iterable[str] = GROUP_VERSIONS["resource.k8s.io"]):
         self.host = host
+        # resource.k8s.io versions served, preferred first: () plays a cluster without Dynamic Resource
+        # Allocation, ("v1beta2",) a 1.36 cluster (DeviceTaintRule beta), ("v1", "v1beta2") 1.37.
+        self.resource_versions = tuple(v for v in resource_versions if v in GROUP_VERSIONS["resource.k8s.io"])
         self._port = port
         self.kube_version = kube_version
         parts = kube_version.lstrip("v").split(".")
@@ -766,22 +770,48 @@ class FakeKube:
         return obj
 
     def add_pod(self, namespace: str, name: str, *, node_name: str | None = None, labels: dict | None = None,
-                service_account: str = "default", phase: str = "Running", containers: list | None = None) -> dict:
-        """Create a Pod (scheduled to ``node_name``) with the given phase; the namespace is created if needed."""
+                service_account: str = "default", phase: str = "Running", containers: list | None = None,
+                owner: tuple[str, str] | dict | None = None, tolerations: list | None = None,
+                resource_claims: list | None = None) -> dict:
+        """Create a Pod (scheduled to ``node_name``) with the given phase; the namespace is created if needed.
+        ``owner``: its controller, ("Job", "train-1") or a whole ownerReference; ``resource_claims``: the
+        pod's spec.resourceClaims (``[{"name": "gpu", "resourceClaimName": "claim-1"}]``)."""
         self.add_namespace(namespace)
         spec = {"containers": containers or [{"name": "main", "image": "registry.example/vigil:dev"}],
                 "serviceAccountName": service_account, "serviceAccount": service_account,
                 "restartPolicy": "Always", "schedulerName": "default-scheduler"}
         if node_name:
             spec["nodeName"] = node_name
+        if tolerations:
+            spec["tolerations"] = tolerations
+        if resource_claims:
+            spec["resourceClaims"] = resource_claims
+        meta = {"name": name, "namespace": namespace, "labels": dict(labels or {})}
+        if owner is not None:
+            if isinstance(owner, tuple):
+                kind, oname = owner
+                api = {"Job": "batch/v1", "Deployment": "apps/v1", "ReplicaSet": "apps/v1",
+                       "StatefulSet": "apps/v1", "DaemonSet": "apps/v1", "JobSet": "jobset.x-k8s.io/v1alpha2",
+                       "PyTorchJob": "kubeflow.org/v1"}.get(kind, "v1")
+                uid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{namespace}/{kind}/{oname}"))  # one per owner
+                owner = {"apiVersion": api, "kind": kind, "name": oname, "uid": uid, "controller": True, "blockOwnerDeletion": True}
+            meta["ownerReferences"] = [owner]
         res = core_resource("pods")
-        obj, _ = self.store.create(res, namespace, {"metadata": {"name": name, "namespace": namespace,
-                                                                 "labels": dict(labels or {})}, "spec": spec})
+        obj, _ = self.store.create(res, namespace, {"metadata": meta, "spec": spec})
         status = {"phase": phase, "startTime": schema.now_time()}
         if phase == "Running":
             status["conditions"] = [{"type": "Ready", "status": "True"}]
             status["podIP"] = "10.244.0.%d" % (len(self.store.items("pods")) % 250 + 2)
         return self.mutate("pods", name, lambda p: p.__setitem__("status", status), namespace=namespace)
+
+    def add_resource_slice(self, node_name: str, driver: str, devices: list[dict], *, pool: str | None = None,
+                           name: str | None = None) -> dict:
+        """A DRA driver's kubelet plugin publishing its node-local devices (``[{"name": "gpu-0", "attributes":
+        {"uuid": {"string": "GPU-..."}}}]``) in one ResourceSlice whose pool is named after the node."""
+        body = {"metadata": {"name": name or f"{node_name}-{driver.replace('.', '-')}"[:253]},
+                "spec": {"driver": driver, "nodeName": node_name, "devices": devices,
+                         "pool": {"name": pool or node_name, "generation": 1, "resourceSliceCount": 1}}}
+        return self.create("resourceslices", body)
 
     def create(self, resource: str, obj: dict, namespace: str | None = None) -> dict:
         """Create any served object through the same validation as a POST ("nodes", "leases", ...)."""
@@ -937,16 +967,25 @@ class FakeKube:
 
     # -- REST dispatch ------------------------------------------------------------------------
 
+    def _serves(self, group: str, version: str) -> bool:
+        return group != "resource.k8s.io" or version in self.resource_versions
+
+    def _groups(self) -> list[str]:
+        return [g for g in GROUPS if g != "resource.k8s.io" or self.resource_versions]
+
     def _discovery_resources(self, group: str, version: str) -> dict:
         resources = []
         for res in RESOURCES + [TOKENREVIEWS]:
-            if res.group != group or res.version != version:
+            if res.group != group or res.version != version or not self._serves(group, version):
                 continue
             entry = {"name": res.plural, "singularName": res.singular, "namespaced": res.namespaced,
                      "kind": res.kind, "verbs": list(res.verbs)}
             if res.short_names:
                 entry["shortNames"] = list(res.short_names)
             resources.append(entry)
+            if res.storage == "pods":
+                resources.append({"name": "pods/eviction", "singularName": "", "namespaced": True,
+                                  "group": "policy", "version": "v1", "kind": "Eviction", "verbs": ["create"]})
             if res.status:
                 resources.append({"name": f"{res.plural}/status", "singularName": "", "namespaced": res.namespaced,
                                   "kind": res.kind, "verbs": ["get", "patch", "update"]})
@@ -956,9 +995,9 @@ class FakeKube:
                 else version, "resources": resources}
 
     def _group(self, name: str) -> dict:
-        version = GROUPS[name]
-        gv = {"groupVersion": f"{name}/{version}", "version": version}
-        return {"name": name, "versions": [gv], "preferredVersion": gv}
+        versions = self.resource_versions if name == "resource.k8s.io" else (GROUPS[name],)
+        gvs = [{"groupVersion": f"{name}/{v}", "version": v} for v in versions]
+        return {"name": name, "versions": gvs, "preferredVersion": gvs[0]}
 
     def _discovery(self, parts: list[str]) -> tuple[int, dict, dict]:
         if parts == ["api"]:
@@ -967,9 +1006,9 @@ class FakeKube:
                                                          "serverAddress": f"{self.host}:{self.port}"}]}, {}
         if parts == ["apis"]:
             return 200, {"kind": "APIGroupList", "apiVersion": "v1",
-                         "groups": [self._group(g) for g in GROUPS]}, {}
+                         "groups": [self._group(g) for g in self._groups()]}, {}
         if len(parts) == 2 and parts[0] == "apis":
-            if parts[1] not in GROUPS:
+            if parts[1] not in self._groups():
                 raise ApiError(404, "NotFound", NOT_FOUND_RESOURCE, {})
             return 200, {"kind": "APIGroup", "apiVersion": "v1", **self._group(parts[1])}, {}
         raise ApiError(404, "NotFound", NOT_FOUND_RESOURCE, {})
@@ -1010,9 +1049,14 @@ class FakeKube:
             raise ApiError(404, "NotFound", NOT_FOUND_RESOURCE, {})
         plural, name = rest[0], rest[1] if len(rest) > 1 else None
         subresource = rest[2] if len(rest) > 2 else None
-        res = find_resource(group, version, plural)
+        res = find_resource(group, version, plural) if self._serves(group, version) else None
         if res is None or (namespace is not None and not res.namespaced):
             raise ApiError(404, "NotFound", NOT_FOUND_RESOURCE, {})
+        if subresource == "eviction" and res.storage == "pods" and name is not None and namespace is not None:
+            if method != "POST":
+                raise method_not_allowed(method)
+            return 201, self.store.evict(namespace, name, self._json_body(body_bytes),
+                                         dry_run=query.get("dryRun") == "All"), {}
         if subresource is not None and not (subresource == "status" and res.status):
             raise ApiError(404, "NotFound", NOT_FOUND_RESOURCE, {})
         if res is TOKENREVIEWS:

@@ -217,6 +217,21 @@ RESOURCES: list[Resource] = [
              short_names=("ev",), create_on_update=True, fields=_EVENT_FIELDS, field_aliases=_EVENT_V1_ALIASES,
              to_view=_events_core_to_v1, from_view=_events_v1_to_core,
              validate=lambda obj: validation.core_event(obj, strict_v1=True)),
+    # Dynamic Resource Allocation: one store per kind, seen through every version the server serves (their
+    # shapes agree for what is stored here). DeviceTaintRule is served as v1 (1.37) and v1beta2 (1.36).
+    *[Resource("resource.k8s.io", v, "resourceslices", "resourceslice", "ResourceSlice", False,
+               f"io.k8s.api.resource.{v}.ResourceSlice", "resourceslices", name_rule=validation.dns_subdomain,
+               fields=_META_FIELDS + ("spec.nodeName", "spec.driver"), validate=validation.resource_slice)
+      for v in ("v1", "v1beta2")],
+    *[Resource("resource.k8s.io", v, "devicetaintrules", "devicetaintrule", "DeviceTaintRule", False,
+               f"io.k8s.api.resource.{v}.DeviceTaintRule", "devicetaintrules", status=True,
+               name_rule=validation.dns_subdomain, validate=validation.device_taint_rule)
+      for v in ("v1", "v1beta2")],
+    Resource("resource.k8s.io", "v1", "resourceclaims", "resourceclaim", "ResourceClaim", True,
+             "io.k8s.api.resource.v1.ResourceClaim", "resourceclaims", status=True, name_rule=validation.dns_subdomain),
+    Resource("policy", "v1", "poddisruptionbudgets", "poddisruptionbudget", "PodDisruptionBudget", True,
+             "io.k8s.api.policy.v1.PodDisruptionBudget", "poddisruptionbudgets", status=True, short_names=("pdb",),
+             name_rule=validation.dns_subdomain, validate=validation.pod_disruption_budget),
 ]
 
 TOKENREVIEWS = Resource("authentication.k8s.io", "v1", "tokenreviews", "tokenreview", "TokenReview", False,
@@ -226,7 +241,12 @@ GROUPS = {  # group -> preferred version
     "coordination.k8s.io": "v1",
     "events.k8s.io": "v1",
     "authentication.k8s.io": "v1",
+    "resource.k8s.io": "v1",
+    "policy": "v1",
 }
+# The versions of a group the server serves, preferred first (FakeKube(resource_versions=...) narrows them).
+GROUP_VERSIONS = {"resource.k8s.io": ("v1", "v1beta2")}
+EVICTION_DEFINITION = "io.k8s.api.policy.v1.Eviction"
 
 
 def find_resource(group: str, version: str, plural: str) -> Resource | None:
@@ -238,8 +258,8 @@ def find_resource(group: str, version: str, plural: str) -> Resource | None:
 
 def core_resource(storage: str) -> Resource:
     """The storage-form resource for a helper-API name ("nodes", "leases", "events", ...)."""
-    for res in RESOURCES:
-        if res.storage == storage and (res.group == "" or storage == "leases"):
+    for res in RESOURCES:  # the first listed: core/v1 events before events.k8s.io, resource.k8s.io/v1 first
+        if res.storage == storage:
             return res
     raise KeyError(f"unknown resource {storage!r}")
 
@@ -369,6 +389,32 @@ def parse_field_selector(text: str | None, res: Resource) -> Callable[[dict], bo
         return all((_field_value(obj, key) == value) == equal for key, equal, value in reqs)
 
     return match
+
+
+def selector_matches(selector: dict | None, labels: dict) -> bool:
+    """A metav1.LabelSelector (matchLabels, matchExpressions): None matches nothing, {} everything."""
+    if selector is None:
+        return False
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def _ready(pod: dict) -> bool:
+    status = pod.get("status") or {}
+    return status.get("phase") == "Running" and any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
 
 
 # --------------------------------------------------------------------------- store
@@ -743,6 +789,68 @@ class Store:
             return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                     "details": _details(res, name, uid=meta.get("uid"))}
 
+    # -- the Eviction subresource (policy/v1) ------------------------------------------------------
+
+    def evict(self, namespace: str, name: str, body, *, dry_run: bool = False) -> dict:
+        """POST pods/NAME/eviction, as the real server's eviction REST does it: a pod covered by a
+        PodDisruptionBudget is deleted only when the budget allows one more disruption, else 429 TooManyRequests
+        (the caller waits and retries); a pod covered by two budgets is a 500; a pod that is not running (Pending,
+        Succeeded, Failed) is deleted without consulting a budget. The disruption controller's arithmetic is
+        done at the request (healthy = Running and Ready pods the selector matches), so a replacement pod that
+        becomes ready lets the next eviction through."""
+        pods = core_resource("pods")
+        try:
+            obj, _ = schema.decode(body, EVICTION_DEFINITION)
+        except schema.DecodeError as exc:
+            raise bad_request(f"Eviction in version \"v1\" cannot be handled as a Eviction: {exc}") from None
+        meta = obj.get("metadata") or {}
+        if meta.get("name") and meta["name"] != name:
+            raise bad_request("name in URL does not match name in Eviction object")
+        options = obj.get("deleteOptions") or {}
+        dry_run = dry_run or "All" in (options.get("dryRun") or [])
+        with self.lock:
+            pod = self.get_stored("pods", namespace, name)
+            if pod is None:
+                raise not_found(pods, name)
+            phase = (pod.get("status") or {}).get("phase", "")
+            if phase == "Running":
+                budgets = [b for b in self.items("poddisruptionbudgets", namespace)
+                           if selector_matches((b.get("spec") or {}).get("selector"),
+                                               (pod["metadata"].get("labels") or {}))]
+                if len(budgets) > 1:
+                    raise internal_error("This pod has more than one PodDisruptionBudget, which the eviction "
+                                         "subresource does not support.")
+                if budgets:
+                    allowed, needs, healthy = self._disruptions_allowed(namespace, budgets[0])
+                    if allowed <= 0:
+                        pdb = budgets[0]["metadata"]["name"]
+                        raise ApiError(429, "TooManyRequests", "Cannot evict pod as it would violate the pod's "
+                                       "disruption budget.", {"causes": [{
+                                           "reason": "DisruptionBudget",
+                                           "message": f"The disruption budget {pdb} needs {needs} healthy pods "
+                                                      f"and has {healthy} currently"}]})
+            self.delete(pods, namespace, name, options, dry_run=dry_run)
+        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}
+
+    def _disruptions_allowed(self, namespace: str, pdb: dict) -> tuple[int, int, int]:
+        spec = pdb.get("spec") or {}
+        matching = [p for p in self.items("pods", namespace)
+                    if selector_matches(spec.get("selector"), p["metadata"].get("labels") or {})
+                    and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
+        healthy = sum(1 for p in matching if _ready(p))
+        expected = len(matching)
+
+        def count(v, round_up: bool) -> int:
+            if isinstance(v, str) and v.endswith("%"):
+                share = expected * int(v[:-1]) / 100.0
+                return int(-(-share // 1)) if round_up else int(share)
+            return int(v)
+        if spec.get("maxUnavailable") is not None:
+            needs = expected - count(spec["maxUnavailable"], True)
+        else:
+            needs = count(spec.get("minAvailable", 1), True)
+        return healthy - needs, needs, healthy
+
     # -- helper-API writes (bypass the REST strategy: "someone else" writes the whole object) -----
 
     def mutate(self, storage: str, namespace: str, name: str, fn: Callable[[dict], None]) -> dict:
@@ -794,5 +902,5 @@ class Store:
             self._watchers.clear()
 
 
-__all__ = ["ApiError", "Resource", "RESOURCES", "TOKENREVIEWS", "GROUPS", "Store", "find_resource",
-           "core_resource", "parse_label_selector", "parse_field_selector"]
+__all__ = ["ApiError", "Resource", "RESOURCES", "TOKENREVIEWS", "GROUPS", "GROUP_VERSIONS", "Store", "find_resource",
+           "core_resource", "parse_label_selector", "parse_field_selector", "selector_matches"]

@@ -273,3 +273,130 @@ def core_event(obj: dict, strict_v1: bool = False) -> list[FieldError]:
             if not series.get("lastObservedTime"):
                 errs.append(FieldError("Required", "series.lastObservedTime"))
     return errs
+
+
+# -- resource.k8s.io (Dynamic Resource Allocation) and policy/v1 -----------------------------------------------
+# From the API reference of resource.k8s.io/v1 (1.37) and pkg/apis/resource/validation: a driver name is a DNS
+# subdomain of at most 63 characters; a pool name one or more DNS subdomains joined by "/", at most 253; a device
+# name a DNS label; an attribute holds exactly one value; a slice names its node in exactly one way and lists at
+# most 128 devices. A DeviceTaint's key is a label name, its value a label value, its effect None, NoSchedule or
+# NoExecute (PreferNoSchedule, valid on a Node, is not valid here).
+DEVICE_TAINT_EFFECTS = ("None", "NoSchedule", "NoExecute")
+MAX_DEVICES_PER_SLICE = 128
+_ATTRIBUTE_VALUES = ("bool", "int", "string", "version", "bools", "ints", "strings", "versions")
+
+
+def driver_name(value: str) -> list[str]:
+    errs = dns_subdomain(value)
+    if len(value) > 63:
+        errs.insert(0, "must be no more than 63 characters")
+    return errs
+
+
+def pool_name(value: str) -> list[str]:
+    if len(value) > 253:
+        return ["must be no more than 253 characters"]
+    errs: list[str] = []
+    for part in value.split("/"):
+        errs.extend(dns_subdomain(part) if part else ["segments must not be empty"])
+    return errs
+
+
+def _names(errs: list[FieldError], path: str, value, rule, required: bool) -> None:
+    if value in (None, ""):
+        if required:
+            errs.append(FieldError("Required", path))
+        return
+    for msg in rule(value):
+        errs.append(FieldError("Invalid", path, value, msg))
+
+
+def device_taint(taint: dict, path: str) -> list[FieldError]:
+    errs: list[FieldError] = []
+    key = taint.get("key") or ""
+    if not key:
+        errs.append(FieldError("Required", f"{path}.key"))
+    else:
+        errs.extend(FieldError("Invalid", f"{path}.key", key, m) for m in qualified_name(key))
+    value = taint.get("value") or ""
+    errs.extend(FieldError("Invalid", f"{path}.value", value, m) for m in label_value(value))
+    effect = taint.get("effect") or ""
+    if not effect:
+        errs.append(FieldError("Required", f"{path}.effect"))
+    elif effect not in DEVICE_TAINT_EFFECTS:
+        errs.append(FieldError("NotSupported", f"{path}.effect", effect,
+                               "supported values: " + ", ".join(f'"{e}"' for e in DEVICE_TAINT_EFFECTS)))
+    return errs
+
+
+def device_taint_rule(obj: dict) -> list[FieldError]:
+    errs: list[FieldError] = []
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return [FieldError("Required", "spec")]
+    sel = spec.get("deviceSelector") or {}
+    _names(errs, "spec.deviceSelector.driver", sel.get("driver"), driver_name, False)
+    _names(errs, "spec.deviceSelector.pool", sel.get("pool"), pool_name, False)
+    _names(errs, "spec.deviceSelector.device", sel.get("device"), dns_label, False)
+    taint = spec.get("taint")
+    if not isinstance(taint, dict):
+        errs.append(FieldError("Required", "spec.taint"))
+    else:
+        errs.extend(device_taint(taint, "spec.taint"))
+    return errs
+
+
+def resource_slice(obj: dict) -> list[FieldError]:
+    errs: list[FieldError] = []
+    spec = obj.get("spec") or {}
+    _names(errs, "spec.driver", spec.get("driver"), driver_name, True)
+    pool = spec.get("pool") or {}
+    _names(errs, "spec.pool.name", pool.get("name"), pool_name, True)
+    for key in ("generation", "resourceSliceCount"):
+        if pool.get(key) is not None and pool[key] < (1 if key == "resourceSliceCount" else 0):
+            errs.append(FieldError("Invalid", f"spec.pool.{key}", pool[key],
+                                   "must be greater than 0" if key == "resourceSliceCount" else "must be "
+                                   "greater than or equal to 0"))
+    where = [k for k in ("nodeName", "nodeSelector", "allNodes", "perDeviceNodeSelection") if spec.get(k)]
+    if len(where) != 1:
+        errs.append(FieldError("Invalid", "spec", where or None,
+                               "exactly one of `nodeName`, `nodeSelector`, `allNodes`, `perDeviceNodeSelection` "
+                               "is required"))
+    elif where[0] == "nodeName":
+        _names(errs, "spec.nodeName", spec["nodeName"], dns_subdomain, True)
+    devices = spec.get("devices") or []
+    if len(devices) > MAX_DEVICES_PER_SLICE:
+        errs.append(FieldError("Invalid", "spec.devices", len(devices),
+                               f"must have at most {MAX_DEVICES_PER_SLICE} items"))
+    seen: set[str] = set()
+    for i, dev in enumerate(devices):
+        path = f"spec.devices[{i}]"
+        name = dev.get("name") or ""
+        _names(errs, f"{path}.name", name, dns_label, True)
+        if name and name in seen:
+            errs.append(FieldError("Duplicate", f"{path}.name", name))
+        seen.add(name)
+        for attr, val in (dev.get("attributes") or {}).items():
+            apath = f"{path}.attributes[{attr}]"
+            errs.extend(FieldError("Invalid", apath, attr, m) for m in qualified_name(attr))
+            count = sum(1 for k in _ATTRIBUTE_VALUES if (val or {}).get(k) is not None)
+            if count != 1:
+                errs.append(FieldError("Invalid", apath, val, "exactly one value must be specified"))
+        for j, taint in enumerate(dev.get("taints") or []):
+            errs.extend(device_taint(taint, f"{path}.taints[{j}]"))
+    return errs
+
+
+def pod_disruption_budget(obj: dict) -> list[FieldError]:
+    spec = obj.get("spec") or {}
+    errs: list[FieldError] = []
+    if spec.get("minAvailable") is not None and spec.get("maxUnavailable") is not None:
+        errs.append(FieldError("Invalid", "spec", spec, "minAvailable and maxUnavailable cannot be both set"))
+    for key in ("minAvailable", "maxUnavailable"):
+        v = spec.get(key)
+        if isinstance(v, int) and v < 0:
+            errs.append(FieldError("Invalid", f"spec.{key}", v, "must be greater than or equal to 0"))
+        if isinstance(v, str) and not re.fullmatch(r"\d+%", v):
+            errs.append(FieldError("Invalid", f"spec.{key}", v, "a valid percent string must be a numeric string "
+                                   "followed by an ending '%'"))
+    return errs

@@ -209,3 +209,35 @@ class RawAgent:
         self._q.put(None)
         self.call.cancel()
         self._ch.close()
+
+
+# ---- which Kubernetes calls the aggregator made (the RBAC they need) ----------------------------------------------
+CORE_CALLS = {("", "nodes", "get"), ("", "nodes", "list"), ("", "nodes", "update"), ("", "nodes/status", "patch"),
+              ("authentication.k8s.io", "tokenreviews", "create"), ("", "events", "create"), ("", "pods", "get"),
+              ("coordination.k8s.io", "leases", "get"), ("coordination.k8s.io", "leases", "create"),
+              ("coordination.k8s.io", "leases", "update")}
+_VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
+
+def seen_calls(fk) -> set[tuple[str, str, str]]:
+    """(group, resource, verb) of every request the fake API server answered, discovery left out (every
+    authenticated user may read it)."""
+    out = set()
+    for r in fk.requests():
+        parts = [p for p in r.path.split("/") if p]
+        if not parts or parts[0] not in ("api", "apis"):
+            continue
+        rest = parts[2:] if parts[0] == "api" else parts[3:]
+        if not rest:
+            continue  # discovery
+        group = "" if parts[0] == "api" else parts[1]
+        if rest[0] == "namespaces" and len(rest) > 2:
+            rest = rest[2:]
+        resource = rest[0] + ("/" + rest[2] if len(rest) > 2 else "")
+        verb = "list" if r.method == "GET" and len(rest) == 1 else _VERBS[r.method]
+        out.add((group, resource, verb))
+    return out
+
+
+def declared(*features) -> set[tuple[str, str, str]]:
+    return {c[:3] for f in features for c in f.API_CALLS}

@@ -38,6 +38,26 @@ def test_cleanup_removes_only_what_vigil_added(fake, tmp_path, capsys):
     assert any(c["type"] == "Ready" for c in mine["status"]["conditions"])
 
 
+def test_cleanup_removes_vigils_device_rules_and_drain_record_only(fake, tmp_path, capsys):
+    """Finer than a node (DESIGN §9): Vigil's DeviceTaintRules go, a person's stays; the drain record goes."""
+    from agent.aggregator import devices as dv
+    from agent.aggregator import drain as dr
+
+    kc = fake.write_kubeconfig(str(tmp_path / "kc"))
+    fake.add_node("gpu-1", annotations={dr.ANNOTATION: "{}", "team": "ml"})
+    t = dv.Target("gpu.nvidia.com", "gpu-1", "gpu-3")
+    fake.create("devicetaintrules", dv.rule_body("gpu-1", t, "gpu.xid", "gpu3", "m", "NoSchedule", "v1",
+                                                 "2026-01-01T00:00:00Z", "ep"))
+    fake.create("devicetaintrules", {"metadata": {"name": "human"}, "spec": {
+        "deviceSelector": {"device": "gpu-5"}, "taint": {"key": "example.com/x", "effect": "NoSchedule"}}})
+    assert main(["cleanup", "--kubeconfig", kc, "--dry-run"]) == 0
+    assert "would delete DeviceTaintRule vigil-gpu-1-gpu-3-" in capsys.readouterr().out
+    assert len(fake.list("devicetaintrules")) == 2
+    assert main(["cleanup", "--kubeconfig", kc]) == 0
+    assert [r["metadata"]["name"] for r in fake.list("devicetaintrules")] == ["human"]
+    assert fake.get("nodes", "gpu-1")["metadata"]["annotations"] == {"team": "ml"}
+
+
 def test_reset_breaker_closes_it_and_keeps_held_nodes(fake, tmp_path, capsys):
     kc = fake.write_kubeconfig(str(tmp_path / "kc"))
     led = P.Ledger((("a", 1.0),), True, 2.0, ("b",), 0)

@@ -507,3 +507,34 @@ def test_rbac_is_exactly_what_the_code_calls(tree):
     # The agent has no RBAC at all.
     for b in (o for o in objs if o["kind"] in ("RoleBinding", "ClusterRoleBinding")):
         assert [s["name"] for s in b["subjects"]] == ["vigil-aggregator"]
+
+
+@pytest.mark.parametrize("components", [["device-quarantine"], ["drain"], ["job-signatures"],
+                                        ["device-quarantine", "drain", "job-signatures"]])
+def test_remediation_components_grant_exactly_what_their_code_calls(tmp_path, components):
+    """DESIGN §9: each finer-than-a-node feature's RBAC is added only by the component that enables it, and is
+    exactly the calls its module declares (devices/drain/signatures.API_CALLS: the aggregator tests check that the
+    requests the fake API server saw are among them). The flags parse in the real CLI and turn the feature on."""
+    from agent.aggregator import devices, drain, signatures
+    from agent.aggregator.cli import parser as agg_parser
+
+    feature = {"device-quarantine": devices, "drain": drain, "job-signatures": signatures}
+    objs = compose(tmp_path, "nvidia", components)
+    for obj in objs:
+        kubernetes_validate.validate(obj, K8S_VERSIONS[-1], strict=True)
+    calls = aggregator_api_calls()
+    need_cluster = {(g, r, v) for g, r, v, c in calls if c}
+    for c in components:
+        need_cluster |= {(g, r, v) for g, r, v, cl in feature[c].API_CALLS if cl}
+    cluster = granted(objs, "ClusterRole")
+    assert cluster == need_cluster, f"ClusterRole grants {cluster - need_cluster}, lacks {need_cluster - cluster}"
+    agg_c = container(objs, *AGG_DEPLOY, "aggregator")
+    env = {"POD_NAMESPACE": "vigil", "POD_NAME": "p", **one(objs, "ConfigMap", agg_c["envFrom"][0]["configMapRef"]
+                                                            ["name"])["data"]}
+    g = agg_parser().parse_args([expand(x, env) for x in agg_c["args"]])
+    assert g.device_quarantine == ("device-quarantine" in components)
+    assert g.job_signatures == ("job-signatures" in components)
+    assert bool(g.drain) == ("drain" in components)
+    base = granted(rendered("overlays/nvidia"), "ClusterRole")
+    for c in feature.values():  # the base grants none of them
+        assert not {(g_, r, v) for g_, r, v, _ in c.API_CALLS} <= base

@@ -1,0 +1,337 @@
+"""Partial drain, opt-in by policy (DESIGN §9, issue 14): after Vigil quarantines a device or a node, evict the pods
+that hold the sick device, or every GPU pod of the node, where the pods' namespace (or a label selector) asks for
+it. Pure selection here (which policy applies, which pods, who owns them) and one runner per node (`Drain`).
+
+- Policies: none (the default), device (the pods that hold the sick device), all (every GPU pod of the node).
+  `--drain KEY=POLICY`, repeatable: KEY a namespace, `*` (every other namespace), or `selector:k=v[,k=v]` (pods
+  whose labels match; selectors first, in the order given, then the namespace, then `*`).
+- Attribution (device): the DRA ResourceClaims the pod names (spec.resourceClaims, status.resourceClaimStatuses)
+  whose status.allocation.devices.results name the sick device (driver, pool, device). Device-plugin clusters have
+  no attribution the aggregator can read (the kubelet's PodResources is node-local): such pods are not evicted
+  under `device`, and the report says so. A node-wide fault makes every GPU of the node sick: `device` then means
+  every GPU pod.
+- Never evicted: the agent (its ServiceAccount), DaemonSet pods, mirror (static) pods, pods that tolerate Vigil's
+  taint explicitly (a toleration naming vigil.dev/unhealthy), pods already finished.
+- Eviction through the Eviction API, so PodDisruptionBudgets hold: a 429 is waited on (retried every
+  `retry` seconds), never forced; at the deadline Vigil reports what is left and stops. Dry-run evicts nothing.
+- Blast radius: the Events and the node annotation (vigil.dev/v1.drain) name every affected pod and its owner.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable
+
+from .signatures import gpu_pod, owner_of
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .engine import Engine
+
+log = logging.getLogger(__name__)
+
+# The Kubernetes calls a drain makes (components/drain grants exactly these): (group, resource, verb, cluster-wide).
+API_CALLS = frozenset({("", "pods", "list", True), ("", "pods/eviction", "create", True),
+                       ("resource.k8s.io", "resourceclaims", "get", True)})
+NONE, DEVICE, ALL = "none", "device", "all"
+POLICIES = (NONE, DEVICE, ALL)
+TAINT_KEY = "vigil.dev/unhealthy"
+ANNOTATION = "vigil.dev/v1.drain"
+MAX_NAMED = 50  # pods named in one Event (the rest counted); the annotation keeps up to MAX_RECORDED
+MAX_RECORDED = 200
+
+
+@dataclass(frozen=True)
+class DrainConfig:
+    rules: tuple[tuple[str, str], ...] = ()  # (key, policy): key a namespace, "*", or "selector:k=v,..."
+    deadline: float = 600.0
+    retry: float = 5.0
+    agent_service_accounts: tuple[str, ...] = ("vigil:vigil-agent",)  # NS:NAME, never evicted
+
+    @property
+    def enabled(self) -> bool:
+        return any(p != NONE for _, p in self.rules)
+
+    @staticmethod
+    def parse(items: Iterable[str]) -> tuple[tuple[str, str], ...]:
+        """`--drain KEY=POLICY` values; ValueError names the bad one."""
+        out = []
+        for item in items:
+            key, sep, policy = item.rpartition("=")
+            if not sep or not key or policy not in POLICIES:
+                raise ValueError(f"--drain: expected NAMESPACE=POLICY, *=POLICY or selector:k=v=POLICY with POLICY "
+                                 f"one of {', '.join(POLICIES)}, got {item!r}")
+            if key.startswith("selector:"):
+                _selector(key[len("selector:"):], item)
+            out.append((key, policy))
+        return tuple(out)
+
+
+def _selector(text: str, item: str = "") -> dict[str, str]:
+    sel = {}
+    for part in text.split(","):
+        k, sep, v = part.partition("=")
+        if not sep or not k.strip():
+            raise ValueError(f"--drain: a selector is k=v[,k=v], got {item or text!r}")
+        sel[k.strip()] = v.strip()
+    return sel
+
+
+def _d(v: Any) -> dict:
+    return v if isinstance(v, dict) else {}
+
+
+def _l(v: Any) -> list:
+    return v if isinstance(v, list) else []
+
+
+def policy_for(pod: dict[str, Any], cfg: DrainConfig) -> str:
+    meta = _d(_d(pod).get("metadata"))
+    labels = _d(meta.get("labels"))
+    for key, policy in cfg.rules:
+        if key.startswith("selector:") and all(labels.get(k) == v
+                                               for k, v in _selector(key[len("selector:"):]).items()):
+            return policy
+    ns = meta.get("namespace")
+    by_ns = dict((k, p) for k, p in cfg.rules if not k.startswith("selector:"))
+    return by_ns.get(ns, by_ns.get("*", NONE))
+
+
+def protected(pod: dict[str, Any], cfg: DrainConfig) -> str:
+    """Why this pod is never evicted ("" when it may be)."""
+    meta, spec = _d(_d(pod).get("metadata")), _d(_d(pod).get("spec"))
+    sa = f"{meta.get('namespace')}:{spec.get('serviceAccountName') or spec.get('serviceAccount') or 'default'}"
+    if sa in cfg.agent_service_accounts:
+        return "the Vigil agent"
+    if any(isinstance(r, dict) and r.get("kind") == "DaemonSet" for r in _l(meta.get("ownerReferences"))):
+        return "a DaemonSet pod"
+    if "kubernetes.io/config.mirror" in _d(meta.get("annotations")):
+        return "a static pod"
+    if any(isinstance(t, dict) and t.get("key") == TAINT_KEY for t in _l(spec.get("tolerations"))):
+        return f"it tolerates {TAINT_KEY}"
+    if _d(pod.get("status")).get("phase") in ("Succeeded", "Failed"):
+        return "it has finished"
+    return ""
+
+
+def claim_names(pod: dict[str, Any]) -> list[str]:
+    """The ResourceClaims a pod uses: named directly, or generated from a template (status says which)."""
+    spec, status = _d(_d(pod).get("spec")), _d(_d(pod).get("status"))
+    out = [c.get("resourceClaimName") for c in _l(spec.get("resourceClaims")) if isinstance(c, dict)]
+    out += [c.get("resourceClaimName") for c in _l(status.get("resourceClaimStatuses")) if isinstance(c, dict)]
+    return sorted({n for n in out if isinstance(n, str) and n})
+
+
+def claim_holds(claim: dict[str, Any], targets: Iterable[tuple[str, str, str]]) -> bool:
+    want = set(targets)
+    results = _l(_d(_d(_d(_d(claim).get("status")).get("allocation")).get("devices")).get("results"))
+    return any(isinstance(r, dict) and _hashable(r) and (r.get("driver"), r.get("pool"), r.get("device")) in want
+               for r in results)
+
+
+def _hashable(r: dict) -> bool:
+    return all(isinstance(r.get(k), (str, type(None))) for k in ("driver", "pool", "device"))
+
+
+def owner_text(pod: dict[str, Any]) -> str:
+    o = owner_of(pod)
+    return f"{o.kind} {o.name}" if o is not None else "no owner"
+
+
+@dataclass
+class Report:
+    """What one drain did, for its Events and the node annotation."""
+
+    node: str
+    reason: str
+    affected: list[dict[str, str]] = field(default_factory=list)  # {pod, owner, policy, state, why}
+    unattributed: list[str] = field(default_factory=list)  # pods under `device` Vigil could not attribute
+
+    def record(self, pod: dict[str, Any], policy: str, state: str, why: str = "") -> None:
+        meta = _d(pod.get("metadata"))
+        self.affected.append({"pod": f"{meta.get('namespace')}/{meta.get('name')}", "owner": owner_text(pod),
+                              "policy": policy, "state": state, "why": why})
+
+    def text(self, states: Iterable[str] | None = None) -> str:
+        rows = [a for a in self.affected if states is None or a["state"] in states]
+        shown = "; ".join(f"{a['pod']} ({a['owner']}){': ' + a['why'] if a['why'] else ''}" for a in rows[:MAX_NAMED])
+        more = f"; and {len(rows) - MAX_NAMED} more" if len(rows) > MAX_NAMED else ""
+        return (shown + more) or "none"
+
+    def annotation(self) -> str:
+        return json.dumps({"reason": self.reason, "pods": self.affected[:MAX_RECORDED],
+                           "more": max(0, len(self.affected) - MAX_RECORDED),
+                           "unattributed": self.unattributed[:MAX_RECORDED]}, sort_keys=True, separators=(",", ":"))
+
+
+class Drain:
+    """The drains of one replica: at most one per node at a time, each a background task with a deadline."""
+
+    def __init__(self, engine: "Engine") -> None:
+        self.e = engine
+        self.cfg: DrainConfig = engine.cfg.drain
+        self.jobs: dict[str, tuple[str, asyncio.Task]] = {}  # node -> (episode, task)
+        self.reports: list[Report] = []  # finished, for tests and the demo
+
+    def start(self, node: str, episode: str, reason: str, targets: list[tuple[str, str, str]] | None) -> None:
+        """`targets`: the sick devices (driver, pool, device); None for a node-wide fault (every GPU is sick)."""
+        if not self.cfg.enabled or self.e.kube is None or self.e._loop is None:
+            return
+        job = self.jobs.get(node)
+        if job is not None and (job[0] == episode or not job[1].done()):
+            return
+        task = self.e._loop.create_task(self._run(node, reason, targets))
+        self.jobs[node] = (episode, task)
+
+    def stop_all(self) -> None:
+        for _, task in self.jobs.values():
+            task.cancel()
+        self.jobs.clear()
+
+    async def _pods(self, node: str) -> list[dict[str, Any]]:
+        from .remedy import _quote
+
+        return await self.e._io(lambda: self.e.kube._req(  # type: ignore[union-attr]
+            "GET", "/api/v1/pods?fieldSelector=spec.nodeName%3D" + _quote(node)).get("items") or [])
+
+    async def _claim(self, ns: str, name: str) -> dict[str, Any] | None:
+        from .kube import NotFound
+
+        version = self.e.remedy.version or "v1"  # as discovered for DeviceTaintRules
+        try:
+            return await self.e._io(lambda: self.e.kube._req(  # type: ignore[union-attr]
+                "GET", f"/apis/resource.k8s.io/{version}/namespaces/{{namespace}}/resourceclaims/{{name}}",
+                {"namespace": ns, "name": name}))
+        except NotFound:
+            return None
+
+    async def select(self, node: str, reason: str, targets: list[tuple[str, str, str]] | None) \
+            -> tuple[Report, list[dict[str, Any]]]:
+        report = Report(node, reason)
+        chosen = []
+        for pod in await self._pods(node):
+            policy = policy_for(pod, self.cfg)
+            if policy == NONE or not gpu_pod(pod):
+                continue
+            why = protected(pod, self.cfg)
+            if why:
+                report.record(pod, policy, "kept", why)
+                continue
+            if policy == DEVICE and targets is not None:
+                if not targets:
+                    report.record(pod, policy, "kept", "the sick GPU maps to no DRA device: its pods are unknown")
+                    continue
+                names = claim_names(pod)
+                if not names:
+                    meta = pod.get("metadata") or {}
+                    report.unattributed.append(f"{meta.get('namespace')}/{meta.get('name')}")
+                    report.record(pod, policy, "kept", "no DRA claim to attribute its GPUs (device-plugin pod)")
+                    continue
+                holds = False
+                for n in names:
+                    claim = await self._claim((pod.get("metadata") or {}).get("namespace", ""), n)
+                    if claim is not None and claim_holds(claim, targets):
+                        holds = True
+                if not holds:
+                    continue  # a pod on a healthy device: not affected
+            chosen.append(pod)
+        return report, chosen
+
+    async def _run(self, node: str, reason: str, targets: list[tuple[str, str, str]] | None) -> None:
+        e, m = self.e, self.e.metrics
+        try:
+            report, pods = await self.select(node, reason, targets)
+        except Exception as ex:  # noqa: BLE001 - nothing evicted: reported, the quarantine stands
+            log.warning("node %s: drain: reading its pods: %s", node, ex)
+            m.bump(m.actions, ("drain", "error"))
+            return
+        if not pods and not report.affected:
+            return
+        if e.cfg.dry_run:
+            for p in pods:
+                report.record(p, policy_for(p, self.cfg), "would-evict")
+                m.bump(m.actions, ("evict", "dry_run"))
+            log.info("dry-run: node %s: would evict %s", node, report.text(("would-evict",)))
+            self.reports.append(report)
+            return
+        deadline = e.clock() + self.cfg.deadline
+        pending = {(p["metadata"]["namespace"], p["metadata"]["name"]): p for p in pods}
+        blocked: dict[tuple[str, str], str] = {}
+        await e._event({"metadata": {"name": node}}, "drain-start", f"{reason}/{len(pods)}", "VigilDrainStarted",
+                       f"Vigil evicts {len(pods)} pod(s) from {node} ({reason}), PodDisruptionBudgets permitting: "
+                       f"{_names(pods)}", "Warning")
+        while pending:
+            for key, pod in list(pending.items()):
+                e._check_leader()
+                state, why = await self._evict(*key)
+                if state == "blocked":
+                    blocked[key] = why
+                    continue
+                pending.pop(key)
+                blocked.pop(key, None)
+                report.record(pod, policy_for(pod, self.cfg), state, why)
+                m.bump(m.actions, ("evict", state))
+            if not pending:
+                break
+            if e.clock() >= deadline:
+                break
+            await asyncio.sleep(min(self.cfg.retry, max(0.0, deadline - e.clock())))
+        for key, pod in pending.items():
+            report.record(pod, policy_for(pod, self.cfg), "not-evicted", blocked.get(key, "deadline"))
+            m.bump(m.actions, ("evict", "deadline"))
+        self.reports.append(report)
+        done = [a for a in report.affected if a["state"] == "evicted"]
+        left = [a for a in report.affected if a["state"] == "not-evicted"]
+        log.info("node %s: drain %s: evicted %d, not evicted %d", node, "finished" if not left else
+                 "stopped at its deadline", len(done), len(left))
+        text = (f"Vigil's drain of {node} ({reason}): evicted {report.text(('evicted', 'gone'))}"
+                + (f". Not evicted by the deadline ({self.cfg.deadline:g}s): {report.text(('not-evicted',))}"
+                   if left else "")
+                + (f". Kept: {report.text(('kept',))}" if any(a['state'] == 'kept' for a in report.affected) else ""))
+        await e._event({"metadata": {"name": node}}, "drain-end", f"{reason}/{len(done)}/{len(left)}",
+                       "VigilDrainIncomplete" if left else "VigilDrainFinished", text,
+                       "Warning" if left else "Normal")
+        await self._annotate(node, report)
+
+    async def _evict(self, ns: str, name: str) -> tuple[str, str]:
+        """("evicted" | "gone" | "blocked", why). 429 (a budget) and transient errors are blocked: retried."""
+        from .kube import ApiError, NotFound, Transient
+
+        body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": ns}}
+        try:
+            await self.e._io(lambda: self.e.kube._req(  # type: ignore[union-attr]
+                "POST", "/api/v1/namespaces/{namespace}/pods/{name}/eviction", {"namespace": ns, "name": name},
+                body))
+            return "evicted", ""
+        except NotFound:
+            return "gone", "already deleted"
+        except Transient as ex:
+            return "blocked", ("its PodDisruptionBudget allows no disruption now" if str(ex).startswith("429")
+                               else str(ex)[:200])
+        except ApiError as ex:
+            return "blocked", str(ex)[:200]
+
+    async def _annotate(self, node: str, report: Report) -> None:
+        def change(n: dict[str, Any]) -> dict[str, Any] | None:
+            meta = n.setdefault("metadata", {})
+            ann = dict(meta.get("annotations") or {})
+            if ann.get(ANNOTATION) == report.annotation():
+                return None
+            ann[ANNOTATION] = report.annotation()
+            meta["annotations"] = ann
+            return n
+        try:
+            await self.e._io(lambda: self.e.kube.update_node(node, change))  # type: ignore[union-attr]
+        except Exception as ex:  # noqa: BLE001 - audit detail
+            log.warning("node %s: drain record: %s", node, ex)
+
+
+def _names(pods: list[dict[str, Any]]) -> str:
+    rows = [f"{(p.get('metadata') or {}).get('namespace')}/{(p.get('metadata') or {}).get('name')} "
+            f"({owner_text(p)})" for p in pods[:MAX_NAMED]]
+    return "; ".join(rows) + (f"; and {len(pods) - MAX_NAMED} more" if len(pods) > MAX_NAMED else "")
+
+
+__all__ = ["ALL", "DEVICE", "Drain", "DrainConfig", "NONE", "Report", "claim_holds", "claim_names", "policy_for",
+           "protected"]
