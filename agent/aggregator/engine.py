@@ -260,6 +260,14 @@ class Engine:
                         _short(epoch, 40), "" if got.stop is None else " (the stream ends: the agent does not read "
                         "rejections)" if got.stop.label != "batch_size" else " (the stream ends)",
                         _short(refused[0].reason))
+        if aware and got.rejected:
+            # Acknowledge past the events refused for their content (their seq was in order): the Ack names them,
+            # the agent drops them, and they do not come back every session. Never past a seq out of order.
+            past = max((r.seq for r in got.rejected if r.label != "seq"), default=0)
+            if past > node.applied.get(epoch, 0):
+                node.applied[epoch] = past
+                cursor.last = max(cursor.last, past)
+                res.ack = max(res.ack, past)
         if res.duplicates:
             m.bump(m.events, "duplicate", res.duplicates)
         if res.new:

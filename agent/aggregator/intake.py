@@ -13,7 +13,8 @@ bounded here, before it touches a node's state. Pure: no I/O, no clock.
   within MIN_SEQ..MAX_SEQ, above the stream's last one (and so above every seq already acknowledged: a lower one is
   refused, never acked as a "duplicate" it may not be), and at most SEQ_AHEAD above the highest seq the agent has
   declared (digest_seq) or had accepted. Gaps are normal: the spool coalesces and drops events before they are
-  sent. A cumulative ack of N is then true: every event of the epoch the agent sent at or below N was applied.
+  sent. A cumulative ack of N is then true: every event of the epoch the agent sent at or below N was applied, or
+  (to an agent that reads rejections) named as refused; an ack never passes a seq refused for being out of order.
 """
 from __future__ import annotations
 

@@ -53,12 +53,25 @@ class Expectations:
 
     gpus: int | None = None
     rdma_ports: int | None = None
+    # The GPUs' PCI addresses ("0000:0c:00.0", any spelling nvidia-smi or amd-smi prints): lets a report of a
+    # missing GPU name it even when it fell off the bus before the agent started.
+    gpu_bus_ids: list[str] | None = None
 
     def check(self, prefix: str) -> None:
+        from .pci import normalize
+
         for key in ("gpus", "rdma_ports"):
             value = getattr(self, key)
             if value is not None:
                 in_range(f"{prefix}.{key}", value, 0, MAX_DEVICES)
+        if self.gpu_bus_ids is not None:
+            if len(self.gpu_bus_ids) > MAX_DEVICES:
+                raise ConfigError(f"{prefix}.gpu_bus_ids: {len(self.gpu_bus_ids)} entries, at most {MAX_DEVICES}")
+            for i, addr in enumerate(self.gpu_bus_ids):
+                if normalize(addr) is None:
+                    raise ConfigError(f"{prefix}.gpu_bus_ids[{i}]: {_show(addr)} is not a PCI address "
+                                      "(e.g. 0000:0c:00.0)")
+            self.gpu_bus_ids = [normalize(a) for a in self.gpu_bus_ids]  # type: ignore[misc]
 
 
 @dataclass

@@ -41,13 +41,14 @@ VENDORS = {"0x1002": "amd", "0x10de": "nvidia"}
 GPU_CLASSES = ("0x03", "0x12")
 
 
-def count_gpus(sysfs: Path) -> dict[str, int] | None:
-    """vendor -> number of GPU PCI functions; None when the PCI tree is not there (e.g. a snapshot without it).
-    Virtual functions count like physical ones: a VM or an SR-IOV guest sees its GPUs that way."""
+def gpu_functions(sysfs: Path) -> dict[str, str] | None:
+    """normalized address -> vendor of every GPU PCI function; None when the PCI tree is not there (e.g. a
+    snapshot without it). Virtual functions count like physical ones: a VM or an SR-IOV guest sees its GPUs that
+    way. An entry whose name is not an address is kept under its own (bounded) name: it still counts."""
     devices = sysfs / "bus" / "pci" / "devices"
     if not devices.is_dir():
         return None
-    counts: dict[str, int] = {}
+    found: dict[str, str] = {}
     for dev in devices.iterdir():
         try:
             vendor = (dev / "vendor").read_text().strip().lower()
@@ -55,5 +56,16 @@ def count_gpus(sysfs: Path) -> dict[str, int] | None:
         except OSError:
             continue
         if vendor in VENDORS and klass.startswith(GPU_CLASSES):
-            counts[VENDORS[vendor]] = counts.get(VENDORS[vendor], 0) + 1
+            found[normalize(dev.name) or dev.name[:LABEL_MAX]] = VENDORS[vendor]
+    return found
+
+
+def count_gpus(sysfs: Path) -> dict[str, int] | None:
+    """vendor -> number of GPU PCI functions; None when the PCI tree is not there."""
+    found = gpu_functions(sysfs)
+    if found is None:
+        return None
+    counts: dict[str, int] = {}
+    for vendor in found.values():
+        counts[vendor] = counts.get(vendor, 0) + 1
     return counts

@@ -86,4 +86,5 @@ def merge_expectations(config: Expectations, node_file: Expectations) -> Expecta
     return Expectations(
         gpus=config.gpus if config.gpus is not None else node_file.gpus,
         rdma_ports=config.rdma_ports if config.rdma_ports is not None else node_file.rdma_ports,
+        gpu_bus_ids=config.gpu_bus_ids if config.gpu_bus_ids is not None else node_file.gpu_bus_ids,
     )

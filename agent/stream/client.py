@@ -60,6 +60,8 @@ STREAM_CONNECTS = Counter("vigil_stream_connects_total", "Health stream sessions
 STREAM_EVENTS_ACKED = Counter("vigil_stream_events_acked_total", "Events acknowledged by the aggregator.", ())
 STREAM_EVENTS_SENT = Counter("vigil_stream_events_sent_total", "Events sent on the health stream (resends included).",
                              ())
+STREAM_EVENTS_REJECTED = Counter("vigil_stream_events_rejected_total", "Events the aggregator refused (named in an "
+                                 "Ack or Welcome): never applied, dropped from the spool, never sent again.", ())
 STREAM_FAILURES = Counter("vigil_stream_failures_total", "Health stream sessions that failed, by gRPC code.",
                           ("code",))
 STREAM_LAST_ACK_AGE_SECONDS = Gauge("vigil_stream_last_ack_age_seconds", "Seconds since the last acknowledgement.",
@@ -74,6 +76,14 @@ DROPS_REPORTED_FOR = 600.0  # seconds agent.spool stays unhealthy after the boun
 # the aggregator: it ends the stream with one of these, without acking, when it refuses a message.
 REFUSALS = frozenset({"INVALID_ARGUMENT", "PERMISSION_DENIED", "UNAUTHENTICATED", "FAILED_PRECONDITION",
                       "OUT_OF_RANGE", "UNIMPLEMENTED", "RESOURCE_EXHAUSTED", "DATA_LOSS"})
+# INVALID_ARGUMENT: this agent sent what the protocol forbids (a bug on one side): the slowest retry at once.
+PROTOCOL_ERRORS = frozenset({"INVALID_ARGUMENT"})
+# The aggregator ended the session for a reason that is not this agent's message: its idle or Hello deadline
+# (DEADLINE_EXCEEDED), a newer stream of this spool epoch (ABORTED): reconnect at once (and back off only if
+# it keeps happening without progress).
+RECONNECT_NOW = frozenset({"ABORTED", "DEADLINE_EXCEEDED"})
+REJECTIONS_REPORTED_FOR = 600.0  # seconds agent.stream stays unhealthy after the aggregator refused an event
+MESSAGE_MARGIN = 4096  # bytes kept free below Welcome.max_message_bytes for the Batch's own framing
 
 
 def read_boot_id(roots: Any) -> str:
@@ -157,6 +167,10 @@ class _Counters:
     last_ack_at: float | None = None
     refused: tuple[str, str] | None = None  # (code, details) of the last refusal, until a session progresses
     last_error: str | None = None
+    rejected: int = 0  # events the aggregator refused (Ack.rejected, Welcome.rejected)
+    last_rejection: tuple[int, str] | None = None  # (seq, reason) of the latest
+    rejected_at: float | None = None  # when the latest was learned (clock)
+    digest_trimmed: int = 0  # problems left out of the latest digest to fit one message
 
 
 class StreamClient:
@@ -278,6 +292,7 @@ class StreamClient:
             ms.add(STREAM_FAILURES, {"code": code}, n)
         ms.add(STREAM_EVENTS_SENT, {}, c.sent)
         ms.add(STREAM_EVENTS_ACKED, {}, c.acked)
+        ms.add(STREAM_EVENTS_REJECTED, {}, c.rejected)
         ms.add(STREAM_UNACKED_EVENTS, {}, c.inflight)
         ms.add(STREAM_LAST_ACK_AGE_SECONDS, {},
                None if c.last_ack_at is None else round(self.clock() - c.last_ack_at, 3))
@@ -332,11 +347,18 @@ class StreamClient:
                         "(bounded) and sent from there until it works again", WARNING,
                         action="free or fix the spool's host path (--spool); the agent recovers by itself")
         c = self._c
+        recent_rejection = c.rejected_at is not None and now - c.rejected_at < REJECTIONS_REPORTED_FOR
         if c.refused is not None:
             code, details = c.refused
             stream = bad("agent.stream", "agent", node, f"the aggregator refuses this agent's stream: {code} "
                          f"{details}; retried with backoff, events wait in the spool", WARNING,
                          action="see the aggregator's log and vigil_stream_failures_total{code}")
+        elif recent_rejection and c.last_rejection is not None:
+            seq, reason = c.last_rejection
+            stream = bad("agent.stream", "agent", node, f"the aggregator refused {c.rejected} event(s) since the agent "
+                         f"started (latest: seq {seq}: {reason}); they were never applied and are dropped from the "
+                         "spool", WARNING, action="a bug in the agent or the aggregator: see both logs and "
+                         "vigil_stream_events_rejected_total")
         elif c.connected:
             stream = ok("agent.stream", "agent", node, f"connected to {c.target}", WARNING)
         else:
@@ -459,10 +481,18 @@ class StreamClient:
                 break
             self._c.failures[code] = self._c.failures.get(code, 0) + 1
             i += 1
-            if code in REFUSALS:
+            if code in PROTOCOL_ERRORS:
+                # A protocol error repeats on every retry: the slowest retry, and agent.stream says so.
+                refusals += 1
+                delay = backoff.delay(64, s.backoff_base, s.backoff_max, "half")
+            elif code in REFUSALS:
                 # The same request will be refused again: slow down (never a tight loop), whatever the target.
                 refusals += 1
                 delay = backoff.delay(refusals + 1, s.backoff_base, s.backoff_max, "half")
+            elif code in RECONNECT_NOW:
+                # Not this agent's message: reconnect now; only a run of them without progress backs off.
+                attempt += 1
+                delay = backoff.delay(attempt - 1, s.backoff_base / 5, s.backoff_max)
             elif standby:
                 # Behind one Service address a new connection may reach the other replica (each session has
                 # its own channel, so kube-proxy picks again): retry soon, slowing only if no leader answers
@@ -485,6 +515,57 @@ class StreamClient:
         else:
             log.info("stream to %s: %s", target, text)
         self._c.last_error = text
+
+    def _rejected(self, rejections: list[tuple[int, str]]) -> None:
+        """Events the aggregator refused: the cumulative ack already covers (and so deletes) them; count them,
+        log them (bounded: the first few of a batch, then a count) and let agent.stream report it."""
+        if not rejections:
+            return
+        c = self._c
+        c.rejected += len(rejections)
+        c.last_rejection = rejections[-1]
+        c.rejected_at = self.clock()
+        for seq, reason in rejections[:3]:
+            log.warning("the aggregator refused event seq %d: %s (never applied; dropped from the spool)", seq,
+                        reason[:300])
+        if len(rejections) > 3:
+            log.warning("... and %d more refused events in the same answer", len(rejections) - 3)
+
+    def _rejected_before(self, generation: int, welcome: Any) -> None:
+        """Welcome.rejected names the epoch's latest refusals: one this spool still holds was named in an Ack this
+        agent never read (the session broke first). Count it before the applied_seq deletes it."""
+        held = []
+        for r in list(welcome.rejected)[:100]:
+            if not 0 < r.seq <= welcome.applied_seq:
+                continue
+            try:
+                nxt = self.keeper.pending(generation, r.seq - 1, 1)
+            except SpoolSwitched:
+                return
+            if nxt and nxt[0].seq == r.seq:
+                held.append((r.seq, r.reason))
+        self._rejected(held)
+
+    def _digest(self, rows: list[StateRow], max_bytes: int) -> list[Any]:
+        """The digest as Problems, fatal first when it must be trimmed to fit one message (the verdict needs only
+        the fatal ones; a real node has a few dozen problems at most). Counts what was left out."""
+        problems = _problems(rows)
+        budget = max_bytes - MESSAGE_MARGIN
+        size = sum(p.ByteSize() + 8 for p in problems)
+        self._c.digest_trimmed = 0
+        if size <= budget and len(problems) <= wire.MAX_DIGEST:
+            return problems
+        problems.sort(key=lambda p: p.severity != wire.severity_to_proto("fatal"))
+        kept, used = [], 0
+        for p in problems[:wire.MAX_DIGEST]:
+            n = p.ByteSize() + 8
+            if used + n > budget:
+                break
+            kept.append(p)
+            used += n
+        self._c.digest_trimmed = len(problems) - len(kept)
+        log.warning("digest trimmed to %d of %d problems to fit one message (fatal first)", len(kept), len(problems))
+        return kept
 
     def _channel(self, target: str) -> Any:
         import grpc
@@ -517,13 +598,14 @@ class StreamClient:
             rows, as_of = keeper.digest(generation)
             await call.write(pb.AgentMessage(hello=pb.Hello(
                 node=self.node, boot_id=self.boot_id, spool_epoch=epoch, agent_version=self.version,
-                digest=_problems(rows), digest_seq=as_of)))
+                digest=self._digest(rows, wire.MAX_MESSAGE_BYTES), digest_seq=as_of, handles_rejections=True)))
             first = await asyncio.wait_for(call.read(), self.settings.ack_timeout_seconds)
             if first is grpc_eof() or not first.HasField("welcome"):
                 await _raise_status(call)
                 raise _StreamBroken("UNKNOWN", "no welcome")
             welcome = first.welcome
             heartbeat = welcome.heartbeat_seconds or self.settings.heartbeat_seconds
+            self._rejected_before(generation, welcome)
             if welcome.applied_seq:
                 self._c.acked += keeper.ack(generation, welcome.applied_seq)
             c = self._c
@@ -531,11 +613,16 @@ class StreamClient:
             log.info("stream to %s (%s) established; resuming after seq %d", target, welcome.aggregator,
                      welcome.applied_seq)
             state = _Session(generation, sent=welcome.applied_seq, acked=welcome.applied_seq,
-                             started=self.clock())
+                             started=self.clock(),
+                             max_bytes=welcome.max_message_bytes or wire.MAX_MESSAGE_BYTES,  # 0: an older one
+                             max_events=welcome.max_batch_events or wire.MAX_BATCH_EVENTS)
             reader = asyncio.create_task(self._read_acks(call, state))
             try:
                 await self._send_loop(call, pb, state, heartbeat, reader)
             finally:
+                if not reader.done():  # half-close, so the pending read ends with EOF rather than a cancel
+                    await _half_close(call)
+                    await asyncio.wait({reader}, timeout=2.0)
                 reader.cancel()
                 try:
                     await reader
@@ -546,8 +633,12 @@ class StreamClient:
                 self._progressed = True
                 self._c.refused = None
             self._c.inflight = 0
-            if call is not None:
-                call.cancel()
+            if call is not None and not call.done():
+                await _half_close(call)
+                try:
+                    await asyncio.wait_for(call.code(), 2.0)
+                except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - it did not end by itself: cancel it
+                    call.cancel()
             await channel.close(None)
 
     async def _read_acks(self, call: Any, state: "_Session") -> None:
@@ -555,6 +646,8 @@ class StreamClient:
             msg = await call.read()
             if msg is grpc_eof():
                 return
+            if msg.HasField("ack") and msg.ack.rejected:
+                self._rejected([(r.seq, r.reason) for r in msg.ack.rejected])
             if msg.HasField("ack") and msg.ack.seq > state.acked:
                 state.acked = msg.ack.seq
                 state.last_ack = self.clock()
@@ -582,12 +675,14 @@ class StreamClient:
                 raise SpoolSwitched()
             wake.clear()
             room = s.max_inflight - state.unacked()
-            batch = keeper.pending(state.generation, state.sent, min(s.batch_size, room)) if room > 0 else []
+            limit = min(s.batch_size, room, state.max_events)
+            batch = keeper.pending(state.generation, state.sent, limit) if limit > 0 else []
             if batch:
                 for boot_id, events in _by_boot(batch):
-                    msg = pb.AgentMessage(batch=pb.Batch(boot_id=boot_id))
-                    msg.batch.events.extend(pb.Event.FromString(e.payload) for e in events)
-                    await call.write(msg)
+                    for part in _within_bytes(events, state.max_bytes - MESSAGE_MARGIN):
+                        msg = pb.AgentMessage(batch=pb.Batch(boot_id=boot_id))
+                        msg.batch.events.extend(pb.Event.FromString(e.payload) for e in part)
+                        await call.write(msg)
                 state.sent_seqs.extend(e.seq for e in batch)
                 state.sent = batch[-1].seq
                 self._c.sent += len(batch)
@@ -600,8 +695,8 @@ class StreamClient:
                 raise _StreamBroken("DEADLINE_EXCEEDED", f"no ack for {s.ack_timeout_seconds:.0f}s")
             if now - last_beat >= heartbeat:
                 rows, as_of = keeper.digest(state.generation)
-                await call.write(pb.AgentMessage(heartbeat=pb.Heartbeat(digest=_problems(rows),
-                                                                        digest_seq=as_of)))
+                await call.write(pb.AgentMessage(heartbeat=pb.Heartbeat(
+                    digest=self._digest(rows, state.max_bytes), digest_seq=as_of)))
                 last_beat = now
                 if now - state.started >= heartbeat:
                     state.progressed = True  # a heartbeat's worth of session without a refusal
@@ -628,6 +723,8 @@ class _Session:
     last_ack: float = 0.0
     oldest_unacked_at: float | None = None
     progressed: bool = False  # an ack advanced, or it outlived a heartbeat
+    max_bytes: int = 4 * MIB  # Welcome.max_message_bytes
+    max_events: int = 5000  # Welcome.max_batch_events
 
     def unacked(self) -> int:
         # seqs have gaps (coalesced, dropped): count what was sent above the ack
@@ -652,6 +749,30 @@ async def _raise_status(call: Any) -> None:
     if code != grpc.StatusCode.OK:
         raise grpc.aio.AioRpcError(code, await call.initial_metadata(), await call.trailing_metadata(),
                                    await call.details())
+
+
+async def _half_close(call: Any, wait: float = 2.0) -> None:
+    """End a session by half-closing (done_writing): the aggregator then ends the call cleanly, and no pending
+    read is cancelled (grpc.aio leaks native memory for each cancelled call, grpc/grpc#43360)."""
+    try:
+        await asyncio.wait_for(call.done_writing(), wait)
+    except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - ending anyway; the caller cancels if need be
+        pass
+
+
+def _within_bytes(events: list[SpoolEvent], budget: int) -> list[list[SpoolEvent]]:
+    """Split events into runs whose payloads fit one message (an event is bounded by wire.LIMITS, ~10 KB, so
+    each run holds at least one)."""
+    out: list[list[SpoolEvent]] = [[]]
+    used = 0
+    for e in events:
+        n = len(e.payload) + 8  # the field's tag and length
+        if out[-1] and used + n > budget:
+            out.append([])
+            used = 0
+        out[-1].append(e)
+        used += n
+    return out
 
 
 def _by_boot(batch: list[SpoolEvent]) -> list[tuple[str, list[SpoolEvent]]]:

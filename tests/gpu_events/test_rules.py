@@ -124,8 +124,30 @@ def test_stale_cper_records_never_mark_a_gpu():
 def test_ok_rows_only_for_checks_whose_source_ran():
     state = EventState("boot-a")
     f = run(state, [], known={"gpu0": "nvidia", "gpu1": "amd"}, checks={"xid", "ras"})
-    assert set(f) == {("gpu.xid", "gpu0"), ("gpu.ras", "gpu1")}
+    assert set(f) == {("gpu.xid", "gpu0"), ("gpu.xid.warning", "gpu0"), ("gpu.ras", "gpu1"),
+                      ("gpu.ras.warning", "gpu1")}
     assert all(x.status == "ok" for x in f.values())
+    assert {k[0]: x.severity for k, x in f.items()} == {"gpu.xid": "fatal", "gpu.xid.warning": "warning",
+                                                         "gpu.ras": "fatal", "gpu.ras.warning": "warning"}
+
+
+XID63 = "NVRM: Xid (PCI:0000:3b:00): 63, pid=1, name=python3, Row Remapper: New row marked for remapping"
+
+
+def test_a_warning_xid_sticks_on_its_own_row_and_never_changes_the_fatal_rows_severity():
+    """Issue 12: a sticky warning Xid (63: a row marked for remapping; also 94 and unknown codes) used to turn
+    gpu.xid's row into severity "warning": a new vigil_check_status series, and the fatal-row alert paging for a
+    warning. Each row now keeps one severity; a fatal Xid later still heads the fatal row."""
+    state = EventState("boot-a")
+    f = run(state, [kernel(1, XID63)])
+    assert (f[("gpu.xid", "gpu3")].status, f[("gpu.xid", "gpu3")].severity) == ("ok", "fatal")
+    w = f[("gpu.xid.warning", "gpu3")]
+    assert (w.status, w.severity) == ("unhealthy", "warning") and "Xid 63" in w.message
+    f = run(state, [kernel(2, XID79)])
+    assert f[("gpu.xid", "gpu3")].is_fatal and "fallen off" in f[("gpu.xid", "gpu3")].message
+    assert f[("gpu.xid.warning", "gpu3")].status == "unhealthy"
+    f = run(state, [kernel(3, ACK)], remembered={("gpu.xid", "gpu3")})  # a reset clears both rows
+    assert f[("gpu.xid", "gpu3")].status == f[("gpu.xid.warning", "gpu3")].status == "ok"
 
 
 def test_duplicate_event_keys_are_not_applied_twice():

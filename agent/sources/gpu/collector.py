@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Literal
 
-from agent.base.config import CollectorSettings, ConfigError, in_range
+from agent.base.config import MAX_DEVICES, CollectorSettings, ConfigError, in_range
 from agent.base.findings import Finding
 from agent.base.tools import DEFAULT_MAX_STDOUT, ToolHung
 from . import rules
@@ -93,6 +93,8 @@ class GpuCollector(Collector):
         super().__init__(settings, ctx)
         self._chains = chains
         self._pci: dict[str, int] | None = None
+        self._pci_addresses: frozenset[str] = frozenset()
+        self._seen: set[str] = set()  # bus ids of whole GPUs this agent has read (bounded: MAX_DEVICES)
 
     # -- backends -------------------------------------------------------------------------------------
     def _build_chains(self) -> list[_Chain]:
@@ -130,7 +132,9 @@ class GpuCollector(Collector):
     # -- collector contract ---------------------------------------------------------------------------
     def read(self) -> GpuReadings:
         if self._pci is None:
-            self._pci = pci.count_gpus(self.ctx.roots.sysfs)
+            functions = pci.gpu_functions(self.ctx.roots.sysfs)
+            self._pci = None if functions is None else pci.count_gpus(self.ctx.roots.sysfs)
+            self._pci_addresses = frozenset(functions or ())
         if self._chains is None:
             self._chains = self._build_chains()
         inventories, unavailable = [], {}
@@ -143,7 +147,11 @@ class GpuCollector(Collector):
                 inventories.append(chain.read())
             except BackendUnavailable as e:
                 unavailable[chain.vendor] = str(e)
-        readings = GpuReadings(inventories, self._pci or {}, unavailable)
+        known = self._pci_addresses | frozenset(self.ctx.expect.gpu_bus_ids or ()) | frozenset(self._seen)
+        readings = GpuReadings(inventories, self._pci or {}, unavailable, known)
+        for g in readings.gpus:
+            if g.pci_bus_id and not g.partition and len(self._seen) < MAX_DEVICES:
+                self._seen.add(g.pci_bus_id)
         # Other sources (GPU events, pod attribution) map PCI addresses and UUIDs to GPU indexes with this.
         self.ctx.facts.gpus = readings.gpus
         return readings

@@ -104,6 +104,9 @@ class GpuReadings:
     inventories: list[GpuInventory]
     pci_gpus: dict[str, int]  # vendor -> count of GPU PCI functions in sysfs
     unavailable: dict[str, str] = field(default_factory=dict)  # vendor -> why its backend could not run
+    # Addresses of GPUs this node should have: on the PCI bus when the agent started, declared
+    # (expect.gpu_bus_ids), or reported earlier by this agent. A missing GPU is named from these.
+    known_addresses: frozenset[str] = frozenset()
 
     @property
     def gpus(self) -> list[GpuReading]:

@@ -114,7 +114,7 @@ def count_check(r: GpuReadings, expected: int | None, node: str) -> list[Finding
     if unavailable and not r.inventories:
         # No SMI could run. With GPUs expected (declared or on the bus) we cannot tell their health.
         if pci is not None and expected is not None and pci < expected:
-            return [bad("gpu.count", C, node, f"{pci} GPUs on the PCI bus, {expected} expected",
+            return [bad("gpu.count", C, node, f"{pci} GPUs on the PCI bus, {expected} expected; {_missing(r)}",
                         value=pci, threshold=expected, action="drain the node and inspect the GPUs")]
         if want:
             return [unknown("gpu.count", C, node, f"GPU backend unavailable ({unavailable}); {want} GPUs expected",
@@ -124,9 +124,21 @@ def count_check(r: GpuReadings, expected: int | None, node: str) -> list[Finding
         return [ok("gpu.count", C, node, f"{found} GPUs", value=found)] if r.inventories else []
     if found < want:
         src = "expected" if expected is not None else "on the PCI bus"
-        return [bad("gpu.count", C, node, f"{found} of {want} GPUs visible ({want} {src})", value=found,
-                    threshold=want, action="drain the node and inspect the missing GPU")]
+        return [bad("gpu.count", C, node, f"{found} of {want} GPUs visible ({want} {src}); {_missing(r)}",
+                    value=found, threshold=want, action="drain the node and inspect the missing GPU")]
     return [ok("gpu.count", C, node, f"{found} of {want} GPUs visible", value=found, threshold=want)]
+
+
+def _missing(r: GpuReadings) -> str:
+    """Which GPUs are missing, by PCI address: those known (on the bus at start, declared, or read before) that
+    no SMI reports now."""
+    visible = {g.pci_bus_id for g in r.gpus if g.pci_bus_id}
+    gone = sorted(r.known_addresses - visible)
+    if gone:
+        shown = ", ".join(gone[:8]) + (f" and {len(gone) - 8} more" if len(gone) > 8 else "")
+        return f"missing: {shown}"
+    return ("which one is not known (not on the PCI bus when the agent started, not in expect.gpu_bus_ids, not "
+            "seen by this agent)")
 
 
 def _sum(g: GpuReading, type_: str, volatile: bool = True) -> int | None:

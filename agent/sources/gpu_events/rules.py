@@ -15,6 +15,10 @@ What counts as a reset of GPU X (clears X's sticky events that happened before i
     nothing on a successful reset): `echo "vigil: gpu reset 0000:3b:00.0" > /dev/kmsg` (or `... reset all`).
 A reboot is a new boot id: everything sticky belongs to the old boot and is dropped (state.py).
 
+Each check's row keeps one severity (vigil_check_status's severity label, the stream's key): fatal events stick
+on the check itself (gpu.xid), warning ones on its `.warning` row (gpu.xid.warning: Xid 63, 94, an unknown
+code), so a warning event never turns the fatal row's series into a warning one, nor pages as fatal.
+
 Episodes: identical events (same check, GPU, kind, code, severity and detail: the RAS block, the amdgpu error
 event, the CPER AFIDs; never the pid, counter or time in the line) fold into one. A sticky one keeps its first
 event and counts the rest (count, last_at), persisted; what is shown once is one finding per distinct event of
@@ -212,21 +216,27 @@ def findings(sticky: Iterable[Sticky], once: Iterable[Shown], known: dict[str, s
     unhealthy earlier, which get an ok row once they clear."""
     by_key: dict[tuple[str, str], list] = {}
     for s in sticky:
-        by_key.setdefault((s.check, s.entity), []).append(s)
+        by_key.setdefault((row_check(s.check, s.severity), s.entity), []).append(s)
     shown: dict[tuple[str, str], list[Shown]] = {}
     for o in once:
         shown.setdefault((o.check, o.entity if o.entity else node), []).append(o)
-    wanted = set(by_key) | set(shown) | set(remembered)
+    wanted = set(by_key) | set(shown)
+    for check, entity in remembered:  # both rows: either may have been the unhealthy one
+        wanted |= {(check, entity), (row_check(check, WARNING), entity)}
     for entity, vendor in known.items():
         for kind in VENDOR_CHECKS.get(vendor, ()):
             if kind in checks:
-                wanted.add((f"gpu.{kind}", entity))
+                wanted |= {(f"gpu.{kind}", entity), (f"gpu.{kind}{WARNING_ROW}", entity)}
     out: list[Finding] = []
     for check, entity in sorted(wanted):
         stuck = by_key.get((check, entity))
         # The state of the check first (sticky events, else ok), then what happened once beside it.
         if stuck:
             out.append(_sticky_finding(check, entity, stuck))
+        elif check.endswith(WARNING_ROW):
+            base = check[:-len(WARNING_ROW)]
+            out.append(ok(check, "gpu", entity, OK_MESSAGES.get(CHECK_KIND.get(base, ""), "no event")
+                          .replace("no ", "no warning-level ", 1), WARNING))
         else:
             out.append(ok(check, "gpu", entity, OK_MESSAGES.get(CHECK_KIND.get(check, ""), "no event")))
         if (check, entity) in shown:
@@ -235,6 +245,14 @@ def findings(sticky: Iterable[Sticky], once: Iterable[Shown], known: dict[str, s
 
 
 MAX_TEXT = 200
+WARNING_ROW = ".warning"
+
+
+def row_check(check: str, severity: str) -> str:
+    """The row a sticky event of this severity goes on: the check itself for fatal, its .warning row else."""
+    if severity == FATAL or check.endswith(WARNING_ROW):
+        return check
+    return check + WARNING_ROW
 
 
 def _clip(text: str) -> str:
