@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from agent.sources import REGISTRY
@@ -29,6 +30,9 @@ from agent.base.findings import (EXIT_ADDRESS_IN_USE, EXIT_CONFIG, EXIT_SOFTWARE
                                  exit_code, node_status, unknown)
 from agent.base.roots import Roots, merge_expectations, read_node_file
 from agent.run.runner import CollectorRunner
+
+if TYPE_CHECKING:
+    from agent.run.amd_health import AmdHealthServer
 
 log = logging.getLogger("agent")
 
@@ -213,9 +217,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # the agent's own check reports it (agent.thread, agent.spool, agent.stream).
     supervisor = Supervisor()
     collectors = build_collectors(config, ctx, only(args))
-    collectors.append(SelfCheck(ctx, supervisor, [stream] if stream is not None else []))
+    amd = amd_health_server(config, ctx, collectors)
+    own = [s for s in (stream, amd) if s is not None]  # their findings go to the agent's own check
+    collectors.append(SelfCheck(ctx, supervisor, own))
     agent = Agent(collectors, ctx.node, supervisor=supervisor)
-    metrics = agent.metrics if stream is None else (lambda: agent.metrics() + stream.exposition())
+    if amd is not None:
+        from agent.run.amd_health import amd_gpu_addresses, derive
+
+        amd.provider = lambda: derive(agent.findings(), ctx.facts.gpus, amd_gpu_addresses(ctx.roots.sysfs))
+
+    def metrics() -> bytes:
+        return agent.metrics() + b"".join(s.exposition() for s in own)
     # Bind first: a taken port must fail before any collector runs or the spool is locked.
     try:
         server = MetricsServer(host, port, metrics, agent.alive)
@@ -231,6 +243,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if stream is not None:
         stream.start(supervisor)
     supervisor.add("http", server.serve, server.recover, stopped=lambda: server.stopped)
+    if amd is not None:  # after the first cycle: the plugin never reads a table with no findings in it
+        supervisor.add("amd-health", amd.serve, amd.recover, stopped=lambda: amd.stopped)
     log.info("vigil agent %s on node %s: serving http://%s:%d/metrics", __version__, ctx.node, host, server.port)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -238,12 +252,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     stop.wait()
     supervisor.stop()
     server.stop()
+    if amd is not None:
+        amd.stop()
     agent.stop()  # loops first: nothing observes the stream after it closes its spool
     if stream is not None:
         stream.stop()
     for p in tools.shutdown(grace=0):  # the pod is going: end what we started, say what would not die
         log.warning("left behind at exit: %s", p.describe())
     return 0
+
+
+def amd_health_server(config: Config, ctx: Context, collectors: list) -> "AmdHealthServer | None":
+    """The GPU health service for AMD's device plugin (agent/run/amd_health.py), when enabled; it judges GPUs
+    from the gpu collector's findings, so it needs that collector."""
+    settings = config.amd_device_plugin
+    if not settings.enabled:
+        return None
+    if not any(c.name == "gpu" for c in collectors):
+        raise ConfigError("amd_device_plugin.enabled: needs the gpu collector (gpu.enabled, and gpu in --only)")
+    from agent.run.amd_health import AmdHealthServer
+
+    return AmdHealthServer(settings.socket_path, list, ctx.node)
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:

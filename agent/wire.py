@@ -124,11 +124,16 @@ def _b(field: str, text: str) -> str:
 
 def event_message(seq: int, kind: str, check: str, component: str, entity: str, status: str, severity: str,
                   message: str, action: str | None = None, value: Any = None, threshold: Any = None,
-                  observed_at: float | None = None) -> Any:
+                  observed_at: float | None = None, occurrences: int = 0, first_seen: float | None = None,
+                  last_seen: float | None = None) -> Any:
     """A vigil.v1.Event. kind: STATE or INFO; value and threshold travel as JSON ("" when None); observed_at:
     wall-clock seconds, now when None. Every string within LIMITS, shortened as the aggregator would shorten it
-    on arrival: what the agent spools is what gets applied, and no event outgrows a message."""
+    on arrival: what the agent spools is what gets applied, and no event outgrows a message. occurrences,
+    first_seen, last_seen: an episode's count and times (0/None for a single occurrence)."""
     return pb.Event(
+        occurrences=max(0, min(int(occurrences), 2**64 - 1)),
+        first_seen_unix_ms=int(first_seen * 1000) if first_seen is not None else 0,
+        last_seen_unix_ms=int(last_seen * 1000) if last_seen is not None else 0,
         seq=seq, kind=kind_to_proto(kind), check=_b("check", check), component=_b("component", component),
         entity=_b("entity", entity), status=status_to_proto(status), severity=severity_to_proto(severity),
         message=_b("message", message), action=_b("action", action or ""),

@@ -121,6 +121,28 @@ class StreamConfig:
                 raise ConfigError(f"{prefix}.aggregator: {e}") from None
 
 
+AMD_EXPORTER_SOCKET = "/var/lib/amd-metrics-exporter/amdgpu_device_metrics_exporter_grpc.socket"
+SUN_PATH_MAX = 107  # bytes of a unix socket path (sockaddr_un.sun_path is 108, NUL included)
+
+
+@dataclass
+class AmdDevicePluginSettings:
+    """The GPU health service AMD's device plugin reads from the ROCm device metrics exporter (agent/run/
+    amd_health.py). Off by default: the exporter and Vigil must not both serve the socket."""
+
+    enabled: bool = False
+    socket_path: str = AMD_EXPORTER_SOCKET  # where AMD's device plugin looks (its path is fixed there)
+
+    def check(self, prefix: str) -> None:
+        if not os.path.isabs(self.socket_path):
+            raise ConfigError(f"{prefix}.socket_path: must be an absolute path, got {_short(self.socket_path)}")
+        if len(os.fsencode(self.socket_path)) > SUN_PATH_MAX:
+            raise ConfigError(f"{prefix}.socket_path: at most {SUN_PATH_MAX} bytes (a unix socket path), got "
+                              f"{len(os.fsencode(self.socket_path))}")
+        if self.socket_path.endswith("/"):
+            raise ConfigError(f"{prefix}.socket_path: names a directory, not a socket file")
+
+
 def in_range(key: str, value: float, lo: float, hi: float) -> None:
     """A per-field range for a Settings' check(): `key` is the full dotted key."""
     if not lo <= value <= hi:
@@ -198,6 +220,7 @@ class Config:
     agent: AgentSettings
     sections: dict[str, Any]  # collector name -> its settings dataclass
     stream: StreamConfig = field(default_factory=StreamConfig)
+    amd_device_plugin: AmdDevicePluginSettings = field(default_factory=AmdDevicePluginSettings)
 
     @property
     def node_name(self) -> str:
@@ -338,7 +361,7 @@ def check_json_depth(text: str, src: str, limit: int = MAX_DEPTH) -> None:
 def from_mapping(raw: Any, schemas: Mapping[str, type]) -> Config:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"<top>: expected a mapping, got {type(raw).__name__}")
-    known = {"agent", "stream", *schemas}
+    known = {"agent", "stream", "amd_device_plugin", *schemas}
     for key in raw:
         if key not in known:
             raise ConfigError(f"{_part(key)}: unknown section (known: {', '.join(sorted(known))})")
@@ -347,7 +370,8 @@ def from_mapping(raw: Any, schemas: Mapping[str, type]) -> Config:
         return {} if raw.get(name) is None else raw[name]
     agent = build(AgentSettings, section("agent"), "agent")
     sections = {name: build(cls, section(name), name) for name, cls in schemas.items()}
-    return Config(agent, sections, build(StreamConfig, section("stream"), "stream"))
+    return Config(agent, sections, build(StreamConfig, section("stream"), "stream"),
+                  build(AmdDevicePluginSettings, section("amd_device_plugin"), "amd_device_plugin"))
 
 
 def build(cls: type, raw: Any, prefix: str) -> Any:

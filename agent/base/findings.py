@@ -33,6 +33,11 @@ class Finding:
     threshold: Any = None
     action: str | None = None  # recommended action, NVSentinel-style: "reset the GPU", "drain the node" ...
     kind: str = STATE
+    # An episode (agent/base/episodes.py): how many identical occurrences this finding stands for, and when the
+    # first and the last were seen (wall clock). None: a single occurrence, or a state.
+    count: int | None = None
+    first_seen: float | None = None
+    last_seen: float | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -55,6 +60,9 @@ class Finding:
         del d["kind"]  # --json lists states and events alike, as it always has
         if d["action"] is None:
             del d["action"]
+        for key in ("count", "first_seen", "last_seen"):  # only an episode of several has them
+            if d[key] is None or not self.count or self.count <= 1:
+                del d[key]
         return d
 
 

@@ -8,6 +8,7 @@ the aggregator hears of it (the findings travel on the stream like any other). C
                 seconds after a restart; ok otherwise
   agent.spool   the spool file is in use / held by another agent / unusable (events kept in memory)
   agent.stream  the aggregator refuses the stream (a status retrying will not cure)
+  agent.amd_health  the AMD device plugin's GPU health socket is not served (amd_device_plugin.enabled)
 """
 from __future__ import annotations
 

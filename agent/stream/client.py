@@ -34,6 +34,7 @@ from agent.base import backoff
 from agent.base.config import split_targets
 from agent.base.errors import error_text
 from agent.base.findings import OK, UNHEALTHY, WARNING, Finding, bad, ok
+from .episodes import EventEpisodes, episode_message
 from .hysteresis import Hysteresis
 from agent.base.metrics import Counter, Gauge, MetricSet, render
 from .keeper import CLOSED, DISK, LOCK_POLL, REASONS, WAITING, Bounds, SpoolKeeper, SpoolSwitched
@@ -126,6 +127,10 @@ class StreamSettings:
     memory_max_info_bytes: int = 8 * MIB
     reserve_bytes: int = 256 * 1024  # free space kept on the spool's filesystem for acknowledgements
     spool_retry_max_seconds: float = 60.0  # a failed spool file is retried with backoff up to this
+    # Identical info events are one episode (agent/stream/episodes.py): first sent at once, then its count.
+    episode_update_seconds: float = 60.0
+    episode_window_seconds: float = 600.0
+    episode_max_keys: int = 4096
 
 
 def finding_row(collector: str, f: Finding) -> StateRow:
@@ -134,10 +139,11 @@ def finding_row(collector: str, f: Finding) -> StateRow:
 
 def event_payload(seq: int, kind: str, check: str, component: str, entity: str, status: str, severity: str,
                   message: str, action: str | None = None, value: Any = None, threshold: Any = None,
-                  observed_at: float | None = None) -> bytes:
-    """A serialized vigil.v1.Event, as the spool stores it (kind: wire.STATE or wire.INFO)."""
+                  observed_at: float | None = None, **episode: Any) -> bytes:
+    """A serialized vigil.v1.Event, as the spool stores it (kind: wire.STATE or wire.INFO); `episode`:
+    occurrences, first_seen, last_seen of an episode of identical info events."""
     return wire.event_message(seq, kind, check, component, entity, status, severity, message, action, value,
-                              threshold, observed_at).SerializeToString()
+                              threshold, observed_at, **episode).SerializeToString()
 
 
 def reseq(payload: bytes, seq: int) -> bytes:
@@ -195,6 +201,8 @@ class StreamClient:
         self._cache: tuple[float, bytes] = (0.0, b"")
         self._progressed = False
         self._drops_seen: tuple[int, float | None] | None = None  # info drops counted so far, when the last came
+        self.episodes = EventEpisodes(self._send_episode, s.episode_update_seconds, s.episode_window_seconds,
+                                      s.episode_max_keys, clock=clock)
 
     @property
     def spool(self) -> Spool:
@@ -206,9 +214,9 @@ class StreamClient:
         """Agent observer: one collector Result (agent.run.runner.Result)."""
         findings = [f for f in result.output.findings if not f.is_event]
         for f in result.output.findings:
-            if f.is_event:  # one-shot: an info event each, never merged by hysteresis
-                self.info(f.check, f.component, f.entity, f.message, status=f.status, severity=f.severity,
-                          action=f.action, value=f.value)
+            if f.is_event:  # an info event, never merged by hysteresis; identical ones fold into an episode
+                self.episodes.offer(f)
+        self.episodes.flush()
         with self._lock:
             stable, gone = self.hysteresis.update(result.collector, findings, result.success)
             for f in stable:
@@ -220,15 +228,21 @@ class StreamClient:
             self._write(result.collector, stable, gone if result.success else None)
 
     def info(self, check: str, component: str, entity: str, message: str, *, status: str = OK,
-             severity: str = "info", action: str | None = None, value: Any = None) -> int:
+             severity: str = "info", action: str | None = None, value: Any = None, **episode: Any) -> int:
         """An informational event (tuner write, OOM kill, container exit). Returns its seq in the current
         spool (the file's, or the memory spool's while the file cannot be used)."""
         observed_at = time.time()
 
         def payload(seq: int) -> bytes:
             return event_payload(seq, wire.INFO, check, component, entity, status, severity, message, action, value,
-                                 observed_at=observed_at)
+                                 observed_at=observed_at, **episode)
         return self.keeper.record_info(check, entity, self.boot_id, payload)
+
+    def _send_episode(self, f: Finding, occurrences: int, first_seen: float | None, last_seen: float | None,
+                      update: bool) -> None:
+        self.info(f.check, f.component, f.entity, episode_message(f, occurrences, first_seen, last_seen, update),
+                  status=f.status, severity=f.severity, action=f.action, value=f.value, occurrences=occurrences,
+                  first_seen=first_seen, last_seen=last_seen)
 
     def _write(self, collector: str, stable: list[Finding], gone: list[tuple[str, str]] | None) -> None:
         findings = list(stable)
@@ -294,6 +308,7 @@ class StreamClient:
         for reason in REASONS:
             ms.add(SPOOL_FAULTS, {"reason": reason}, health.faults[reason])
             ms.add(SPOOL_RECOVERIES, {"reason": reason}, health.recoveries[reason])
+        ms.merge(self.episodes.metrics())
         return ms
 
     def exposition(self) -> bytes:

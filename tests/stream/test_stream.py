@@ -180,11 +180,12 @@ def test_tls(tmp_path):
 
 def test_two_oom_kills_in_a_row_are_two_events_not_one_state(tmp_path):
     """One-shot findings (an OOM kill, a sysctl change) become info events, one per occurrence; hysteresis
-    would otherwise merge the second OOM of the same container into the first and later report it ok."""
+    would otherwise merge the second OOM of the same container into the first and later report it ok. (The second
+    is the same event again: it travels as its episode's update, sent here at once: episode_update_seconds 0.)"""
     from agent.base.findings import EVENT, WARNING
 
     r, applied = replica()
-    c = client(tmp_path, r.port)
+    c = client(tmp_path, r.port, episode_update_seconds=0.0)
     try:
         c.start()
         oom = bad("container.oom_kill", "container", "ml/train-a/worker", "OOM-killed on gpu3", severity=WARNING,

@@ -52,7 +52,7 @@ from agent.base.pci import count_gpus, normalize as normalize_pci
 from .nvml_events import EVENT_RECOVERY_ACTION, EVENT_XID, NvmlEvent, NvmlEventWatcher
 from .state import EventState, Sticky
 from agent.base.metrics import MetricSet
-from .metrics import GPU_EVENT_SOURCE_UP, GPU_EVENTS
+from .metrics import GPU_EVENT_EPISODES_OVERFLOWED, GPU_EVENT_SOURCE_UP, GPU_EVENTS, GPU_EVENTS_FOLDED
 from agent.base.collector import Collector, Context, NoData, Observation, Output
 from agent.base.errors import error_text
 from agent.base.tools import Unavailable, run_tool
@@ -112,6 +112,8 @@ class EventsReading:
     remembered: set[tuple[str, str]]
     sources: dict[str, str | None]  # source -> None when read, else why not
     problems: list[tuple[str, str]] = field(default_factory=list)  # (check, message): could not run
+    folded: int = 0  # events folded into an existing episode since the agent started
+    overflowed: int = 0  # distinct episodes folded into another one because the table was full
 
 
 class KmsgReader:
@@ -201,6 +203,8 @@ class GpuEventsCollector(Collector):
         self._pci: dict[str, int] | None = None
         self._save_error: str | None = None
         self._saved: dict | None = None  # the document last written: an unchanged state is not rewritten
+        self._folded = 0
+        self._overflowed = 0
 
     # -- where things are --------------------------------------------------------------------------------
     @property
@@ -258,6 +262,8 @@ class GpuEventsCollector(Collector):
                 key = (gpu, ev.kind, ev.code)
                 self._counts[key] = self._counts.get(key, 0) + 1
         self._save(state)
+        self._folded += tracker.folded
+        self._overflowed += tracker.overflowed
 
         checks = set()
         if sources.get(KMSG, "absent") is None:
@@ -268,9 +274,10 @@ class GpuEventsCollector(Collector):
             checks.add(CPER)
         remembered = set(self._remembered)
         self._remembered |= {(s.check, s.entity) for s in state.sticky}
-        self._remembered |= {(o.check, o.entity) for o in tracker.once if o.entity}
-        return EventsReading(list(state.sticky), tracker.once, dict(self._counts), index.known(), checks,
-                             remembered, sources, problems)
+        once = tracker.once
+        self._remembered |= {(o.check, o.entity) for o in once if o.entity}
+        return EventsReading([copy.copy(s) for s in state.sticky], once, dict(self._counts), index.known(),
+                             checks, remembered, sources, problems, self._folded, self._overflowed)
 
     def evaluate(self, reading: EventsReading, previous: Observation | None, elapsed: float | None) -> Output:
         ms = MetricSet()
@@ -279,6 +286,9 @@ class GpuEventsCollector(Collector):
             ms.add(GPU_EVENTS, {"gpu": gpu, "kind": kind, "code": code}, n)
         for source, why in sorted(reading.sources.items()):
             ms.add(GPU_EVENT_SOURCE_UP, {"source": source}, 1 if why is None else 0)
+        if reading.folded or reading.overflowed:  # only once a flood folded something: no series on quiet nodes
+            ms.add(GPU_EVENTS_FOLDED, {}, reading.folded)
+            ms.add(GPU_EVENT_EPISODES_OVERFLOWED, {}, reading.overflowed)
         out = rules.findings(reading.sticky, reading.once, reading.known, reading.checks, reading.remembered,
                              self.ctx.node)
         for check, message in reading.problems:

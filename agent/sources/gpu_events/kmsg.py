@@ -180,14 +180,15 @@ def _amdgpu_events(pci: str | None, body: str, text: str, key: str, at: float | 
     if m:
         return [GpuEvent(RAS, "uncorrectable", xids.FATAL, f"uncorrectable hardware error ({m.group('event')})",
                          "drain the GPU and reset it; reboot the node if the reset fails", "kmsg", text, key,
-                         pci=pci, at=at)]
+                         pci=pci, at=at, details={"event": m.group("event")})]
     if "detected in total" not in body:
         m = _AMD_COUNT.search(body)
         if m and (ascii_int(m.group("n"), 0, U64) or 0) > 0:
             kind = m.group("type")
             severity, action = RAS_SEVERITY[kind]
             return [GpuEvent(RAS, kind, severity, f"{m.group('n')} {kind} error(s) in the {m.group('block')} block",
-                             action, "kmsg", text, key, pci=pci, at=at, details={"count": int(m.group("n"))})]
+                             action, "kmsg", text, key, pci=pci, at=at,
+                             details={"count": int(m.group("n")), "block": m.group("block").lower()})]
     if _AMD_RESET_OK.search(body):
         return [GpuEvent(RESET, "ok", xids.INFO, "GPU reset by the driver", None, "kmsg", text, key, pci=pci,
                          at=at, recovers=True)]

@@ -30,3 +30,10 @@ class GpuEvent:
     def check(self) -> str:
         return CHECKS[self.kind]
 
+
+    @property
+    def detail(self) -> str:
+        """What tells two events of one kind and code apart, beyond the GPU (the RAS block, the amdgpu error
+        event, the CPER AFIDs), never a timestamp, pid or count: identical events fold into one episode."""
+        d = self.details
+        return str(d.get("block") or d.get("event") or ",".join(map(str, d.get("afids") or ())) or "")

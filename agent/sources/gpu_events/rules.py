@@ -18,6 +18,11 @@ A reboot is a new boot id: everything sticky belongs to the old boot and is drop
 Each check's row keeps one severity (vigil_check_status's severity label, the stream's key): fatal events stick
 on the check itself (gpu.xid), warning ones on its `.warning` row (gpu.xid.warning: Xid 63, 94, an unknown
 code), so a warning event never turns the fatal row's series into a warning one, nor pages as fatal.
+
+Episodes: identical events (same check, GPU, kind, code, severity and detail: the RAS block, the amdgpu error
+event, the CPER AFIDs; never the pid, counter or time in the line) fold into one. A sticky one keeps its first
+event and counts the rest (count, last_at), persisted; what is shown once is one finding per distinct event of
+the read with its count, first and last time. Both tables are bounded (MAX_STICKY, MAX_SHOWN).
 A fatal/warning event cleared by a reset in the same read is shown once, as info, "(recovered: GPU reset)".
 
 CPER records are judged against the node's history too, so a stale record never marks a healthy GPU:
@@ -27,6 +32,7 @@ CPER records are judged against the node's history too, so a stale record never 
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -60,6 +66,17 @@ class Shown:
     action: str | None
     text: str
     note: str = ""
+    detail: str = ""
+    count: int = 1  # identical events folded into this one (an episode)
+    first_at: float | None = None
+    last_at: float | None = None
+
+
+# Distinct episodes kept: sticky ones across reads (persisted), shown-once ones per read. Real nodes have a few;
+# past the bound (a flood of distinct lines, e.g. written to /dev/kmsg by hand) a new one folds into the nearest
+# existing episode (same check and GPU, else same check), counted, so a fatal is never dropped.
+MAX_STICKY = 512
+MAX_SHOWN = 1024
 
 
 def label(kind: str, code: str) -> str:
@@ -78,30 +95,88 @@ class Tracker:
     def __init__(self, state: EventState, boot_time: float | None = None) -> None:
         self.state = state
         self.boot_time = boot_time
-        self.once: list[Shown] = []
+        self._once: list[Shown] = []
+        self._fold: list[list] = []  # per entry of _once: [count, first_at, last_at, latest text]
         self._new_keys: set[str] = set()
+        self._sticky = {st.signature: st for st in state.sticky}
+        self._keys = {k for st in state.sticky for k in (st.key, st.last_key) if k}
+        self._shown: dict[tuple, int] = {}  # signature -> index in self.once
+        self.folded = 0  # events folded into an episode that already existed
+        self.overflowed = 0  # new episodes folded into another one because the table was full
 
     def apply(self, ev: GpuEvent, entity: str, gpu: str) -> bool:
         """Apply one event; False when it duplicates one already recorded (then it is not counted either)."""
         if ev.recovers:
             self._reset(ev, entity, gpu)
             return True
-        if any(s.key == ev.key for s in self.state.sticky):
+        if ev.key in self._keys:
             return False
         if ev.fallen_off_bus and any(s.entity == entity and s.kind == XID and s.code == "79"
-                                     for s in self.state.sticky):
+                                     for s in self._sticky.values()):
             return False  # the paragraph that follows an Xid 79 line: the same event
         severity, note = ev.severity, self._stale(ev, entity)
         if note:
             severity = INFO
         if severity in (FATAL, WARNING):
-            self.state.sticky.append(Sticky(ev.check, entity, gpu, ev.kind, ev.code, severity, ev.description,
-                                            ev.action, ev.text, ev.key, ev.at, ev.pci))
-            self._new_keys.add(ev.key)
+            sig = (ev.check, entity, ev.kind, ev.code, severity, ev.detail)
+            st = self._sticky.get(sig)
+            if st is None and len(self._sticky) >= MAX_STICKY:
+                st = self._nearest(ev.check, entity, severity)
+                self.overflowed += 1
+            if st is not None:  # the same event again: one episode, counted
+                st.count += 1
+                st.last_key = ev.key
+                if ev.at is not None:
+                    st.last_at = ev.at if st.last_at is None else max(st.last_at, ev.at)
+                self.folded += 1
+            else:
+                st = Sticky(ev.check, entity, gpu, ev.kind, ev.code, severity, ev.description, ev.action, ev.text,
+                            ev.key, ev.at, ev.pci, detail=ev.detail, last_at=ev.at)
+                self.state.sticky.append(st)
+                self._sticky[sig] = st
+                self._new_keys.add(ev.key)
+            self._keys.add(ev.key)
         elif severity == INFO:  # a stale record needs no action: what it reported is over
-            self.once.append(Shown(ev.check, entity, gpu, ev.kind, ev.code, INFO, ev.description,
-                                   None if note else ev.action, ev.text, note))
+            self._show(Shown(ev.check, entity, gpu, ev.kind, ev.code, INFO, ev.description,
+                             None if note else ev.action, ev.text, note, ev.detail, 1, ev.at, ev.at))
         return True
+
+    def _nearest(self, check: str, entity: str, severity: str) -> Sticky:
+        """The episode a new one folds into when the table is full: same check and GPU, else same check, else the
+        most severe; a fatal never folds into a warning (the warning becomes the fatal)."""
+        pool = list(self._sticky.values())
+        same = [s for s in pool if s.check == check and s.entity == entity] or [s for s in pool if s.check == check] \
+            or pool
+        best = max(same, key=lambda s: SEVERITY_RANK[s.severity])
+        if SEVERITY_RANK[best.severity] < SEVERITY_RANK[severity]:
+            best.severity = severity
+        return best
+
+    def _show(self, item: Shown) -> None:
+        sig = (item.check, item.entity, item.kind, item.code, item.note, item.detail)
+        i = self._shown.get(sig)
+        if i is None and len(self._shown) >= MAX_SHOWN:
+            i = next((j for j, o in enumerate(self._once) if o.check == item.check and o.entity == item.entity), 0)
+            self.overflowed += 1
+        if i is None:
+            self._shown[sig] = len(self._once)
+            self._once.append(item)
+            self._fold.append([item.count, item.first_at, item.last_at, item.text])
+            return
+        f = self._fold[i]  # a list, updated in place: a flood folds in O(1) per event
+        f[0] += item.count
+        if item.first_at is not None:
+            f[1] = item.first_at if f[1] is None else min(f[1], item.first_at)
+        if item.last_at is not None:
+            f[2] = item.last_at if f[2] is None else max(f[2], item.last_at)
+        f[3] = item.text
+        self.folded += item.count
+
+    @property
+    def once(self) -> list[Shown]:
+        """What is shown once, each distinct event with its count, first and last time, and latest text."""
+        return [dataclasses.replace(o, count=f[0], first_at=f[1], last_at=f[2], text=f[3])
+                for o, f in zip(self._once, self._fold)]
 
     def _stale(self, ev: GpuEvent, entity: str) -> str:
         if ev.kind != CPER or ev.severity == INFO:
@@ -116,19 +191,22 @@ class Tracker:
         return ""
 
     def _reset(self, ev: GpuEvent, entity: str, gpu: str) -> None:
+        # An episode whose last occurrence came after the reset is not cleared by it.
         hit = [s for s in self.state.sticky if (ev.all_gpus or s.entity == entity)
-               and (s.at is None or ev.at is None or s.at <= ev.at + 1.0)]
+               and (ev.at is None or (s.last_at if s.last_at is not None else s.at) is None
+                    or (s.last_at if s.last_at is not None else s.at) <= ev.at + 1.0)]
         for s in hit:
             self.state.sticky.remove(s)
+            self._sticky.pop(s.signature, None)
             if s.key in self._new_keys:
-                self.once.append(Shown(s.check, s.entity, s.gpu, s.kind, s.code, INFO, s.description, None,
-                                       s.text, "recovered: GPU reset"))
+                self._show(Shown(s.check, s.entity, s.gpu, s.kind, s.code, INFO, s.description, None,
+                                 s.text, "recovered: GPU reset", s.detail, s.count, s.at, s.last_at or s.at))
         if ev.at is not None:
             for e in ({s.entity for s in hit} | {entity}) if ev.all_gpus else {entity}:
                 self.state.last_reset[e] = max(ev.at, self.state.last_reset.get(e, ev.at))
         note = f"cleared {len(hit)} sticky event(s)" if hit else ""
-        self.once.append(Shown(ev.check, "" if ev.all_gpus else entity, gpu, ev.kind, ev.code, INFO,
-                               ev.description, None, ev.text, note))
+        self._show(Shown(ev.check, "" if ev.all_gpus else entity, gpu, ev.kind, ev.code, INFO,
+                         ev.description, None, ev.text, note, "", 1, ev.at, ev.at))
 
 
 def findings(sticky: Iterable[Sticky], once: Iterable[Shown], known: dict[str, str], checks: set[str],
@@ -162,7 +240,7 @@ def findings(sticky: Iterable[Sticky], once: Iterable[Shown], known: dict[str, s
         else:
             out.append(ok(check, "gpu", entity, OK_MESSAGES.get(CHECK_KIND.get(check, ""), "no event")))
         if (check, entity) in shown:
-            out.append(_once_finding(check, entity, shown[(check, entity)]))
+            out += _once_findings(check, entity, shown[(check, entity)])
     return out
 
 
@@ -190,19 +268,37 @@ def _sticky_finding(check: str, entity: str, stuck: list[Sticky]) -> Finding:
     worst = max(stuck, key=lambda s: (SEVERITY_RANK[s.severity], _action_rank(s.action), -(s.at or 0.0)))
     others = sorted({label(s.kind, s.code) for s in stuck} - {label(worst.kind, worst.code)})
     msg = f"{label(worst.kind, worst.code)}: {worst.description}"
-    if len(stuck) > 1:
-        msg += f" ({len(stuck)} unrecovered events" + (f"; also {', '.join(others)}" if others else "") + ")"
+    total = sum(s.count for s in stuck)
+    if total > 1:
+        msg += f" ({total} unrecovered events" + (f"; also {', '.join(others)}" if others else "") + ")"
     msg += f" | {_clip(worst.text)}"
-    return bad(check, "gpu", entity, msg, worst.severity, value=_value(worst.code), action=worst.action)
+    firsts = [s.at for s in stuck if s.at is not None]
+    lasts = [s.last_at if s.last_at is not None else s.at for s in stuck]
+    lasts = [t for t in lasts if t is not None]
+    return bad(check, "gpu", entity, msg, worst.severity, value=_value(worst.code), action=worst.action,
+               count=total, first_seen=min(firsts) if firsts else None, last_seen=max(lasts) if lasts else None)
 
 
-def _once_finding(check: str, entity: str, items: list[Shown]) -> Finding:
-    last = items[-1]
-    codes = sorted({label(i.kind, i.code) for i in items})
-    msg = f"{label(last.kind, last.code)}: {last.description}"
-    if last.note:
-        msg += f" ({last.note})"
-    if len(items) > 1:
-        msg += f"; {len(items)} events this read" + (f" ({', '.join(codes)})" if len(codes) > 1 else "")
-    msg += f" | {_clip(last.text)}"
-    return bad(check, "gpu", entity, msg, INFO, value=_value(last.code), action=last.action, kind=EVENT)
+def _once_findings(check: str, entity: str, items: list[Shown]) -> list[Finding]:
+    """One event finding per distinct event (kind, code, detail) of the read: identical ones are one episode with
+    its count, so the stream and `--once` show "Xid 13 x40000", not 40,000 rows."""
+    groups: dict[tuple, list[Shown]] = {}
+    for i in items:
+        groups.setdefault((i.kind, i.code, i.detail), []).append(i)
+    out = []
+    for group in groups.values():
+        last = group[-1]
+        n = sum(i.count for i in group)
+        msg = f"{label(last.kind, last.code)}: {last.description}"
+        if last.note:
+            msg += f" ({last.note})"
+        if n > 1:
+            msg += f"; {n} events this read"
+        msg += f" | {_clip(last.text)}"
+        firsts = [i.first_at for i in group if i.first_at is not None]
+        lasts = [i.last_at for i in group if i.last_at is not None]
+        # The value names the event: its code, and what tells it apart from others of that code (the RAS block).
+        value = _value(last.code) if not last.detail else f"{last.code}:{last.detail}"
+        out.append(bad(check, "gpu", entity, msg, INFO, value=value, action=last.action, kind=EVENT,
+                       count=n, first_seen=min(firsts) if firsts else None, last_seen=max(lasts) if lasts else None))
+    return out

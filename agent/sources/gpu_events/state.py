@@ -47,6 +47,16 @@ class Sticky:
     key: str  # the event's identity (kmsg seq, CPER fingerprint, NVML counter)
     at: float | None  # wall-clock time of the event when known
     pci: str | None = None
+    # Identical events later in the same boot fold into this one (agent/base/episodes.py): how many, the last's
+    # time and key. `detail` tells apart events of one kind and code (RAS block, AFIDs).
+    detail: str = ""
+    count: int = 1
+    last_at: float | None = None
+    last_key: str = ""
+
+    @property
+    def signature(self) -> tuple:
+        return (self.check, self.entity, self.kind, self.code, self.severity, self.detail)
 
 
 @dataclass
@@ -79,6 +89,8 @@ class EventState:
             raise ValueError(f"unsupported state version {doc.get('version') if isinstance(doc, dict) else doc!r}")
         names = {f.name for f in fields(Sticky)}
         sticky = [Sticky(**{k: v for k, v in s.items() if k in names}) for s in doc.get("sticky") or []]
+        for s in sticky:  # a file from before episodes, or a hand-edited one
+            s.count = s.count if isinstance(s.count, int) and s.count >= 1 else 1
         cper = {str(k): [str(x) for x in v] for k, v in (doc.get("cper") or {}).items() if isinstance(v, list)}
         seq = doc.get("kmsg_seq")
         return cls(doc.get("boot_id"), int(seq) if isinstance(seq, int) else None, cper, sticky,

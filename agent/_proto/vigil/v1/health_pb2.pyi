@@ -89,7 +89,7 @@ class Hello(_message.Message):
     def __init__(self, node: _Optional[str] = ..., boot_id: _Optional[str] = ..., spool_epoch: _Optional[str] = ..., agent_version: _Optional[str] = ..., digest: _Optional[_Iterable[_Union[Problem, _Mapping]]] = ..., digest_seq: _Optional[int] = ..., handles_rejections: _Optional[bool] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("seq", "kind", "check", "component", "entity", "status", "severity", "message", "action", "observed_at_unix_ms", "value", "threshold")
+    __slots__ = ("seq", "kind", "check", "component", "entity", "status", "severity", "message", "action", "observed_at_unix_ms", "value", "threshold", "occurrences", "first_seen_unix_ms", "last_seen_unix_ms")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     CHECK_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +102,9 @@ class Event(_message.Message):
     OBSERVED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    OCCURRENCES_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEEN_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     seq: int
     kind: Kind
     check: str
@@ -114,7 +117,10 @@ class Event(_message.Message):
     observed_at_unix_ms: int
     value: str
     threshold: str
-    def __init__(self, seq: _Optional[int] = ..., kind: _Optional[_Union[Kind, str]] = ..., check: _Optional[str] = ..., component: _Optional[str] = ..., entity: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., severity: _Optional[_Union[Severity, str]] = ..., message: _Optional[str] = ..., action: _Optional[str] = ..., observed_at_unix_ms: _Optional[int] = ..., value: _Optional[str] = ..., threshold: _Optional[str] = ...) -> None: ...
+    occurrences: int
+    first_seen_unix_ms: int
+    last_seen_unix_ms: int
+    def __init__(self, seq: _Optional[int] = ..., kind: _Optional[_Union[Kind, str]] = ..., check: _Optional[str] = ..., component: _Optional[str] = ..., entity: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., severity: _Optional[_Union[Severity, str]] = ..., message: _Optional[str] = ..., action: _Optional[str] = ..., observed_at_unix_ms: _Optional[int] = ..., value: _Optional[str] = ..., threshold: _Optional[str] = ..., occurrences: _Optional[int] = ..., first_seen_unix_ms: _Optional[int] = ..., last_seen_unix_ms: _Optional[int] = ...) -> None: ...
 
 class Batch(_message.Message):
     __slots__ = ("boot_id", "events")
