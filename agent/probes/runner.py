@@ -50,6 +50,7 @@ class Parsed:
     findings: list[Finding] = field(default_factory=list)
     problem: str | None = None
     summary: str = ""  # one line for the run's finding when all went well
+    unavailable: str = ""  # the tool ran and says it cannot work here (torch missing): not available
 
 
 @dataclass
@@ -146,6 +147,8 @@ def run_probe(probe: Probe, ctx: ProbeContext) -> ProbeResult:
             parsed = probe.parse(done, ctx)
         except Exception as e:  # noqa: BLE001 - parsers never raise; if one does, its probe is unknown
             parsed = Parsed(problem=f"could not read {probe.name} output: {error_text(e)}")
+        if parsed.unavailable:
+            return ProbeResult(probe.name, "unavailable", [], absent=parsed.unavailable, command=command)
         findings += parsed.findings
         if parsed.problem:
             problems.append(parsed.problem)
