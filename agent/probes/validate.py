@@ -36,23 +36,10 @@ from .settings import LEVELS, ProbeSettings
 def registry() -> dict[str, Probe]:
     """Every probe, in the order a validation runs them (cheap and decisive first)."""
     from .dcgm import Dcgm
-    probes: list[Probe] = [Dcgm()]
-    try:
-        from .rvs import Rvs
-        probes.append(Rvs())
-    except ImportError:
-        pass
-    try:
-        from .nccl import Nccl
-        from .perftest import Perftest
-        probes += [Nccl(), Perftest()]
-    except ImportError:
-        pass
-    try:
-        from .builtin.parent import Builtin
-        probes.append(Builtin())
-    except ImportError:
-        pass
+    from .builtin.parent import Builtin
+    from .nccl import Nccl
+    from .perftest import Perftest
+    probes: list[Probe] = [Dcgm(), Nccl(), Perftest(), Builtin()]
     return {p.name: p for p in probes}
 
 
