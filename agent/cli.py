@@ -5,7 +5,7 @@
   agent snapshot DIR                                capture this node into the replay format
   agent demo                                        --once on the embedded fixture node, then serve it
   agent validate [--probe NAMES] [--level quick|full] [--json] [--force]
-                                                    active validation (DCGM, RVS, nccl, perftest, built-in);
+                                                    active validation (DCGM, nccl, perftest, built-in);
                                                     exit 0 pass, 1 a probe failed, 2 a probe could not run
 Exit codes: 0 healthy, 1 unhealthy, 2 unknown, 64 bad usage, 78 bad configuration; and, never from a
 diagnosis: 70 an internal error, 75 the listen address is in use.
@@ -96,7 +96,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-ca", metavar="FILE", default=None,
                    help="with --aggregator: connect over TLS, trusting this CA bundle")
     p.add_argument("--probe", metavar="NAMES", default=None,
-                   help="validate: comma-separated probes (dcgm, rvs, agfhc, nccl, perftest, builtin); default: "
+                   help="validate: comma-separated probes (dcgm, nccl, perftest, builtin); default: "
                         "every installed one")
     p.add_argument("--level", choices=["quick", "full"], default="quick",
                    help="validate: quick (minutes) or full (up to an hour and more: see README)")

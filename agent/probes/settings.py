@@ -99,8 +99,6 @@ class ProbeSettings:
     dcgm: DcgmSettings = field(default_factory=DcgmSettings)
     nccl: NcclSettings = field(default_factory=NcclSettings)
     perftest: PerftestSettings = field(default_factory=PerftestSettings)
-    rvs: ToolProbeSettings = field(default_factory=ToolProbeSettings)
-    agfhc: ToolProbeSettings = field(default_factory=ToolProbeSettings)
     builtin: BuiltinSettings = field(default_factory=BuiltinSettings)
     floors: dict[str, dict[str, float]] = field(default_factory=dict)
 

@@ -1,5 +1,6 @@
 """`agent validate` as an operator runs it: a table or JSON like --once, the same exit codes."""
 import json
+import subprocess
 
 import pytest
 
@@ -37,7 +38,7 @@ def test_a_hang_exits_2_and_json_says_why(tmp_path):
     assert "did not finish in 2s" in doc["findings"][0]["message"]
 
 
-def test_metrics_file(tmp_path):
+def test_metrics_file(tmp_path, promtool):
     tool = replay(tmp_path / "bin", "dcgmi", D / "dcgm-4.x-fail-temperature.json", 226)
     out = tmp_path / "probe.prom"
     p = agent("validate", "-c", config(tmp_path, tool), "--force", "--metrics-file", str(out))
@@ -45,6 +46,20 @@ def test_metrics_file(tmp_path):
     text = out.read_text()
     assert 'vigil_probe_result{probe="dcgm"} 0.0' in text
     assert 'vigil_probe_check_status{check="probe.dcgm",entity="gpu0",probe="dcgm"} 0.0' in text
+    lint = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_builtin_metrics_carry_measured_value(tmp_path, promtool):
+    out = tmp_path / "probe.prom"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"probes:\n  state_dir: {tmp_path / 'state'}\n")
+    p = agent("validate", "-c", str(cfg), "--force", "--probe", "builtin", "--metrics-file", str(out))
+    assert p.returncode == 0, p.stdout + p.stderr
+    text = out.read_text()
+    assert 'vigil_probe_measured_value{check="probe.builtin.matmul_tflops",entity="cpu",probe="builtin"}' in text
+    lint = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
 def test_usage_and_config_errors(tmp_path):
