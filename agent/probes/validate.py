@@ -175,7 +175,10 @@ def validate(settings: ProbeSettings, names: list[str] | None = None, level: str
                     else:
                         ctx_result = refused(probe.name, node, ctx)
                 else:
-                    ctx_result = probe.run(ctx)
+                    try:
+                        ctx_result = probe.run(ctx)
+                    except Exception as e:  # noqa: BLE001 - an adapter's bug costs its probe (unknown), not the rest
+                        ctx_result = refused(probe.name, node, f"internal error: {error_text(e)}")
                 if ctx_result.status == "unavailable" and explicit:
                     ctx_result = ProbeResult(probe.name, "unknown", [unknown(
                         f"probe.{probe.name}.run", COMPONENT, node, f"not run: {ctx_result.absent}")],

@@ -113,3 +113,17 @@ def test_found_on_path_by_its_usual_name(tmp_path, monkeypatch):
     val = v.validate(settings(tmp_path), ["dcgm"], level="full", force=True, node="n1")
     assert val.exit_code() == 0
     assert args.read_text().split() == ["diag", "-r", "3", "-j"]  # full = level 3
+
+
+def test_an_adapter_that_raises_costs_only_its_probe(tmp_path, monkeypatch):
+    from agent.probes.nccl import Nccl
+
+    def boom(self, binary, ctx):
+        raise KeyError("bug")
+    monkeypatch.setattr(Nccl, "commands", boom)
+    tool = replay(tmp_path / "bin", "all_reduce_perf", D / "dcgm-3.1-pass-8gpu.txt")
+    dcgmi = replay(tmp_path / "bin", "dcgmi", D / "dcgm-3.1-pass-8gpu.txt")
+    s = settings(tmp_path, nccl={"path": str(tool)}, dcgm={"path": str(dcgmi)})
+    val = v.validate(s, ["nccl", "dcgm"], force=True, node="n1")
+    status = {r.name: r.status for r in val.results}
+    assert status == {"nccl": "unknown", "dcgm": "pass"} and "internal error" in val.results[0].findings[0].message
