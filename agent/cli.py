@@ -4,6 +4,9 @@
   agent --once [--json] [-v] [--snapshot DIR]       one-shot diagnosis; exit 0/1/2 (DESIGN §4)
   agent snapshot DIR                                capture this node into the replay format
   agent demo                                        --once on the embedded fixture node, then serve it
+  agent validate [--probe NAMES] [--level quick|full] [--json] [--force]
+                                                    active validation (DCGM, nccl, perftest, built-in);
+                                                    exit 0 pass, 1 a probe failed, 2 a probe could not run
 Exit codes: 0 healthy, 1 unhealthy, 2 unknown, 64 bad usage, 78 bad configuration; and, never from a
 diagnosis: 70 an internal error, 75 the listen address is in use.
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -60,8 +64,9 @@ def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="agent", description="Vigil GPU node health agent.",
                 epilog="exit status: 0 healthy, 1 unhealthy, 2 unknown, 64 bad usage, 78 bad configuration, "
                        "70 internal error, 75 listen address in use")
-    p.add_argument("command", nargs="?", choices=["run", "snapshot", "demo"], default="run",
-                   help="run (default): serve metrics; snapshot DIR: capture this node; demo: embedded node")
+    p.add_argument("command", nargs="?", choices=["run", "snapshot", "demo", "validate"], default="run",
+                   help="run (default): serve metrics; snapshot DIR: capture this node; demo: embedded node; "
+                        "validate: run the active probes on this node")
     p.add_argument("path", nargs="?", help="snapshot: the directory to write")
     p.add_argument("--config", "-c", metavar="FILE", help="YAML configuration file")
     p.add_argument("--once", action="store_true", help="run every check once, print a report, exit")
@@ -94,6 +99,15 @@ def parser() -> argparse.ArgumentParser:
                    help="with --aggregator: the projected ServiceAccount token (audience vigil), re-read per connect")
     p.add_argument("--tls-ca", metavar="FILE", default=None,
                    help="with --aggregator: connect over TLS, trusting this CA bundle")
+    p.add_argument("--probe", metavar="NAMES", default=None,
+                   help="validate: comma-separated probes (dcgm, nccl, perftest, builtin); default: "
+                        "every installed one")
+    p.add_argument("--level", choices=["quick", "full"], default="quick",
+                   help="validate: quick (minutes) or full (up to an hour and more: see README)")
+    p.add_argument("--force", action="store_true",
+                   help="validate: run even though which pod holds which GPU cannot be read (a drained node)")
+    p.add_argument("--metrics-file", metavar="FILE", default=None,
+                   help="validate: also write the vigil_probe_* metrics to FILE (node_exporter textfile format)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--version", action="version", version=f"vigil agent {__version__}")
     return p
@@ -289,11 +303,64 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    """`agent validate`: the probes once, a table like --once's (or JSON), the same exit codes."""
+    from agent.base.metrics import render
+    from agent.probes.validate import names as probe_names, validate
+
+    if args.path:
+        raise UsageError(f"unexpected argument {args.path!r}")
+    config = load(args.config, collector_schemas())
+    wanted = None
+    if args.probe is not None:
+        wanted = [n.strip() for n in args.probe.split(",") if n.strip()]
+        if not wanted:
+            raise UsageError(f"--probe: give probe names (of {', '.join(probe_names())})")
+    node = args.node_name or config.node_name
+    try:
+        v = validate(config.section("probes"), wanted, args.level, force=args.force, node=node,
+                     sysfs=args.sysfs or "/sys")
+    except ValueError as e:
+        raise UsageError(f"--probe: {e}") from None
+    left = tools.shutdown()
+    if args.metrics_file:
+        tmp = f"{args.metrics_file}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(render(v.metrics()))
+            os.replace(tmp, args.metrics_file)
+        except OSError as e:
+            raise UsageError(f"--metrics-file: cannot write {args.metrics_file}: {e.strerror or e}") from None
+    if args.json:
+        extra = {k: x for k, x in v.to_json().items() if k not in ("node", "status", "findings")}
+        if v.absent:
+            extra["absent"] = v.absent
+        if left:
+            extra["left_behind"] = [p.to_json() for p in left]
+        print(report_json(v.node, v.findings, extra))
+    else:
+        sys.stdout.write(report_table(v.node, v.findings, args.verbose))
+        print(f"\nvalidation {args.level}; attribution: {v.holdings}")
+        for r in v.results:
+            if r.status != "unavailable":
+                took = f" in {r.duration:.1f}s" if r.duration is not None else ""
+                print(f"  {r.name}: {r.status}{took}" + (f"  ({r.command})" if r.command else ""))
+        if v.absent:
+            print("not on this node: " + "; ".join(f"{n} ({a})" for n, a in v.absent.items()))
+        if left:
+            print("\nleft behind, still running after SIGKILL (stuck in the driver?):")
+            for p in left:
+                print(f"  {p.describe()}")
+    return v.exit_code()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         check_flags(args)
+        if args.command == "validate":
+            return cmd_validate(args)
         if args.json and not args.once:
             raise UsageError("--json only makes sense with --once")
         if args.tune and not args.once:

@@ -28,6 +28,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
+# The built-in probe's tests run PyTorch for real on the CPU. Pinned: 2.13.0 is the CPU wheel these machines
+# hold on disk; a plain `torch` would download a multi-GB CUDA build.
+.venv/bin/python -m pip install -q torch==2.13.0
 
 # BCC's bindings live in Debian's dist-packages; expose only that package to the venv (not all of Debian's).
 site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')

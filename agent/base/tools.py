@@ -123,12 +123,37 @@ def tool_name(argv: list[str]) -> str:
     return os.path.basename(argv[0])
 
 
+@dataclass(frozen=True)
+class Completed:
+    """A tool run that finished by itself: its exit status, stdout (decoded, undecodable bytes replaced) and
+    the tail of its stderr. A diagnostic exits non-zero when a test fails and still prints its report."""
+
+    command: str
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def last_line(self) -> str:
+        return last_line(self.stderr.encode()) or last_line(self.stdout.encode())
+
+
 def run_tool(argv: list[str], timeout: float, max_output: int = DEFAULT_MAX_STDOUT) -> str:
     """Run a vendor CLI under a deadline and return its stdout (decoded, undecodable bytes replaced).
 
     Raises Unavailable (not installed), ToolStuck (an earlier call of this tool is still stuck: not
     started), ToolHung (deadline passed: killed), ToolOutputTooLarge (stdout over `max_output` bytes: killed)
     or ToolFailed (non-zero exit)."""
+    done = run_tool_status(argv, timeout, max_output)
+    if done.returncode != 0:
+        raise ToolFailed(done.command, done.returncode, done.last_line())
+    return done.stdout
+
+
+def run_tool_status(argv: list[str], timeout: float, max_output: int = DEFAULT_MAX_STDOUT,
+                    env: dict[str, str] | None = None) -> Completed:
+    """run_tool, but a non-zero exit is returned (with the output) rather than raised: for tools whose exit
+    status is part of their report (dcgmi diag, rvs). `env` is added to this process's environment. Raises
+    what run_tool raises but ToolFailed."""
     tool, command = tool_name(argv), " ".join(argv)
     with _lock:
         _tools_seen.add(tool)
@@ -139,7 +164,7 @@ def run_tool(argv: list[str], timeout: float, max_output: int = DEFAULT_MAX_STDO
         raise ToolStuck(command, f"{command} not started: {len(left)} process(es) of an earlier {tool} call "
                                  f"still stuck after SIGKILL ({left[0].describe()})", left)
     marker = uuid.uuid4().hex
-    env = dict(os.environ, **{MARKER: marker})
+    env = dict(os.environ, **(env or {}), **{MARKER: marker})
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True, env=env)
@@ -171,9 +196,8 @@ def run_tool(argv: list[str], timeout: float, max_output: int = DEFAULT_MAX_STDO
             pipe.close()  # a writer still holding the other end (an escaped helper) gets EPIPE, not us
         with _lock:
             _running.pop(proc.pid, None)
-    if proc.returncode != 0:
-        raise ToolFailed(command, proc.returncode, last_line(err) or last_line(out))
-    return out.decode("utf-8", errors="replace")
+    return Completed(command, proc.returncode, out.decode("utf-8", errors="replace"),
+                     bytes(err[-STDERR_TAIL:]).decode("utf-8", errors="replace"))
 
 
 def last_line(data: bytes | bytearray) -> str:

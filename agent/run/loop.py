@@ -35,7 +35,11 @@ CHECK_STATUS_VALUE = {"ok": 1, UNHEALTHY: 0, UNKNOWN: -1}
 
 
 def collector_schemas(names: Iterable[str] | None = None) -> dict[str, type]:
-    return {name: load(name).Settings for name in (names or REGISTRY)}
+    schemas = {name: load(name).Settings for name in (names or REGISTRY)}
+    if names is None:  # the `probes` section (agent validate) lives in the same file as the collectors'
+        from agent.probes.settings import ProbeSettings
+        schemas["probes"] = ProbeSettings
+    return schemas
 
 
 def build_collectors(config: Config, ctx: Context, only: Iterable[str] | None = None) -> list[Collector]:

@@ -1,0 +1,118 @@
+"""The `probes` config section: where the tools are, how long each may run, and the floors to judge by.
+
+```yaml
+probes:
+  state_dir: /var/lib/vigil          # the lock file (one probe at a time per node) lives here
+  dcgm: {path: "", quick_level: 2, full_level: 3, quick_timeout_seconds: 600, full_timeout_seconds: 3600}
+  floors: {matmul_tflops: {h200: 700}}   # overrides of agent/probes/floors.py, per metric and model
+```
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from agent.base.config import ConfigError, in_range
+
+LEVELS = ("quick", "full")
+
+
+@dataclass
+class ToolProbeSettings:
+    """One adapter's settings. `path` "" means: look the tool up on PATH by its usual name."""
+
+    enabled: bool = True
+    path: str = ""
+    quick_timeout_seconds: float = 600.0
+    full_timeout_seconds: float = 3600.0
+
+    def timeout(self, level: str) -> float:
+        return self.full_timeout_seconds if level == "full" else self.quick_timeout_seconds
+
+    def check(self, prefix: str) -> None:
+        pass
+
+
+@dataclass
+class DcgmSettings(ToolProbeSettings):
+    # dcgmi diag -r: 1 deployment checks (seconds), 2 adds PCIe and memory (about 2 minutes), 3 adds stress
+    # and targeted power (about 30 minutes), 4 adds memtest and the long burn (1-2 hours).
+    quick_level: int = 2
+    full_level: int = 3
+
+    def level(self, level: str) -> int:
+        return self.full_level if level == "full" else self.quick_level
+
+    def check(self, prefix: str) -> None:
+        for key in ("quick_level", "full_level"):
+            in_range(f"{prefix}.{key}", getattr(self, key), 1, 4)
+
+
+@dataclass
+class NcclSettings(ToolProbeSettings):
+    # all_reduce_perf message sizes: the floors are for the large-message regime (1 GiB and up).
+    min_bytes: str = "1G"
+    max_bytes: str = "8G"
+    quick_timeout_seconds: float = 300.0
+    full_timeout_seconds: float = 900.0
+    iterations: int = 20
+
+    def check(self, prefix: str) -> None:
+        import re
+        for key in ("min_bytes", "max_bytes"):
+            if not re.fullmatch(r"[0-9]{1,12}[KMG]?", getattr(self, key)):
+                raise ConfigError(f"{prefix}.{key}: expected a size such as 512M or 8G, got {getattr(self, key)!r}")
+        in_range(f"{prefix}.iterations", self.iterations, 1, 10_000)
+
+
+@dataclass
+class PerftestSettings(ToolProbeSettings):
+    quick_timeout_seconds: float = 60.0
+    full_timeout_seconds: float = 300.0
+    size: int = 1 << 20  # bytes per message: the bandwidth regime
+    duration_seconds: float = 5.0  # ib_write_bw -D (quick); full runs four times as long
+
+    def check(self, prefix: str) -> None:
+        in_range(f"{prefix}.size", self.size, 1, 1 << 30)
+
+
+@dataclass
+class BuiltinSettings(ToolProbeSettings):
+    """The built-in PyTorch probe: `path` is the Python interpreter that has torch ("" = this one)."""
+
+    quick_timeout_seconds: float = 300.0
+    full_timeout_seconds: float = 1200.0
+    matmul_size: int = 8192  # n of the n x n x n bf16 product
+    copy_bytes: int = 1 << 30  # bytes copied device to device per repetition
+    peer: bool = False  # also copy between GPU pairs (NVLink/XGMI)
+
+    def check(self, prefix: str) -> None:
+        in_range(f"{prefix}.matmul_size", self.matmul_size, 16, 65536)
+        in_range(f"{prefix}.copy_bytes", self.copy_bytes, 1 << 10, 1 << 36)
+
+
+@dataclass
+class ProbeSettings:
+    state_dir: str = "/var/lib/vigil"
+    podresources_socket: str = "/var/lib/kubelet/pod-resources/kubelet.sock"
+    podresources_timeout_seconds: float = 5.0
+    max_output_bytes: int = 16 * 1024 * 1024
+    dcgm: DcgmSettings = field(default_factory=DcgmSettings)
+    nccl: NcclSettings = field(default_factory=NcclSettings)
+    perftest: PerftestSettings = field(default_factory=PerftestSettings)
+    builtin: BuiltinSettings = field(default_factory=BuiltinSettings)
+    floors: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def check(self, prefix: str) -> None:
+        from .floors import DEFAULT_FLOORS
+        if not self.state_dir:
+            raise ConfigError(f"{prefix}.state_dir: must name a directory")
+        in_range(f"{prefix}.max_output_bytes", self.max_output_bytes, 4096, 1 << 30)
+        for metric, models in self.floors.items():
+            if metric not in DEFAULT_FLOORS:
+                raise ConfigError(f"{prefix}.floors.{metric}: unknown metric (known: {', '.join(DEFAULT_FLOORS)})")
+            for model, value in models.items():
+                if not value > 0:
+                    raise ConfigError(f"{prefix}.floors.{metric}.{model}: must be > 0, got {value}")
+
+    def adapter(self, name: str) -> ToolProbeSettings:
+        return getattr(self, name)
