@@ -310,8 +310,13 @@ async def fleet(args: argparse.Namespace, n: int, grpc_port: int, metrics_url: s
         "api_req_per_s_by_kind": {k: round(v / (wall1 - wall0), 1) for k, v in sorted(kinds.items())},
     }
     if args.storm:
-        fake.send(("events",))
-        reasons = fake.recv()
+        deadline = time.monotonic() + 60  # Events go last through the rate limit: wait for the breaker's
+        while True:
+            fake.send(("events",))
+            reasons = fake.recv()
+            if reasons.get("VigilCordonBudgetExhausted") or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(1)
         fake.send(("cordoned",))
         row.update(storm_nodes=len(victims), storm_seconds=span,
                    budget=max(1, int(n * args.budget_percent / 100)), quarantined=len(first_put),
