@@ -231,9 +231,13 @@ async def run(args: argparse.Namespace, grpc_port: int, metrics_url: str, fake) 
     interval = args.streams * args.batch / args.rate
     victims = random.sample(range(args.streams), args.fatal)
     start = time.monotonic()
-    until = start + args.seconds
-    fatal_times = {v: start + 1 + (args.seconds - 3) * k / args.fatal for k, v in enumerate(victims)}
+    # Every stream starts at a random moment within its first interval; the rate is counted from the end of
+    # it, so the phase lasts at least that plus --seconds (10,000 streams at 20,000 events/s: a batch every
+    # 10 s each, and a phase of --seconds 10 alone left no time to count in: issue 15's ZeroDivisionError).
     window = start + interval  # every stream has started sending by then
+    until = window + args.seconds
+    span = until - start
+    fatal_times = {v: start + 1 + (span - 3) * k / args.fatal for k, v in enumerate(victims)}
     stats["window_sent"] = 0
     await asyncio.gather(*(a.paced(args.batch, interval, until, fatal_times.get(i), window)
                            for i, a in enumerate(agents)))

@@ -1,9 +1,13 @@
 """Scrape benchmark: Vigil's /metrics against Debian's prometheus-node-exporter, scraped in the same run.
 
-    .venv/bin/python bench/scrape_bench.py [--scrapes 2000] [--soak 60]
+    .venv/bin/python bench/scrape_bench.py [--scrapes 2000] [--soak 60]          # about 2 minutes
 
-- Scrape latency: alternating rounds against both exporters over keep-alive HTTP with gzip, as Prometheus
-  scrapes; reports p50/p99 per exporter and the ratio (Vigil / node_exporter).
+- Scrape latency: alternating rounds against every exporter over keep-alive HTTP with gzip, as Prometheus
+  scrapes; reports p50/p99 per exporter and the ratio to the like-for-like peer. Like with like (issue 15):
+  node_exporter with only its infiniband collector (`--collector.disable-defaults --collector.infiniband`) on the
+  same fixture sysfs tree (`--path.sysfs`) as Vigil's `--only rdma` on that fixture node: the same files read, the
+  same kind of series. Second, labelled as different work: node_exporter with all its default collectors on
+  the live host, against Vigil on every fixture node (GPU and RDMA).
 - Steady cost: the agent serving a fixture node at its default intervals, scraped every 15 s, for --soak
   seconds; reports CPU (% of one core) and RSS.
 Targets (issue 2): scrape p99 no worse than node_exporter's; RSS <= 60 MB; CPU <= 1% of one core.
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import os
 import shutil
 import socket
 import statistics
@@ -23,7 +28,8 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
-AGENT = str(Path(sys.executable).parent / "agent")
+AGENT = [sys.executable, "-m", "agent.cli"]  # this checkout's agent (not an installed console script)
+RDMA_NODE = "rdma-8port-healthy"
 
 
 def free_port() -> int:
@@ -81,39 +87,51 @@ def main() -> int:
         return 1
 
     procs = []
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
     try:
-        ne_port = free_port()
-        procs.append(subprocess.Popen([ne_bin, f"--web.listen-address=127.0.0.1:{ne_port}"],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        agents = {}
-        for node in nodes:
+        targets: dict[str, int] = {}  # row label -> port
+
+        def start(label: str, cmd: list[str]) -> None:
             port = free_port()
-            p = subprocess.Popen([AGENT, "--snapshot", node, "--listen", f"127.0.0.1:{port}", "--log-level",
-                                  "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            procs.append(p)
-            agents[node] = (port, p)
-        wait_http(ne_port)
-        for port, _ in agents.values():
+            procs.append(subprocess.Popen([c.replace("PORT", str(port)) for c in cmd], cwd=ROOT, env=env,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            targets[label] = port
+
+        rdma_sys = ROOT / "fixtures" / "nodes" / RDMA_NODE / "sys"
+        like = (f"node_exporter --collector.infiniband only, {RDMA_NODE}/sys", f"vigil --only rdma, {RDMA_NODE}")
+        start(like[0], [ne_bin, "--web.listen-address=127.0.0.1:PORT", "--collector.disable-defaults",
+                        "--collector.infiniband", f"--path.sysfs={rdma_sys}"])
+        start(like[1], AGENT + ["--snapshot", str(ROOT / "fixtures" / "nodes" / RDMA_NODE), "--only", "rdma",
+                                "--listen", "127.0.0.1:PORT", "--log-level", "warning"])
+        full = "node_exporter, all default collectors, live host (different work)"
+        start(full, [ne_bin, "--web.listen-address=127.0.0.1:PORT"])
+        for node in nodes:
+            start(f"vigil, every collector, {node} (different work)",
+                  AGENT + ["--snapshot", str(ROOT / "fixtures" / "nodes" / node), "--listen", "127.0.0.1:PORT",
+                           "--log-level", "warning"])
+        for port in targets.values():
             wait_http(port)
 
-        lat: dict[str, list[float]] = {"node_exporter": []}
+        lat: dict[str, list[float]] = {k: [] for k in targets}
         sizes: dict[str, int] = {}
         per_round = max(1, args.scrapes // args.rounds)
-        for _ in range(args.rounds):  # alternate, so drift on the machine hits both alike
-            t, sizes["node_exporter"] = scrape_times(ne_port, per_round)
-            lat["node_exporter"] += t
-            for node, (port, _) in agents.items():
-                t, sizes[f"vigil:{node}"] = scrape_times(port, per_round)
-                lat.setdefault(f"vigil:{node}", []).extend(t)
+        for _ in range(args.rounds):  # alternate, so drift on the machine hits every exporter alike
+            for label, port in targets.items():
+                t, sizes[label] = scrape_times(port, per_round)
+                lat[label] += t
 
-        ne99 = pct(lat["node_exporter"], 99)
         print(f"\nScrape latency, {per_round * args.rounds} scrapes each, keep-alive + gzip, {args.rounds} "
-              f"alternating rounds")
-        print("| exporter | p50 ms | p99 ms | p99 vs node_exporter | gzip bytes |")
+              f"alternating rounds; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+        print("| exporter | p50 ms | p99 ms | p50 / p99 vs its peer row | gzip bytes |")
         print("|---|---|---|---|---|")
-        for name, xs in lat.items():
-            print(f"| {name} | {pct(xs, 50) * 1e3:.2f} | {pct(xs, 99) * 1e3:.2f} | {pct(xs, 99) / ne99:.2f}x "
-                  f"| {sizes[name]} |")
+        for label, xs in lat.items():
+            peer = like[0] if label == like[1] else full if label.startswith("vigil,") else None
+            ratio = (f"{pct(xs, 50) / pct(lat[peer], 50):.2f}x / {pct(xs, 99) / pct(lat[peer], 99):.2f}x"
+                     if peer else "(peer)")
+            print(f"| {label} | {pct(xs, 50) * 1e3:.2f} | {pct(xs, 99) * 1e3:.2f} | {ratio} | {sizes[label]} |")
+        ne99 = pct(lat[like[0]], 99)
+        agents = {node: (targets[f"vigil, every collector, {node} (different work)"], procs[3 + i])
+                  for i, node in enumerate(nodes)}
 
         # Steady cost of one agent at default intervals, scraped every 15 s like Prometheus would.
         node = nodes[0]
@@ -128,7 +146,7 @@ def main() -> int:
         cpu = (sum(ps.cpu_times()[:2]) - c0) / (time.monotonic() - w0) * 100
         print(f"\nSteady agent on {node} at default intervals for {args.soak:.0f}s: CPU {cpu:.2f}% of one core, "
               f"RSS {max(rss) / 2**20:.1f} MiB (max), {statistics.median(rss) / 2**20:.1f} MiB (median)")
-        ok = pct(lat[f'vigil:{node}'], 99) <= ne99 and max(rss) <= 60 * 2**20 and cpu <= 1.0
+        ok = pct(lat[like[1]], 99) <= ne99 and max(rss) <= 60 * 2**20 and cpu <= 1.0
         print("targets met" if ok else "TARGETS MISSED")
         return 0 if ok else 1
     finally:

@@ -35,6 +35,9 @@ class ReplicaOptions:
     audience: str = "vigil"
     tls: tuple[bytes, bytes] | None = None  # (key, cert) PEM
     journal: str | None = None
+    node_cache: bool = True  # read Nodes from a watch (nodecache.py) instead of a GET per reconcile
+    kube_qps: float | None = 100.0  # client-side rate limit of requests to the API server (ratelimit.py); None: off
+    kube_burst: int = 200
 
 
 class Replica:
@@ -48,6 +51,17 @@ class Replica:
         else:
             self.leader = StaticLeader(cfg.identity)
         self.engine = Engine(cfg, kube, self.leader, self.metrics)
+        self.node_cache: Any = None
+        if kube is not None:
+            if opts.kube_qps is not None and getattr(kube, "limiter", "absent") is None:
+                from .ratelimit import PriorityLimiter
+
+                kube.limiter = self.metrics.limiter = PriorityLimiter(opts.kube_qps, opts.kube_burst)
+            if opts.node_cache:
+                from .nodecache import NodeCache
+
+                self.node_cache = self.metrics.node_cache = NodeCache(kube, self.engine.nodes_changed)
+                self.engine.nodecache = self.node_cache
         if opts.journal:
             from .engine import journal_writer
 
@@ -78,6 +92,8 @@ class Replica:
         await self.server.start()
         if self.http is not None:
             self.http.start()
+        if self.node_cache is not None:
+            self.node_cache.start()
         self._tasks = [asyncio.create_task(self.engine.run(self._stop)),
                        asyncio.create_task(self.leader.run(self._stop))]
         log.info("vigil-aggregator %s: gRPC on port %d%s%s", self.cfg.identity, self.port,
@@ -87,6 +103,8 @@ class Replica:
         """A clean stop: give the Lease up (the standby takes over at once), close the streams."""
         if self._stop is not None:
             self._stop.set()
+        if self.node_cache is not None:
+            self.node_cache.stop()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.server is not None:
             await self.server.stop(grace)
@@ -97,6 +115,8 @@ class Replica:
         """As abrupt as it gets in one process (tests): streams cut, no Lease release, nothing flushed."""
         for t in self._tasks:
             t.cancel()
+        if self.node_cache is not None:
+            self.node_cache.stop()
         if self.server is not None:
             await self.server.stop(None)
         if self.http is not None:

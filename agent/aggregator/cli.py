@@ -104,6 +104,13 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     s.add_argument("--hello-timeout", type=_seconds, default=10.0, metavar="SECONDS",
                    help="end a stream that sends no Hello this long after it opened (default 10)")
     s.add_argument("--journal", metavar="FILE", help="append one JSON line per applied batch (an audit)")
+    k.add_argument("--kube-qps", type=number_flag(0, 100_000, above=True), default=100.0, metavar="QPS",
+                   help="client-side limit on requests to the API server; when they queue, the Lease goes first, "
+                   "then quarantines, token reviews, conditions, Events last (default 100)")
+    k.add_argument("--kube-burst", type=number_flag(1, 100_000, integer=True), default=200, metavar="N",
+                   help="requests allowed at once above --kube-qps (default 200)")
+    k.add_argument("--no-node-cache", action="store_true",
+                   help="read each Node with a GET per reconcile instead of from a watch")
     d = p.add_argument_group("decisions")
     d.add_argument("--dry-run", action="store_true", help="decide and report, write nothing to nodes or Events")
     d.add_argument("--healthy-delay", type=number_flag(0, WEEK), default=300.0, metavar="SECONDS",
@@ -229,7 +236,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           metrics_listen=None if args.metrics_listen == "off" else args.metrics_listen,
                           namespace=args.namespace, lease_name=args.lease_name, use_lease=not args.no_lease,
                           auth=not args.insecure_no_auth, agent_usernames=_usernames(args), audience=args.audience,
-                          tls=tls, journal=args.journal)
+                          tls=tls, journal=args.journal, node_cache=not args.no_node_cache,
+                          kube_qps=args.kube_qps, kube_burst=int(args.kube_burst))
     replica = Replica(cfg, opts, _kube(args))
 
     async def main() -> None:

@@ -31,11 +31,13 @@ from .metrics import AggregatorMetrics
 from .policy import (ADMIT, ALREADY, HEALTHY, MAX_EPISODE, NONE, OPENED, RECORD_FULL, RECORD_MINIMAL, RECORD_NONE,
                      TAINT_EFFECT, TAINT_KEY, UNHEALTHY, BudgetConfig, Ledger, PolicyConfig, Verdict, admit,
                      condition_patch, judge, observe, plan, quarantined, released, unhold)
+from .ratelimit import EVENT, QUARANTINE
 from .remedy import Remedy, Signatures
 from .signatures import SignatureConfig
 
 log = logging.getLogger(__name__)
 
+TICK_SLICE = 500  # nodes judged per slice of the ticker's sweep
 CONDITION_EVENT = {"False": ("VigilUnhealthy", "Warning"), "True": ("VigilHealthy", "Normal"),
                    "Unknown": ("VigilAgentSilent", "Warning")}
 
@@ -123,6 +125,9 @@ class Engine:
         self._failures: dict[str, int] = {}
         self._since: dict[str, float] = {}  # when the input that changed the verdict arrived
         self._executor = ThreadPoolExecutor(2 * max(4, cfg.workers), thread_name_prefix="kube")
+        # Events wait for the rate limit on threads of their own: a backlog of them (a storm, a new leader's
+        # thousands of conditions) must not hold every thread while a quarantine waits for one.
+        self._event_executor = ThreadPoolExecutor(4, thread_name_prefix="kube-events")
         self._reports: set[asyncio.Task] = set()  # Events being created, off the reconcile path
         self._total_nodes = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -135,12 +140,44 @@ class Engine:
         self.remedy = Remedy(self)  # finer than a node: device quarantine (DESIGN §9)
         self.signatures = Signatures(self)  # floods are episodes; a job's application fault is its signature
         self.drain = Drain(self)  # after a quarantine, evict the pods the policy names (PDBs hold)
+        self.nodecache: Any = None  # nodecache.NodeCache (Replica sets it): reads without a GET per reconcile
         leader.on_started.append(self._became_leader)
         leader.on_stopped.append(self._lost_leadership)
 
-    async def _io(self, fn: Callable[[], Any]) -> Any:
+    async def _io(self, fn: Callable[[], Any], urgency: int | None = None) -> Any:
+        """Run a blocking Kubernetes call in the executor; `urgency` (ratelimit's classes) orders its requests
+        in the client-side rate limit (a quarantine's before a condition's, Events last)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn)
+        kube = self.kube
+        if urgency is None or getattr(kube, "urgency", None) is None:
+            return await loop.run_in_executor(self._executor, fn)
+
+        def call() -> Any:
+            with kube.urgency(urgency):
+                return fn()
+        return await loop.run_in_executor(self._event_executor if urgency == EVENT else self._executor, call)
+
+    async def _read_node(self, name: str, urgency: int | None) -> dict[str, Any] | None:
+        """The Node from the watch cache when it has it, else a GET (not synced yet, or a Node it has not seen)."""
+        cache = self.nodecache
+        if cache is not None:
+            obj = cache.get(name)
+            if obj is not None:
+                return obj
+        return await self._io(lambda: self.kube.get_node(name), urgency)  # type: ignore[union-attr]
+
+    def nodes_changed(self, names: list[str]) -> None:
+        """From the node cache's thread: someone else changed what Vigil judges on these Nodes: reconcile them."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._external, list(names))
+
+    def _external(self, names: list[str]) -> None:
+        if not self.leader.is_leader():
+            return
+        for name in names:
+            if name in self.nodes:  # a reconcile of a node with nothing to decide ends at its verdict
+                self._enqueue(name)
 
     def _node_counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -171,8 +208,12 @@ class Engine:
 
     async def _seed(self) -> None:
         """Nodes that carry Vigil's condition are known from the start: silent ones are found after the grace."""
+        cache = self.nodecache
         try:
-            items = await self._io(lambda: self.kube.list_nodes())  # type: ignore[union-attr]
+            if cache is not None and cache.synced.is_set():
+                items = cache.items()
+            else:
+                items = await self._io(lambda: self.kube.list_nodes())  # type: ignore[union-attr]
         except Exception as e:  # noqa: BLE001
             log.warning("seeding nodes: %s", e)
             return
@@ -327,6 +368,7 @@ class Engine:
                     pass
             await asyncio.gather(*tasks, return_exceptions=True)
             self._executor.shutdown(wait=False, cancel_futures=True)
+            self._event_executor.shutdown(wait=False, cancel_futures=True)
 
     async def _ticker(self, stop: asyncio.Event) -> None:
         last_resync = self.clock()
@@ -338,8 +380,15 @@ class Engine:
             if now - last_resync >= self.cfg.resync_seconds:
                 last_resync = now
                 self._last.clear()
-            for node in list(self.nodes.values()):
-                self._touch(node, now)
+            # In slices, yielding between them: 10,000 nodes judged at once held the loop (and every stream's
+            # batch, a fatal one included) for tens of ms every tick.
+            batch = list(self.nodes.values())
+            for i in range(0, len(batch), TICK_SLICE):
+                if i:
+                    await asyncio.sleep(0)
+                    now = self.clock()
+                for node in batch[i:i + TICK_SLICE]:
+                    self._touch(node, now)
 
     async def _worker(self) -> None:
         assert self._queue is not None
@@ -383,7 +432,7 @@ class Engine:
             self._last[name] = verdict
             self._remember(name, verdict, ["no-kube"])
             return
-        obj = await self._io(lambda: self.kube.get_node(name))  # type: ignore[union-attr]
+        obj = await self._read_node(name, QUARANTINE if verdict.kind == UNHEALTHY else None)
         done: list[str] = []
         if obj is not None:
             await self._settle(name, obj, done)
@@ -543,7 +592,8 @@ class Engine:
     async def _quarantine(self, name: str, node: st.NodeState, verdict: Verdict, obj: dict[str, Any],
                           done: list[str], since: float | None) -> None:
         m = self.metrics
-        total = self._total_nodes or len(self.nodes)
+        cache = self.nodecache
+        total = (len(cache) if cache is not None and cache.synced.is_set() else 0) or self._total_nodes or len(self.nodes)
         wall = self.wall()
         decision = await self.leader.update_ledger(
             lambda ledger: _admit(ledger, name, wall, self.cfg.budget, total))
@@ -590,7 +640,8 @@ class Engine:
                 return quarantined(n, verdict.reason, now_iso(wall), episode, record=level)
             try:
                 # first with the Node just read (one request saved), then read-modify-write until it sticks
-                written, now_obj = await self._io(lambda: kube.update_node(name, change, current=obj or None))
+                written, now_obj = await self._io(lambda: kube.update_node(name, change, current=obj or None),
+                                                  QUARANTINE)
                 break
             except ApiError as e:
                 if e.status not in (413, 422) or level == RECORD_NONE:
@@ -683,7 +734,8 @@ class Engine:
 
     async def _create_event(self, body: dict[str, Any], reason: str) -> None:
         try:
-            created = await self._io(lambda: self.kube.create_event(self.cfg.event_namespace, body))  # type: ignore[union-attr]
+            created = await self._io(lambda: self.kube.create_event(self.cfg.event_namespace, body),  # type: ignore[union-attr]
+                                     EVENT)
         except Exception as e:  # noqa: BLE001 - an Event is a report, never a reason to redo an action
             self.metrics.bump(self.metrics.actions, ("event", "error"))
             log.warning("event %s for %s: %s", reason, body["involvedObject"]["name"], _short(str(e)))

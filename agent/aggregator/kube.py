@@ -12,12 +12,14 @@ All methods are blocking: the aggregator calls them through its executor.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import threading
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 from agent.base.backoff import delay
 
@@ -33,6 +35,10 @@ class Conflict(Exception):
 
 class NotFound(Exception):
     pass
+
+
+class Gone(Exception):
+    """410: a watch's resourceVersion is older than the server keeps (compacted): list again."""
 
 
 class Transient(Exception):
@@ -149,10 +155,37 @@ def read_modify_write(read: Callable[[], Obj | None], change: Callable[[Obj], Ob
 class Kube:
     """The few calls Vigil makes. `client`: a kubernetes.client.ApiClient."""
 
-    def __init__(self, client: Any, timeout: float = 5.0, on_retry: Callable[[str], None] | None = None) -> None:
+    def __init__(self, client: Any, timeout: float = 5.0, on_retry: Callable[[str], None] | None = None,
+                 limiter: Any = None) -> None:
         self.api_client = client
         self.timeout = timeout
         self.on_retry = on_retry
+        self.limiter = limiter  # ratelimit.PriorityLimiter: every request (and every retry) takes a token
+        self.node_seen: list[Callable[[dict[str, Any]], None]] = []  # told every Node the server answered with
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def urgency(self, cls: int) -> Iterator[None]:
+        """The requests this thread makes inside are of class `cls` (ratelimit: a quarantine's go first)."""
+        before = getattr(self._local, "cls", None)
+        self._local.cls = cls
+        try:
+            yield
+        finally:
+            self._local.cls = before
+
+    def _throttle(self, path: str) -> None:
+        if self.limiter is not None:
+            from .ratelimit import classify
+
+            cls = getattr(self._local, "cls", None)
+            self.limiter.acquire(classify(path) if cls is None else cls)
+
+    def _seen(self, obj: dict[str, Any] | None) -> dict[str, Any] | None:
+        if obj is not None:
+            for hook in self.node_seen:
+                hook(obj)
+        return obj
 
     @classmethod
     def connect(cls, kubeconfig: str | None = None, context: str | None = None, **kw: Any) -> "Kube":
@@ -183,7 +216,7 @@ class Kube:
         return cls(k.ApiClient(cfg), **kw)
 
     def _req(self, method: str, path: str, params: dict[str, str] | None = None, body: Any = None,
-             content_type: str = "application/json") -> dict[str, Any]:
+             content_type: str = "application/json", query: list[tuple[str, str]] | None = None) -> dict[str, Any]:
         """One request through the official client's transport (its auth, TLS and proxy settings), with the
         body as a plain dict: no model validation that would refuse or drop a field it does not know."""
         def once() -> dict[str, Any]:
@@ -191,8 +224,9 @@ class Kube:
             if body is not None:
                 headers["Content-Type"] = content_type
             req = self.api_client.param_serialize(method=method, resource_path=path, path_params=params or {},
-                                                  header_params=headers, body=body,
+                                                  query_params=query or [], header_params=headers, body=body,
                                                   auth_settings=["BearerToken"])
+            self._throttle(path)
             resp = self.api_client.call_api(*req, _request_timeout=self.timeout)
             data = resp.read()
             if not 200 <= resp.status < 300:
@@ -203,19 +237,71 @@ class Kube:
     # -- nodes --------------------------------------------------------------------------------------------
     def get_node(self, name: str) -> dict[str, Any] | None:
         try:
-            return self._req("GET", "/api/v1/nodes/{name}", {"name": name})
+            return self._seen(self._req("GET", "/api/v1/nodes/{name}", {"name": name}))
         except NotFound:
             return None
 
     def list_nodes(self) -> list[dict[str, Any]]:
         return self._req("GET", "/api/v1/nodes").get("items") or []
 
+    def list_nodes_page(self, limit: int, cont: str | None = None) -> tuple[list[dict[str, Any]], str, str | None]:
+        """One page of a chunked list: (items, the list's resourceVersion, the continue token or None)."""
+        query = [("limit", str(limit))] + ([("continue", cont)] if cont else [])
+        data = self._req("GET", "/api/v1/nodes", query=query)
+        meta = data.get("metadata") or {}
+        return data.get("items") or [], str(meta.get("resourceVersion") or ""), meta.get("continue") or None
+
+    def watch_nodes(self, resource_version: str, timeout_seconds: int) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Watch Nodes from `resource_version` (with bookmarks): yields (type, object) until the server ends the
+        watch (after timeout_seconds). Gone (410) when that version is compacted; Transient when the connection
+        fails. One request: it takes one token of the limiter, not one per event."""
+        query = [("watch", "true"), ("resourceVersion", resource_version), ("allowWatchBookmarks", "true"),
+                 ("timeoutSeconds", str(int(timeout_seconds)))]
+        req = self.api_client.param_serialize(method="GET", resource_path="/api/v1/nodes", query_params=query,
+                                              header_params={"Accept": "application/json"},
+                                              auth_settings=["BearerToken"])
+        self._throttle("/api/v1/nodes")
+        try:
+            resp = self.api_client.call_api(*req, _request_timeout=(self.timeout, timeout_seconds + self.timeout))
+        except Exception as e:  # noqa: BLE001 - classified: a refused connection is Transient
+            raise _classify(e) from e
+        if not 200 <= resp.status < 300:
+            raise _status_error(resp.status, resp.read())
+        raw = resp.response
+        buf = b""
+        try:
+            for chunk in raw.stream(65536, decode_content=True):
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    if not line.strip():
+                        continue
+                    try:
+                        ev = json.loads(line)
+                        kind, obj = ev["type"], ev["object"]
+                    except (ValueError, KeyError, TypeError):
+                        raise Transient(f"watch: undecodable event {line[:100]!r}") from None
+                    if kind == "ERROR":
+                        code = (obj or {}).get("code") if isinstance(obj, dict) else None
+                        if code == 410:
+                            raise Gone(str((obj or {}).get("message", "")))
+                        raise Transient(f"watch: error event {str(obj)[:200]}")
+                    if isinstance(obj, dict):
+                        yield kind, obj
+        except (Gone, Transient):
+            raise
+        except Exception as e:  # noqa: BLE001 - a connection cut mid-watch
+            raise Transient(f"watch: {type(e).__name__}: {e}") from e
+        finally:
+            raw.release_conn()
+
     def replace_node(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         """PUT with body.metadata.resourceVersion: Conflict when the node changed since it was read."""
-        return self._req("PUT", "/api/v1/nodes/{name}", {"name": name}, body)
+        return self._seen(self._req("PUT", "/api/v1/nodes/{name}", {"name": name}, body))  # type: ignore[return-value]
 
     def patch_node_status(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-        return self._req("PATCH", "/api/v1/nodes/{name}/status", {"name": name}, patch, STRATEGIC)
+        return self._seen(self._req("PATCH", "/api/v1/nodes/{name}/status", {"name": name}, patch,  # type: ignore[return-value]
+                                    STRATEGIC))
 
     def update_node(self, name: str, change: Callable[[dict[str, Any]], dict[str, Any] | None],
                     attempts: int = 8, current: dict[str, Any] | None = None) -> tuple[bool, dict[str, Any] | None]:
@@ -279,6 +365,8 @@ def _status_error(status: int, data: bytes) -> Exception:
         return Conflict(reason)
     if status == 404:
         return NotFound(reason)
+    if status == 410:
+        return Gone(reason)
     if status == 429 or status >= 500:
         return Transient(f"{status} {reason}")
     return ApiError(status, reason)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from agent.base.metrics import Counter, Gauge, Histogram as HistogramSpec, MetricSet, render
 
@@ -33,8 +33,22 @@ AGGREGATOR_FIELDS_TRUNCATED = Counter("vigil_aggregator_fields_truncated_total",
                                       "digest over its bound).", ("field",))
 AGGREGATOR_EVENTS_RECEIVED = Counter("vigil_aggregator_events_received_total", "Events received from agents, by kind "
                                      "(duplicate: already applied, acknowledged again).", ("kind",))
+AGGREGATOR_HEARTBEAT_SECONDS = HistogramSpec("vigil_aggregator_heartbeat_seconds", "Time to apply one Heartbeat on "
+                                             "the event loop (its digest read, the node re-judged).", ())
 AGGREGATOR_KUBE_RETRIES = Counter("vigil_aggregator_kube_retries_total", "Kubernetes calls retried, by cause.",
                                   ("reason",))
+AGGREGATOR_KUBE_REQUESTS = Counter("vigil_aggregator_kube_requests_total", "Requests to the API server let through the "
+                                   "client-side rate limit, by class (lease, quarantine, auth, node, event).",
+                                   ("class",))
+AGGREGATOR_KUBE_THROTTLED_SECONDS = Counter("vigil_aggregator_kube_throttled_seconds_total", "Seconds requests waited "
+                                            "for the client-side rate limit (--kube-qps), by class.", ("class",))
+AGGREGATOR_NODE_CACHE_NODES = Gauge("vigil_aggregator_node_cache_nodes", "Nodes in the watch-based Node cache.", ())
+AGGREGATOR_NODE_CACHE_SYNCED = Gauge("vigil_aggregator_node_cache_synced", "1 once the Node cache has listed every "
+                                     "Node (until then a reconcile reads the Node with a GET).", ())
+AGGREGATOR_NODE_CACHE_LISTS = Counter("vigil_aggregator_node_cache_lists_total", "Full lists of Nodes the cache made "
+                                      "(the first, then one per expired watch).", ())
+AGGREGATOR_NODE_CACHE_ERRORS = Counter("vigil_aggregator_node_cache_errors_total", "Failed lists and watches of the "
+                                       "Node cache (each retried with backoff).", ())
 AGGREGATOR_LEADER = Gauge("vigil_aggregator_leader", "1 while this replica holds the Lease (and is Ready).", ())
 AGGREGATOR_MAINTENANCE_SKIPS = Counter("vigil_aggregator_maintenance_skips_total", "Decisions not acted on because "
                                        "the node is annotated vigil.dev/maintenance.", ())
@@ -44,6 +58,7 @@ AGGREGATOR_STREAMS_REFUSED = Counter("vigil_aggregator_streams_refused_total", "
                                      ("reason",))
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+FAST_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 0.001, 0.0025, 0.01, 0.1)  # work on the event loop
 
 
 @dataclass
@@ -52,6 +67,10 @@ class Histogram:
     counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     total: float = 0.0
     n: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.counts) != len(self.bounds) + 1:
+            self.counts = [0] * (len(self.bounds) + 1)
 
     def observe(self, v: float) -> None:
         self.counts[bisect.bisect_left(self.bounds, v)] += 1
@@ -79,12 +98,15 @@ class AggregatorMetrics:
     kube_retries: dict[str, int] = field(default_factory=dict)  # reason: 409, 500, timeout...
     decision_latency: Histogram = field(default_factory=Histogram)
     cordon_latency: Histogram = field(default_factory=Histogram)
+    heartbeat_time: Histogram = field(default_factory=lambda: Histogram(FAST_BUCKETS))
     maintenance_skips: int = 0
     episodes: dict[str, int] = field(default_factory=dict)  # new | repeat
     signatures: dict[str, int] = field(default_factory=dict)  # owner kind
     breaker_open: bool = False
     leader: bool = False
     nodes: Callable[[], dict[str, int]] = lambda: {}
+    limiter: Any = None  # ratelimit.PriorityLimiter, when --kube-qps is on
+    node_cache: Any = None  # nodecache.NodeCache, when on
 
     def bump(self, d: dict, key: object, n: int = 1) -> None:
         d[key] = d.get(key, 0) + n
@@ -128,6 +150,20 @@ class AggregatorMetrics:
         ms.add_histogram(AGGREGATOR_DECISION_LATENCY_SECONDS, {}, h.cumulative(), h.n, h.total)
         h = self.cordon_latency
         ms.add_histogram(AGGREGATOR_CORDON_LATENCY_SECONDS, {}, h.cumulative(), h.n, h.total)
+        h = self.heartbeat_time
+        ms.add_histogram(AGGREGATOR_HEARTBEAT_SECONDS, {}, h.cumulative(), h.n, h.total)
+        if self.limiter is not None:
+            from .ratelimit import CLASSES
+
+            for cls, name in CLASSES.items():
+                ms.add(AGGREGATOR_KUBE_REQUESTS, {"class": name}, self.limiter.requests.get(cls, 0))
+                ms.add(AGGREGATOR_KUBE_THROTTLED_SECONDS, {"class": name}, self.limiter.waited.get(cls, 0.0))
+        cache = self.node_cache
+        if cache is not None:
+            ms.add(AGGREGATOR_NODE_CACHE_NODES, {}, len(cache))
+            ms.add(AGGREGATOR_NODE_CACHE_SYNCED, {}, 1 if cache.synced.is_set() else 0)
+            ms.add(AGGREGATOR_NODE_CACHE_LISTS, {}, cache.lists)
+            ms.add(AGGREGATOR_NODE_CACHE_ERRORS, {}, cache.errors)
         return ms
 
     def render(self) -> bytes:

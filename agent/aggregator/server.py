@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from time import perf_counter
 from typing import Any
 
 import grpc
@@ -212,7 +213,9 @@ class HealthService(pbg.HealthServicer):
                         raise _End(grpc.StatusCode.INVALID_ARGUMENT, f"Batch refused at {res.stop.reason}; nothing "
                                    f"from seq {res.stop.seq} on was applied")
                 elif which == "heartbeat":
+                    t0 = perf_counter()
                     engine.heartbeat(node, epoch, msg.heartbeat.digest, msg.heartbeat.digest_seq, stream)
+                    engine.metrics.heartbeat_time.observe(perf_counter() - t0)
                 # a second hello, or a message from a newer agent: ignored (additive protocol)
             except intake.Invalid as e:
                 self._refuse(e.reason)

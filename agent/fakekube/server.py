@@ -746,7 +746,7 @@ class FakeKube:
                                "reason": "KubeletReady" if ready else "KubeletNotReady",
                                "message": "kubelet is posting ready status" if ready else "container runtime is down",
                                "lastHeartbeatTime": now, "lastTransitionTime": now})
-        index = len(self.store.items("nodes")) + 10
+        index = self.store.count("nodes") + 10  # not items(): it sorts them all (10,000 Nodes in a benchmark)
         spec = {}
         if taints:
             spec["taints"] = taints

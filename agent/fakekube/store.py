@@ -476,6 +476,10 @@ class Store:
             objs = sorted(self._objects[storage].items())
             return [o for (ns, _), o in objs if namespace is None or ns == namespace]
 
+    def count(self, storage: str) -> int:
+        with self.lock:
+            return len(self._objects[storage])
+
     def namespace_exists(self, namespace: str) -> bool:
         return ("", namespace) in self._objects["namespaces"]
 

@@ -98,6 +98,8 @@ def test_demo_cordons_the_faulty_node():
     (["--budget-window", "-3600"], "--budget-window"),
     (["--resync", "1e300"], "--resync"),
     (["--startup-grace", "-1"], "--startup-grace"),
+    (["--kube-qps", "0"], "--kube-qps"),
+    (["--kube-burst", "0.5"], "--kube-burst"),
     (["--listen", ":::"], "--listen"),
     (["--metrics-listen", "0.0.0.0:\u00b2"], "--metrics-listen"),
 ])

@@ -406,7 +406,7 @@ def test_resources_cover_the_measured_agent(tmp_path):
 
 
 # -- RBAC: exactly what the aggregator's code calls ------------------------------------------------------------
-VERB = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+VERB = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete", "WATCH": "watch"}
 
 
 def _path_resource(path: str) -> tuple[str, str, bool, bool]:
@@ -445,6 +445,12 @@ def aggregator_api_calls() -> set[tuple[str, str, str, bool]]:
                     else:  # self.LEASES + "/{name}"
                         path = consts[path_node.left.attr] + path_node.right.value
                     reqs.append((method, path))
+                elif node.func.attr == "param_serialize":  # a streamed request: the Node cache's watch
+                    kw = {k.arg: k.value for k in node.keywords}
+                    watch = any(isinstance(t, ast.Tuple) and [getattr(e, "value", None) for e in t.elts]
+                                == ["watch", "true"] for t in ast.walk(fn))
+                    if watch:
+                        reqs.append(("WATCH", kw["resource_path"].value))
                 elif isinstance(node.func.value, ast.Name) and node.func.value.id == "self":
                     inner.add(node.func.attr)
         methods[fn.name] = reqs
