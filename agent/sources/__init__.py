@@ -11,6 +11,7 @@ REGISTRY: dict[str, str] = {
     "sysctl": "agent.sources.tuner.collector:SysctlCollector",
     "rdma": "agent.sources.rdma.collector:RdmaCollector",
     "netflow": "agent.sources.netflow.collector:NetflowCollector",
+    "kernel": "agent.sources.kernel.collector:KernelCollector",
 }
 
 
