@@ -26,6 +26,7 @@ PROC_GLOBS = [
     "sys/net/ipv4/tcp_congestion_control", "sys/net/ipv4/neigh/default/gc_thresh*", "sys/fs/aio-max-nr",
     "sys/kernel/pid_max", "sys/kernel/numa_balancing", "sys/kernel/random/boot_id",
     "stat", "driver/nvidia/gpus/*/information",
+    "mounts", "1/mounts", "uptime",  # mounts: the host's mount table (pid 1's) and this namespace's
 ]
 
 
@@ -64,7 +65,24 @@ def capture(dest: Path, node: str, sysfs: Path = Path("/sys"), procfs: Path = Pa
         for pattern in globs:
             for src in glob.glob(str(root / pattern)):
                 _copy_file(Path(src), dest / name / os.path.relpath(src, root), notes)
+    _capture_mounts(dest, sysfs, procfs, notes)
     return notes
+
+
+def _capture_mounts(dest: Path, sysfs: Path, procfs: Path, notes: list[str]) -> None:
+    """mounts/probes.json: each checked mount point's probe (responsive, statvfs), as the mounts source made it."""
+    from agent.base.collector import Context, RunMode
+    from agent.base.config import Expectations
+    from agent.base.roots import Roots
+    from agent.sources.mounts.collector import MountsCollector, MountsSettings, record
+    try:
+        doc = record(MountsCollector(MountsSettings(), Context(Roots(sysfs, procfs), "snapshot", Expectations(),
+                                                               mode=RunMode(once=True))))
+    except Exception as e:  # noqa: BLE001 - a snapshot is best effort: say what is missing
+        notes.append(f"mounts: {e}")
+        return
+    (dest / "mounts").mkdir(exist_ok=True)
+    (dest / "mounts" / "probes.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
 
 def read_kmsg(path: str = "/dev/kmsg") -> bytes | None:

@@ -12,6 +12,7 @@ REGISTRY: dict[str, str] = {
     "rdma": "agent.sources.rdma.collector:RdmaCollector",
     "netflow": "agent.sources.netflow.collector:NetflowCollector",
     "kernel": "agent.sources.kernel.collector:KernelCollector",
+    "mounts": "agent.sources.mounts.collector:MountsCollector",
 }
 
 
