@@ -15,6 +15,7 @@ from agent.base.tools import Unavailable, run_tool
 # same: a counter that reads EINVAL is not an error).
 SYS_GLOBS = [
     "bus/pci/devices/*/vendor", "bus/pci/devices/*/device", "bus/pci/devices/*/class",
+    "bus/pci/devices/*/aer_dev_correctable", "bus/pci/devices/*/aer_dev_nonfatal", "bus/pci/devices/*/aer_dev_fatal",
     "class/infiniband/*/*", "class/infiniband/*/ports/*/*", "class/infiniband/*/ports/*/counters/*",
     "class/infiniband/*/ports/*/counters_ext/*", "class/infiniband/*/ports/*/hw_counters/*",
     "class/infiniband/*/ports/*/gid_attrs/ndevs/*",

@@ -13,6 +13,7 @@ REGISTRY: dict[str, str] = {
     "netflow": "agent.sources.netflow.collector:NetflowCollector",
     "kernel": "agent.sources.kernel.collector:KernelCollector",
     "mounts": "agent.sources.mounts.collector:MountsCollector",
+    "pcie": "agent.sources.pcie.collector:PcieCollector",
 }
 
 
