@@ -67,7 +67,28 @@ def capture(dest: Path, node: str, sysfs: Path = Path("/sys"), procfs: Path = Pa
             for src in glob.glob(str(root / pattern)):
                 _copy_file(Path(src), dest / name / os.path.relpath(src, root), notes)
     _capture_mounts(dest, sysfs, procfs, notes)
+    _capture_nvme(dest, sysfs, timeout, notes)
     return notes
+
+
+def _capture_nvme(dest: Path, sysfs: Path, timeout: float, notes: list[str]) -> None:
+    """nvme/<ctrl>/smart-log.json: `nvme smart-log /dev/<ctrl> -o json` of each controller (what the nvme source
+    replays)."""
+    try:
+        ctrls = sorted(p.name for p in (sysfs / "class" / "nvme").iterdir())
+    except OSError:
+        return
+    if not shutil.which("nvme"):
+        notes.append("nvme: nvme-cli not installed (no SMART logs)")
+        return
+    for ctrl in ctrls[:256]:
+        try:
+            out = run_tool(["nvme", "smart-log", f"/dev/{ctrl}", "-o", "json"], timeout)
+        except (Unavailable, TimeoutError, RuntimeError, OSError) as e:
+            notes.append(f"nvme smart-log {ctrl}: {e}")
+            continue
+        (dest / "nvme" / ctrl).mkdir(parents=True, exist_ok=True)
+        (dest / "nvme" / ctrl / "smart-log.json").write_text(out)
 
 
 def _capture_mounts(dest: Path, sysfs: Path, procfs: Path, notes: list[str]) -> None:

@@ -14,6 +14,7 @@ REGISTRY: dict[str, str] = {
     "kernel": "agent.sources.kernel.collector:KernelCollector",
     "mounts": "agent.sources.mounts.collector:MountsCollector",
     "pcie": "agent.sources.pcie.collector:PcieCollector",
+    "nvme": "agent.sources.nvme.collector:NvmeCollector",
 }
 
 
