@@ -134,3 +134,15 @@ def test_config_is_checked():
         build(MountsSettings, {"writable": ["/x"]}, "mounts")
     with pytest.raises(ConfigError, match="mounts.space_fatal_ratio"):
         build(MountsSettings, {"space_fatal_ratio": 0.5}, "mounts")
+
+
+def test_once_shows_node_checks_in_their_own_section():
+    import sys
+    from tests.support import ROOT
+    p = subprocess.run([sys.executable, "-m", "agent.cli", "--once", "--snapshot", "node-mount-faults"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert p.returncode == 1, p.stderr
+    head, _, section = p.stdout.partition("node checks (kernel log, mounts, PCIe AER, NVMe)\n")
+    assert "mounts.responsive" in section and "/mnt/datasets" in section and "FATAL" in section
+    assert "mounts." not in head.split("\n", 2)[2]  # the device table has none of them
+    assert "2 fatal" in head.splitlines()[0]  # the summary line counts every section
