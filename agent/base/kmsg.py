@@ -94,11 +94,12 @@ class KmsgReader:
         self.max_records = max_records
         self._fd: int | None = None
         self._partial = b""
+        self._pending: list[KmsgRecord] = []  # parsed past max_records (a regular file reads many per chunk)
 
     def read(self) -> list[KmsgRecord]:
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)  # a new reader starts at the oldest record
-        out: list[KmsgRecord] = []
+        out, self._pending = self._pending[:self.max_records], self._pending[self.max_records:]
         while len(out) < self.max_records:
             try:
                 chunk = os.read(self._fd, 65536)  # /dev/kmsg: exactly one record per read
@@ -117,6 +118,8 @@ class KmsgReader:
                 rec = parse_record(line.decode("utf-8", errors="replace"))
                 if rec is not None:
                     out.append(rec)
+        if len(out) > self.max_records:
+            out, self._pending = out[:self.max_records], out[self.max_records:] + self._pending
         return out
 
     def close(self) -> None:
@@ -140,7 +143,11 @@ class _Feed:
         self.lock = threading.Lock()
 
     def pump(self, max_records: int) -> None:
-        self.reader.max_records = max(max_records, self.reader.max_records)
+        # Never more than the ring holds, so the subscriber that pumps loses nothing; a full ring (a subscriber
+        # that stopped reading) still takes half a ring, the oldest records going from the slow one (counted
+        # in its `missed`), so one stuck source never stops the others.
+        free = RING_RECORDS - len(self.ring)
+        self.reader.max_records = max(1, min(max_records, max(free, RING_RECORDS // 2)))
         for rec in self.reader.read():
             self.ring.append((self.next_index, rec))
             self.next_index += 1

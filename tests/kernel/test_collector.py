@@ -172,3 +172,20 @@ def test_one_reader_shared_with_gpu_events(tmp_path):
     k.close()
     g.close()
     assert str(node.kmsg) not in shared._FEEDS  # the last one out closes the descriptor
+
+
+def test_a_backlog_larger_than_the_shared_ring_is_read_in_turns(tmp_path, monkeypatch):
+    """The feed never pumps more than its ring holds: the reader gets every record over a few reads, and a
+    subscriber that stopped reading loses only its own oldest records (counted), never the other's."""
+    monkeypatch.setattr(shared, "RING_RECORDS", 100)
+    node = Node(tmp_path)
+    node.log(*[f"line {i}" for i in range(250)])
+    fast = shared.subscribe(str(node.kmsg), 1000)
+    slow = shared.subscribe(str(node.kmsg), 1000)
+    got = []
+    for _ in range(5):
+        got += fast.read()
+    assert [r.seq for r in got] == list(range(1, 251))
+    assert slow.read() and slow.missed > 0
+    fast.close()
+    slow.close()
