@@ -160,3 +160,14 @@ def test_severity_overrides_name_a_known_condition_or_reason(tmp_path):
 def test_go_durations():
     assert npd.go_duration("5m") == 300 and npd.go_duration("1h30m") == 5400 and npd.go_duration("0") == 0
     assert npd.go_duration("1.5s") == 1.5 and npd.go_duration("10") is None and npd.go_duration("m") is None
+
+
+@pytest.mark.parametrize("line", ["{1}[Hardware Error]: event severity: fatal", "[Hardware Error]: event severity: fatal",
+                                  "x [Hardware Error]: event severity: fatalx", "", "fatal"])
+def test_a_leading_dot_star_is_dropped_without_changing_what_matches(line):
+    """NPD's CPER rules start with ".*": searched, it only costs time (a scan per start position)."""
+    fast, _ = npd.compile_rule(r".*\[Hardware Error\]: event severity: fatal$")
+    import re as stdre
+    literal = stdre.compile(r"(?:.*\[Hardware Error\]: event severity: fatal)\Z", stdre.ASCII)
+    assert bool(fast.search(line)) == bool(literal.search(line))
+    assert not fast.pattern.startswith("(?:.*")

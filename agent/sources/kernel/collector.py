@@ -43,6 +43,7 @@ IGNORE = "ignore"
 
 @dataclass
 class KernelSettings(CollectorSettings):
+    timeout_seconds: float = 30.0  # the first read of a boot judges the whole ring buffer (a few seconds at most)
     kmsg_path: str = "/dev/kmsg"
     state_dir: str = "/var/lib/vigil"  # the cursor and the set conditions persist here; "" keeps them in memory
     # Rule files in node-problem-detector's format; "default" is Vigil's own (rules/default.json).

@@ -221,6 +221,11 @@ def compile_rule(pattern: str) -> tuple[re.Pattern, bool]:
     py = translate(pattern)
     lead = re.match(r"\(\?[a-zA-Z]+\)", py)  # Python takes global flags only at the very start
     flags, body = (lead.group(0), py[lead.end():]) if lead else ("", py)
+    # A leading ".*" changes where a search's match starts, never whether there is one; searched from every
+    # position it costs a scan of the rest of the line each time (NPD's CPER rules start so). Without "s" it
+    # cannot cross a newline either, so dropping it keeps the result and saves the quadratic scan.
+    while body.startswith(".*") and "s" not in flags and not body.startswith(".*?") and not body.startswith(".**"):
+        body = body[2:]
     try:
         with warnings.catch_warnings():
             # re warns (FutureWarning) on constructs it will read differently later, e.g. "[[" in a class
