@@ -48,7 +48,7 @@ RUN python3 -m venv /opt/vigil-aggregator/venv \
 FROM ${BASE} AS agent
 ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-bpfcc \
+ && apt-get install -y --no-install-recommends python3 python3-bpfcc nvme-cli \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/vigil /opt/vigil
 ENV PATH=/opt/vigil/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1

@@ -40,11 +40,41 @@ def strict(v: Any) -> Any:
 
 
 
+# Node-wide sources beyond the GPUs: `--once` shows their findings in a section of their own.
+NODE_COMPONENTS = ("kernel", "mounts", "pcie", "nvme")
+NODE_SECTION = "node checks (kernel log, mounts, PCIe AER, NVMe)"
+
+
 def report_table(node: str, findings: Iterable[Finding], verbose: bool = False) -> str:
     """Problems first (fatal, then warnings, then unknown); passing checks folded into one row per entity
-    unless `verbose`."""
+    unless `verbose`. Node-wide checks (NODE_COMPONENTS) follow in their own section."""
     findings = list(findings)
     status = node_status(findings)
+    device = [f for f in findings if f.component not in NODE_COMPONENTS]
+    nodewide = [f for f in findings if f.component in NODE_COMPONENTS]
+    fired = [f for f in findings if f.status == UNHEALTHY]
+    passing = [f for f in findings if f.status == OK and f.severity != "info"]
+    info = sum(f.severity == "info" for f in fired) + sum(f.severity == "info" for f in findings if f.status == OK)
+    lines = [f"node {node}: {status.upper()}"
+             f"  ({sum(f.is_fatal for f in fired)} fatal, {sum(f.severity == 'warning' for f in fired)} warning, "
+             f"{sum(f.status == UNKNOWN for f in findings)} unknown, {len(passing)} ok"
+             + (f", {info} info" if info else "") + ")", ""]
+    if device or not nodewide:
+        lines += _table(_rows(device, verbose))
+    if nodewide:
+        if device:
+            lines.append("")
+        lines += [NODE_SECTION, *_table(_rows(nodewide, verbose))]
+    return safe_text("\n".join(lines) + "\n")
+
+
+def _table(rows: list[tuple[str, str, str, str]]) -> list[str]:
+    header = ("CHECK", "ENTITY", "STATUS", "DETAIL")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    return ["  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3] for r in [header, *rows]]
+
+
+def _rows(findings: list[Finding], verbose: bool) -> list[tuple[str, str, str, str]]:
     rows: list[tuple[str, str, str, str]] = []
     problems = sorted((f for f in findings if f.status != OK),
                       key=lambda f: (ORDER[f.status], SEVERITY_ORDER[f.severity], f.component, f.entity, f.check))
@@ -72,17 +102,7 @@ def report_table(node: str, findings: Iterable[Finding], verbose: bool = False) 
             other = " other" if (component, entity) in with_problems else ""
             detail = fs[0].message if len(fs) == 1 else f"{len(fs)}{other} checks ok"
             rows.append((fs[0].check if len(fs) == 1 else f"{component}.*", entity, "ok", detail))
-    header = ("CHECK", "ENTITY", "STATUS", "DETAIL")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
-    fired = [f for f in findings if f.status == UNHEALTHY]
-    info = sum(f.severity == "info" for f in fired) + sum(f.severity == "info" for f in findings if f.status == OK)
-    lines = [f"node {node}: {status.upper()}"
-             f"  ({sum(f.is_fatal for f in fired)} fatal, {sum(f.severity == 'warning' for f in fired)} warning, "
-             f"{sum(f.status == UNKNOWN for f in findings)} unknown, {len(passing)} ok"
-             + (f", {info} info" if info else "") + ")", ""]
-    for r in [header, *rows]:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3])
-    return safe_text("\n".join(lines) + "\n")
+    return rows
 
 
 def _by_cause(problems: list[Finding]) -> list[list[Finding]]:

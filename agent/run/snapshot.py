@@ -15,6 +15,7 @@ from agent.base.tools import Unavailable, run_tool
 # same: a counter that reads EINVAL is not an error).
 SYS_GLOBS = [
     "bus/pci/devices/*/vendor", "bus/pci/devices/*/device", "bus/pci/devices/*/class",
+    "bus/pci/devices/*/aer_dev_correctable", "bus/pci/devices/*/aer_dev_nonfatal", "bus/pci/devices/*/aer_dev_fatal",
     "class/infiniband/*/*", "class/infiniband/*/ports/*/*", "class/infiniband/*/ports/*/counters/*",
     "class/infiniband/*/ports/*/counters_ext/*", "class/infiniband/*/ports/*/hw_counters/*",
     "class/infiniband/*/ports/*/gid_attrs/ndevs/*",
@@ -26,6 +27,7 @@ PROC_GLOBS = [
     "sys/net/ipv4/tcp_congestion_control", "sys/net/ipv4/neigh/default/gc_thresh*", "sys/fs/aio-max-nr",
     "sys/kernel/pid_max", "sys/kernel/numa_balancing", "sys/kernel/random/boot_id",
     "stat", "driver/nvidia/gpus/*/information",
+    "mounts", "1/mounts", "uptime",  # mounts: the host's mount table (pid 1's) and this namespace's
 ]
 
 
@@ -64,7 +66,45 @@ def capture(dest: Path, node: str, sysfs: Path = Path("/sys"), procfs: Path = Pa
         for pattern in globs:
             for src in glob.glob(str(root / pattern)):
                 _copy_file(Path(src), dest / name / os.path.relpath(src, root), notes)
+    _capture_mounts(dest, sysfs, procfs, notes)
+    _capture_nvme(dest, sysfs, timeout, notes)
     return notes
+
+
+def _capture_nvme(dest: Path, sysfs: Path, timeout: float, notes: list[str]) -> None:
+    """nvme/<ctrl>/smart-log.json: `nvme smart-log /dev/<ctrl> -o json` of each controller (what the nvme source
+    replays)."""
+    try:
+        ctrls = sorted(p.name for p in (sysfs / "class" / "nvme").iterdir())
+    except OSError:
+        return
+    if not shutil.which("nvme"):
+        notes.append("nvme: nvme-cli not installed (no SMART logs)")
+        return
+    for ctrl in ctrls[:256]:
+        try:
+            out = run_tool(["nvme", "smart-log", f"/dev/{ctrl}", "-o", "json"], timeout)
+        except (Unavailable, TimeoutError, RuntimeError, OSError) as e:
+            notes.append(f"nvme smart-log {ctrl}: {e}")
+            continue
+        (dest / "nvme" / ctrl).mkdir(parents=True, exist_ok=True)
+        (dest / "nvme" / ctrl / "smart-log.json").write_text(out)
+
+
+def _capture_mounts(dest: Path, sysfs: Path, procfs: Path, notes: list[str]) -> None:
+    """mounts/probes.json: each checked mount point's probe (responsive, statvfs), as the mounts source made it."""
+    from agent.base.collector import Context, RunMode
+    from agent.base.config import Expectations
+    from agent.base.roots import Roots
+    from agent.sources.mounts.collector import MountsCollector, MountsSettings, record
+    try:
+        doc = record(MountsCollector(MountsSettings(), Context(Roots(sysfs, procfs), "snapshot", Expectations(),
+                                                               mode=RunMode(once=True))))
+    except Exception as e:  # noqa: BLE001 - a snapshot is best effort: say what is missing
+        notes.append(f"mounts: {e}")
+        return
+    (dest / "mounts").mkdir(exist_ok=True)
+    (dest / "mounts" / "probes.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
 
 def read_kmsg(path: str = "/dev/kmsg") -> bytes | None:

@@ -11,6 +11,10 @@ REGISTRY: dict[str, str] = {
     "sysctl": "agent.sources.tuner.collector:SysctlCollector",
     "rdma": "agent.sources.rdma.collector:RdmaCollector",
     "netflow": "agent.sources.netflow.collector:NetflowCollector",
+    "kernel": "agent.sources.kernel.collector:KernelCollector",
+    "mounts": "agent.sources.mounts.collector:MountsCollector",
+    "pcie": "agent.sources.pcie.collector:PcieCollector",
+    "nvme": "agent.sources.nvme.collector:NvmeCollector",
 }
 
 

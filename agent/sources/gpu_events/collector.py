@@ -55,6 +55,7 @@ from agent.base.metrics import MetricSet
 from .metrics import GPU_EVENT_EPISODES_OVERFLOWED, GPU_EVENT_SOURCE_UP, GPU_EVENTS, GPU_EVENTS_FOLDED
 from agent.base.collector import Collector, Context, NoData, Observation, Output
 from agent.base.errors import error_text
+from agent.base.kmsg import KmsgReader, KmsgSubscription, subscribe  # noqa: F401 (KmsgReader re-exported)
 from agent.base.tools import Unavailable, run_tool
 
 log = logging.getLogger(__name__)
@@ -116,49 +117,6 @@ class EventsReading:
     overflowed: int = 0  # distinct episodes folded into another one because the table was full
 
 
-class KmsgReader:
-    """/dev/kmsg, non-blocking, kept open between reads so each read continues where the last stopped.
-    A regular file works too (tests, and kmsg_path pointed at a capture): it is read to its end each time."""
-
-    def __init__(self, path: str, max_records: int) -> None:
-        self.path = path
-        self.max_records = max_records
-        self._fd: int | None = None
-        self._partial = b""
-
-    def read(self) -> list[kmsg_parser.KmsgRecord]:
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)  # a new reader starts at the oldest record
-        out: list[kmsg_parser.KmsgRecord] = []
-        while len(out) < self.max_records:
-            try:
-                chunk = os.read(self._fd, 65536)  # /dev/kmsg: exactly one record per read
-            except BlockingIOError:  # EAGAIN: nothing more for now
-                break
-            except BrokenPipeError:  # EPIPE: records were overwritten before we read them; go on from the oldest
-                continue
-            except InterruptedError:
-                continue
-            if not chunk:
-                break
-            data = self._partial + chunk
-            lines = data.split(b"\n")
-            self._partial = lines.pop()  # "" after a complete record
-            for line in lines:
-                rec = kmsg_parser.parse_record(line.decode("utf-8", errors="replace"))
-                if rec is not None:
-                    out.append(rec)
-        return out
-
-    def close(self) -> None:
-        if self._fd is not None:
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
-            self._fd = None
-
-
 class GpuIndex:
     """PCI address -> GPU index, and which vendor each known GPU is."""
 
@@ -193,7 +151,9 @@ class GpuEventsCollector(Collector):
         self._nvml_lib = nvml_lib
         self._tool = tool
         self._state: EventState | None = None
-        self._kmsg: KmsgReader | None = None
+        # Subscribed now (no I/O until the first read), so the kernel rules' reading first keeps the backlog for us.
+        self._kmsg: KmsgSubscription | None = None if ctx.roots.snapshot is not None else \
+            subscribe(settings.kmsg_path, settings.max_records_per_read)
         self._watcher: NvmlEventWatcher | None = None
         self._counts: dict[tuple[str, str, str], int] = {}
         self._remembered: set[tuple[str, str]] = set()
@@ -447,8 +407,10 @@ class GpuEventsCollector(Collector):
     def _kernel_records(self) -> list[kmsg_parser.KmsgRecord]:
         if self._snapshot is not None:
             return kmsg_parser.parse_text((self._snapshot / "kmsg.txt").read_text(errors="replace"))
+        if self._kmsg is not None and self._kmsg.path != self.settings.kmsg_path:
+            self.close_kmsg()  # the path was changed after construction
         if self._kmsg is None:
-            self._kmsg = KmsgReader(self.settings.kmsg_path, self.settings.max_records_per_read)
+            self._kmsg = subscribe(self.settings.kmsg_path, self.settings.max_records_per_read)
         return self._kmsg.read()
 
     def close_kmsg(self) -> None:

@@ -1,15 +1,7 @@
 """Kernel log records and the GPU events in them.
 
-Record format. The live source is /dev/kmsg, one record per read (Documentation/ABI/testing/dev-kmsg):
-
-    <priority>,<sequence>,<usec since boot>,<flags>[,...];<message>\\n
-     SUBSYSTEM=pci\\n                      (continuation lines start with a space: device properties)
-
-Non-printable bytes in the message are escaped as \\xNN, so a multi-line printk (NVRM's "The NVIDIA GPU ...
-has fallen off the bus" paragraph) is one record. A snapshot's DIR/kmsg.txt holds the same records (capture:
-`dd if=/dev/kmsg iflag=nonblock of=kmsg.txt`, or what `agent snapshot` writes); the sequence number is what
-the cursor keys on. For replaying what a bug report pasted, lines in `dmesg` ("[ 1843.308145] msg",
-`dmesg -r`'s "<4>[ 1843.308145] msg") or journal form are accepted too: their sequence is the line number.
+Record format and the reader: agent/base/kmsg.py (one reader shared with the kernel rules). A snapshot's
+DIR/kmsg.txt holds the same records; the sequence number is what the cursor keys on.
 
 Event formats, each from a real log (sources in tests/gpu_events/test_kmsg.py):
   NVRM: Xid (PCI:0000:3b:00): 79, pid=1234, name=python3, GPU has fallen off the bus.
@@ -26,20 +18,14 @@ Event formats, each from a real log (sources in tests/gpu_events/test_kmsg.py):
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from . import xid as xids
 from .model import RAS, RESET, XID, GpuEvent
+from agent.base.kmsg import KmsgRecord, parse_record, parse_text, unescape  # noqa: F401 (re-exported)
 from agent.base.pci import normalize as normalize_pci
 from agent.base.validate import ascii_int
 
 U64 = 2**64 - 1
-
-# ASCII digits only ([0-9], not \d: int() would take other scripts' digits), the numbers then bounded below.
-_RECORD = re.compile(r"^([0-9]+),([0-9]+),([0-9]+),([^;,]*)(?:,[^;]*)?;(.*)$")
-_DMESG = re.compile(r"^(?:<([0-9]+)>)?\s*\[\s*([0-9]+)\.([0-9]+)\]\s?(.*)$")
-_ESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})")
-_PROPERTY = re.compile(r"^\s+[A-Z][A-Z_]*=")
 
 _PCI = r"(?:[0-9a-fA-F]{4,8}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}(?:\.[0-7])?"
 _XID = re.compile(r"NVRM: Xid \((?:PCI:)?(?P<pci>" + _PCI + r")(?P<attr>[^)]*)\):? ?(?P<code>[0-9]+)"
@@ -64,57 +50,6 @@ RAS_SEVERITY = {
     "deferred": (xids.WARNING, "reset the GPU when it is idle; watch its bad pages"),
     "correctable": (xids.INFO, "none (corrected by ECC)"),
 }
-
-
-@dataclass(frozen=True)
-class KmsgRecord:
-    seq: int
-    usec: int | None  # microseconds since boot (CLOCK_MONOTONIC), None when the line had no timestamp
-    priority: int | None
-    text: str
-
-
-def unescape(message: str) -> str:
-    return _ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), message)
-
-
-def parse_record(line: str) -> KmsgRecord | None:
-    """One /dev/kmsg record (its first line); None for a continuation line or anything else."""
-    line = line.rstrip("\n")
-    m = _RECORD.match(line)
-    if not m:
-        return None
-    seq, usec, prio = (ascii_int(m.group(i), 0, U64) for i in (2, 3, 1))
-    if seq is None:  # a sequence number past 64 bits: not a kernel record, and it must not move the cursor
-        return None
-    return KmsgRecord(seq, usec, prio, unescape(m.group(5)))
-
-
-def parse_text(text: str) -> list[KmsgRecord]:
-    """Records from a kmsg.txt: /dev/kmsg records, or dmesg/journal lines (sequence = line number)."""
-    out: list[KmsgRecord] = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        if line[0] in " \t":
-            # A kmsg device property (" SUBSYSTEM=pci"), or the next line of a multi-line printk as dmesg
-            # prints it (indented): the latter belongs to the record before.
-            if out and not _PROPERTY.match(line):
-                last = out[-1]
-                out[-1] = KmsgRecord(last.seq, last.usec, last.priority, last.text + "\n" + line.strip())
-            continue
-        rec = parse_record(line)
-        if rec is None:
-            m = _DMESG.match(line)
-            secs = ascii_int(m.group(2), 0, U64) if m else None
-            if m and secs is not None:
-                usec = secs * 1_000_000 + int(m.group(3).ljust(6, "0")[:6])
-                rec = KmsgRecord(n, usec, ascii_int(m.group(1), 0, U64) if m.group(1) else None,
-                                 unescape(m.group(4)))
-            else:
-                rec = KmsgRecord(n, None, None, unescape(line.strip()))
-        out.append(rec)
-    return out
 
 
 def _opt(m: re.Match | None) -> str | None:
