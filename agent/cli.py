@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import __version__
 from agent.sources import REGISTRY
-from agent.base import tools
+from agent.base import logs, tools
 from agent.base.collector import Context, RunMode
 from agent.base.errors import error_text
 from agent.base.config import (DEFAULT_PORT, Config, ConfigError, check_node_name, listen_flag, load, number_flag,
@@ -90,7 +90,7 @@ def parser() -> argparse.ArgumentParser:
                    help="with --aggregator: the projected ServiceAccount token (audience vigil), re-read per connect")
     p.add_argument("--tls-ca", metavar="FILE", default=None,
                    help="with --aggregator: connect over TLS, trusting this CA bundle")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    logs.add_flags(p)
     p.add_argument("--version", action="version", version=f"vigil agent {__version__}")
     return p
 
@@ -125,6 +125,7 @@ def setup(args: argparse.Namespace) -> tuple[Config, Context]:
                 raise ConfigError(f"{flag}: {path} is not a directory")
     node_file = read_node_file(roots.snapshot / "node.json") if roots.snapshot else None
     node = args.node_name or config.agent.node_name or (node_file.node if node_file else None) or config.node_name
+    logs.context(node=node)  # every JSON log line names this node
     expect = merge_expectations(config.agent.expect, node_file.expect) if node_file else config.agent.expect
     # The tuner never writes in --once unless --tune asks it to.
     mode = RunMode(once=bool(args.once), tune=bool(getattr(args, "tune", False)),
@@ -262,7 +263,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(args.log_level, args.log_format)
     try:
         check_flags(args)
         if args.json and not args.once:

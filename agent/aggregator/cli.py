@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from agent import __version__
+from agent.base import logs
 from agent.base.config import listen_flag, number_flag
 from agent.base.findings import EXIT_ADDRESS_IN_USE, EXIT_CONFIG, EXIT_USAGE
 
@@ -79,7 +80,7 @@ def _common() -> argparse.ArgumentParser:
     k.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "vigil"),
                    help="where the Lease lives (default $POD_NAMESPACE or vigil)")
     k.add_argument("--lease-name", default="vigil-aggregator")
-    c.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    logs.add_flags(c)
     return c
 
 
@@ -294,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = parser()
     args = p.parse_args(_with_command(p, list(sys.argv[1:] if argv is None else argv)))
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(args.log_level, args.log_format)
     from agent.base.http import ListenError
 
     try:
