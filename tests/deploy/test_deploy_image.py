@@ -16,6 +16,7 @@ build's RUN steps when present, as a proxy or a local index needs; nothing of th
 """
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import shutil
@@ -52,6 +53,27 @@ def have(*tools):
         pytest.fail(f"missing {missing}: apt-get install buildah mmdebstrap containerd runc")
 
 
+def build_mounts(tmp: Path) -> list[str]:
+    """The build machine's pip configuration and CA bundle, for the images' RUN steps (a proxy or a local index).
+    The bundle goes to a path of its own: mounted over /etc/ssl/certs/ca-certificates.crt (read-only), it made
+    the image's ca-certificates postinst fail, and with it every apt-get install that pulls that package in."""
+    mounts = []
+    bundle = Path("/etc/ssl/certs/ca-certificates.crt")
+    if bundle.exists():
+        mounts += ["-v", f"{bundle}:/run/vigil-build-ca.crt:ro"]
+    conf = Path("/etc/pip.conf")
+    if conf.exists():
+        parser = configparser.ConfigParser(interpolation=None)
+        parser.read(conf)
+        for section in parser.sections():
+            if parser.has_option(section, "cert"):
+                parser.set(section, "cert", "/run/vigil-build-ca.crt")
+        with open(tmp / "pip.conf", "w") as fh:
+            parser.write(fh)
+        mounts += ["-v", f"{tmp / 'pip.conf'}:/etc/pip.conf:ro"]
+    return mounts
+
+
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     have("buildah", "mmdebstrap", "containerd", "ctr")
@@ -63,10 +85,7 @@ def images(tmp_path_factory):
         sh("buildah", "add", c, tar, "/")
         sh("buildah", "config", "--env", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", c)
         sh("buildah", "commit", "--rm", c, BASE)
-    mounts = []
-    for f in ("/etc/pip.conf", "/etc/ssl/certs/ca-certificates.crt"):
-        if Path(f).exists():
-            mounts += ["-v", f"{f}:{f}:ro"]
+    mounts = build_mounts(tmp)
     out = {}
     for target in ("agent", "aggregator"):
         tag = f"localhost/vigil-{target}:test-{uuid.uuid4().hex[:6]}"
