@@ -52,10 +52,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+EXAMPLES = """\
+examples:
+  agent --once --snapshot mi300x-faulty          diagnose a recorded node (a fixture): exits 1, unhealthy
+  agent --once --json --sysfs /host/sys --procfs /host/proc
+                                                 this node, as JSON (in the node's agent pod)
+  agent --config /etc/vigil/vigil.yaml --aggregator vigil-aggregator.vigil.svc:50051 --log-format json
+                                                 serve /metrics and stream findings, logging JSON lines
+
+exit status: 0 healthy, 1 unhealthy, 2 unknown, 64 bad usage, 78 bad configuration, 70 internal error,
+75 listen address in use"""
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="agent", description="Vigil GPU node health agent.",
-                epilog="exit status: 0 healthy, 1 unhealthy, 2 unknown, 64 bad usage, 78 bad configuration, "
-                       "70 internal error, 75 listen address in use")
+                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES)
     p.add_argument("command", nargs="?", choices=["run", "snapshot", "demo"], default="run",
                    help="run (default): serve metrics; snapshot DIR: capture this node; demo: embedded node")
     p.add_argument("path", nargs="?", help="snapshot: the directory to write")

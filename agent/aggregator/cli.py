@@ -124,12 +124,22 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
                    help="re-check every node against its verdict this often (default 300)")
 
 
+EXAMPLES = """\
+examples:
+  vigil-aggregator serve --namespace vigil --dry-run --log-format json
+                                          decide and report, write nothing to the nodes (JSON log lines)
+  vigil-aggregator cleanup --dry-run      list what Vigil added to the nodes; without --dry-run, remove it
+  vigil-aggregator reset-breaker          close the cordon budget's breaker once the cause is understood
+
+`vigil-aggregator COMMAND --help` tells what each command does and takes."""
+
+
 def parser() -> argparse.ArgumentParser:
     common = _common()
-    p = _Parser(prog="vigil-aggregator", parents=[common],
-                description="Vigil aggregator: judges node health from the agents' streams and marks, taints and "
+    p = _Parser(prog="vigil-aggregator", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+                description="Vigil aggregator: judges node health from the agents' streams and marks, taints and\n"
                 "cordons unhealthy nodes, safely. Without a command it serves, with the flags below.",
-                epilog="`vigil-aggregator COMMAND --help` tells what each command does and takes.")
+                epilog=EXAMPLES)
     p.add_argument("--version", action="version", version=f"vigil-aggregator {__version__}")
     _serve_flags(p)  # the default command's flags, listed in the top-level help
     sub = p.add_subparsers(dest="command", parser_class=_Parser, title="commands")
