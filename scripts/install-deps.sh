@@ -12,6 +12,7 @@ APT_PACKAGES=(
   containerd runc busybox-static        # a real containerd for the container source's tests
   python3-bpfcc linux-headers-cloud-amd64 # BCC for the netflow source (headers: see scripts/setup-bpf.sh)
   iperf3 iproute2                       # netflow benchmark, network namespaces
+  buildah mmdebstrap                    # the image test builds the Dockerfile (tests/deploy/test_deploy_image.py)
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
