@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import __version__
 from agent.sources import REGISTRY
-from agent.base import tools
+from agent.base import logs, tools
 from agent.base.collector import Context, RunMode
 from agent.base.errors import error_text
 from agent.base.config import (DEFAULT_PORT, Config, ConfigError, check_node_name, listen_flag, load, number_flag,
@@ -52,10 +52,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+EXAMPLES = """\
+examples:
+  agent --once --snapshot mi300x-faulty          diagnose a recorded node (a fixture): exits 1, unhealthy
+  agent --once --json --sysfs /host/sys --procfs /host/proc
+                                                 this node, as JSON (in the node's agent pod)
+  agent --config /etc/vigil/vigil.yaml --aggregator vigil-aggregator.vigil.svc:50051 --log-format json
+                                                 serve /metrics and stream findings, logging JSON lines
+
+exit status: 0 healthy, 1 unhealthy, 2 unknown, 64 bad usage, 78 bad configuration, 70 internal error,
+75 listen address in use"""
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="agent", description="Vigil GPU node health agent.",
-                epilog="exit status: 0 healthy, 1 unhealthy, 2 unknown, 64 bad usage, 78 bad configuration, "
-                       "70 internal error, 75 listen address in use")
+                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES)
     p.add_argument("command", nargs="?", choices=["run", "snapshot", "demo"], default="run",
                    help="run (default): serve metrics; snapshot DIR: capture this node; demo: embedded node")
     p.add_argument("path", nargs="?", help="snapshot: the directory to write")
@@ -90,7 +101,7 @@ def parser() -> argparse.ArgumentParser:
                    help="with --aggregator: the projected ServiceAccount token (audience vigil), re-read per connect")
     p.add_argument("--tls-ca", metavar="FILE", default=None,
                    help="with --aggregator: connect over TLS, trusting this CA bundle")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    logs.add_flags(p)
     p.add_argument("--version", action="version", version=f"vigil agent {__version__}")
     return p
 
@@ -125,6 +136,7 @@ def setup(args: argparse.Namespace) -> tuple[Config, Context]:
                 raise ConfigError(f"{flag}: {path} is not a directory")
     node_file = read_node_file(roots.snapshot / "node.json") if roots.snapshot else None
     node = args.node_name or config.agent.node_name or (node_file.node if node_file else None) or config.node_name
+    logs.context(node=node)  # every JSON log line names this node
     expect = merge_expectations(config.agent.expect, node_file.expect) if node_file else config.agent.expect
     # The tuner never writes in --once unless --tune asks it to.
     mode = RunMode(once=bool(args.once), tune=bool(getattr(args, "tune", False)),
@@ -262,7 +274,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(args.log_level, args.log_format)
     try:
         check_flags(args)
         if args.json and not args.once:
