@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from agent.sources import REGISTRY
-from agent.base import tools
+from agent.base import logs, tools
 from agent.base.collector import Context, RunMode
 from agent.base.errors import error_text
 from agent.base.config import (DEFAULT_PORT, Config, ConfigError, check_node_name, listen_flag, load, number_flag,
@@ -60,10 +60,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+EXAMPLES = """\
+examples:
+  agent --once --snapshot mi300x-faulty          diagnose a recorded node (a fixture): exits 1, unhealthy
+  agent validate --probe builtin --force         run the built-in GPU probe on this (drained) node
+  agent --config /etc/vigil/vigil.yaml --aggregator vigil-aggregator.vigil.svc:50051 --log-format json
+                                                 serve /metrics and stream findings, logging JSON lines
+
+exit status: 0 healthy, 1 unhealthy, 2 unknown, 64 bad usage, 78 bad configuration, 70 internal error,
+75 listen address in use"""
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="agent", description="Vigil GPU node health agent.",
-                epilog="exit status: 0 healthy, 1 unhealthy, 2 unknown, 64 bad usage, 78 bad configuration, "
-                       "70 internal error, 75 listen address in use")
+                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES)
     p.add_argument("command", nargs="?", choices=["run", "snapshot", "demo", "validate"], default="run",
                    help="run (default): serve metrics; snapshot DIR: capture this node; demo: embedded node; "
                         "validate: run the active probes on this node")
@@ -108,7 +118,7 @@ def parser() -> argparse.ArgumentParser:
                    help="validate: run even though which pod holds which GPU cannot be read (a drained node)")
     p.add_argument("--metrics-file", metavar="FILE", default=None,
                    help="validate: also write the vigil_probe_* metrics to FILE (node_exporter textfile format)")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    logs.add_flags(p)
     p.add_argument("--version", action="version", version=f"vigil agent {__version__}")
     return p
 
@@ -143,6 +153,7 @@ def setup(args: argparse.Namespace) -> tuple[Config, Context]:
                 raise ConfigError(f"{flag}: {path} is not a directory")
     node_file = read_node_file(roots.snapshot / "node.json") if roots.snapshot else None
     node = args.node_name or config.agent.node_name or (node_file.node if node_file else None) or config.node_name
+    logs.context(node=node)  # every JSON log line names this node
     expect = merge_expectations(config.agent.expect, node_file.expect) if node_file else config.agent.expect
     # The tuner never writes in --once unless --tune asks it to.
     mode = RunMode(once=bool(args.once), tune=bool(getattr(args, "tune", False)),
@@ -356,7 +367,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(args.log_level, args.log_format)
     try:
         check_flags(args)
         if args.command == "validate":

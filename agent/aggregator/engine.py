@@ -546,13 +546,18 @@ class Engine:
         word = "check" if verdict.kind == UNHEALTHY else "reason"
         return f"{word} {_short(verdict.reason, 100)}: {_short(verdict.message)}"
 
+    @staticmethod
+    def _fields(name: str, verdict: Verdict) -> dict[str, str]:
+        """The JSON log fields of a decision line (agent/base/logs.py): the node, and the check when it failed."""
+        return {"node": name, "check": verdict.reason} if verdict.kind == UNHEALTHY else {"node": name}
+
     def _log_decision(self, name: str, verdict: Verdict) -> None:
         """One line per new decision (a resync that finds the same verdict logs nothing at INFO)."""
         if self._logged.get(name) == verdict:
             log.debug("node %s: still %s", name, verdict.kind)
             return
         self._logged[name] = verdict
-        log.info("node %s: decided %s, %s", name, verdict.kind, self._why(verdict))
+        log.info("node %s: decided %s, %s", name, verdict.kind, self._why(verdict), extra=self._fields(name, verdict))
 
     def _remember(self, name: str, verdict: Verdict, done: list[str]) -> None:
         self.decisions.append((name, verdict.kind, tuple(done)))
@@ -626,7 +631,7 @@ class Engine:
             m.bump(m.actions, ("quarantine", "ok"))
             out.append("quarantine")
             log.info("node %s: tainted %s:%s and cordoned, %s%s", name, TAINT_KEY, TAINT_EFFECT, self._why(verdict),
-                     note[0])
+                     note[0], extra=self._fields(name, verdict))
             await self._event(o, "quarantine", episode, "VigilCordoned",
                               f"Vigil tainted {name} {TAINT_KEY}:{TAINT_EFFECT} and cordoned it: "
                               f"{verdict.message}{self.remedy.notes.get(name, '')}{note[0]}", "Warning")
@@ -668,7 +673,8 @@ class Engine:
         async def report(o: dict[str, Any], out: list[str]) -> None:
             m.bump(m.actions, ("condition", "ok"))
             out.append(f"condition={status}")
-            log.info("node %s: condition VigilHealthy=%s, %s", name, status, self._why(verdict))
+            log.info("node %s: condition VigilHealthy=%s, %s", name, status, self._why(verdict),
+                     extra=self._fields(name, verdict))
             await self._event(obj, f"condition-{status}", episode, ev_reason, f"{reason}: {message}", ev_type)
 
         pend = _Pending(landed, report)
