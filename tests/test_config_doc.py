@@ -52,7 +52,9 @@ def test_every_key_of_every_section_is_documented():
     schemas = {"agent": None, "stream": None, **collector_schemas()}
     for section, cls in collector_schemas().items():
         for f in dataclasses.fields(cls):
-            assert f"| `{section}.{f.name}` |" in text, f"{section}.{f.name}"
+            nested_section = dataclasses.is_dataclass(f.default_factory()) if callable(f.default_factory) else False
+            row = f"| `{section}.{f.name}." if nested_section else f"| `{section}.{f.name}` |"
+            assert row in text, f"{section}.{f.name}"
     assert all(f"## `{s}`" in text for s in schemas)
 
 
@@ -78,7 +80,16 @@ def nested(key: str, value):
 def test_documented_bounds_are_enforced(key, kind, lo, hi):
     schemas = collector_schemas()
     cast = int if kind == "integer" else float
-    from_mapping(nested(key, cast(hi)), schemas)  # the bound itself is accepted
+    try:
+        from_mapping(nested(key, cast(hi)), schemas)  # the bound itself is accepted
+    except ConfigError as e:  # ... unless a relation to another key refuses it: satisfy that one too
+        m = re.search(r"must be at (?:most|least) ([a-z_.]+)", str(e))
+        assert m, str(e)
+        both = nested(key, cast(hi))
+        both_section = nested(m.group(1), cast(hi))
+        for k, v in both_section.items():
+            both.setdefault(k, {}).update(v) if isinstance(v, dict) else both.update({k: v})
+        from_mapping(both, schemas)
     with pytest.raises(ConfigError, match=re.escape(key)):
         from_mapping(nested(key, cast(hi * 2 + 1)), schemas)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from agent.base.config import ConfigError, in_range
+from agent.base.config import MAX_COUNT, ConfigError, in_range
 
 LEVELS = ("quick", "full")
 
@@ -87,7 +87,7 @@ class BuiltinSettings(ToolProbeSettings):
 
     def check(self, prefix: str) -> None:
         in_range(f"{prefix}.matmul_size", self.matmul_size, 16, 65536)
-        in_range(f"{prefix}.copy_bytes", self.copy_bytes, 1 << 10, 1 << 36)
+        in_range(f"{prefix}.copy_bytes", self.copy_bytes, 1 << 10, MAX_COUNT)  # 2 GiB: a C int
 
 
 @dataclass
