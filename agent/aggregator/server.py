@@ -134,7 +134,6 @@ class HealthService(pbg.HealthServicer):
 
     async def _serve(self, context: grpc.aio.ServicerContext, watch: _Watch) -> None:
         engine = self.engine
-        cfg = engine.cfg
         if not engine.leader.is_leader():
             self._refuse("standby")
             raise _End(grpc.StatusCode.UNAVAILABLE, "standby replica: not the Lease holder")

@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from agent.base.config import AMD_EXPORTER_SOCKET as DEFAULT_SOCKET
 from agent.base.findings import FATAL, OK, UNHEALTHY, UNKNOWN, WARNING, Finding, bad, ok
 from agent.base.metrics import Counter, Gauge, MetricSet, render
 from agent.base.pci import normalize

@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from agent.base import statefile
 
 log = logging.getLogger(__name__)
 
@@ -110,25 +109,5 @@ def load(path: Path) -> EventState:
 
 
 def save(path: Path, state: EventState) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(state.to_json(), f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:  # some filesystems refuse fsync on a directory; the rename is done either way
-        pass
+    """Atomically (a temporary file, fsync, rename, fsync of the directory): a crash leaves the old or the new."""
+    statefile.save_json(path, state.to_json())

@@ -66,7 +66,7 @@ class Prober:
             del self._stuck[path]
         box: dict[str, ProbeResult] = {}
         start = time.monotonic()
-        t = threading.Thread(target=lambda: box.setdefault("r", _probe(path, write)), name=f"mount-probe",
+        t = threading.Thread(target=lambda: box.setdefault("r", _probe(path, write)), name="mount-probe",
                              daemon=True)
         t.start()
         t.join(timeout)

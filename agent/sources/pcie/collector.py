@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.base.collector import Collector, Context, NoData, Observation, Output
+from agent.base.collector import Collector, NoData, Observation, Output
 from agent.base.config import CollectorSettings
 from agent.base.findings import FATAL, WARNING, Finding, bad, ok, unknown
 from agent.base.metrics import MetricSet
