@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import resource
 
+from agent.base.kmsg import RING_RECORDS
 from agent.base.findings import EVENT, WARNING, bad
 from agent.run.runner import CollectorRunner
 from agent.sources.gpu_events import rules
@@ -86,7 +87,8 @@ def test_800000_lines_of_29_distinct_errors_are_29_episodes_on_the_stream(tmp_pa
             cycles += 1
             if collector._state.kmsg_seq == total:
                 break
-            assert cycles < 20
+            # the shared kmsg feed hands out at most its ring (RING_RECORDS) per read: a backlog goes in turns
+            assert cycles <= total // (RING_RECORDS // 2) + 2
         grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
         events = [f for f in result.output.findings if f.is_event]
         # Held state stays at the distinct errors: 2 sticky episodes, not ~55,000 sticky entries.
