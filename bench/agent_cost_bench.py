@@ -19,7 +19,6 @@ import argparse
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,16 +26,11 @@ import time
 from pathlib import Path
 
 import psutil
+from benchlib import free_port  # noqa: E402 (bench/ is the script's own directory)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 from scale_fixtures import build  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def scrape(conn: http.client.HTTPConnection, gzip: bool = True) -> bytes:

@@ -30,6 +30,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from benchlib import free_port, wait_ready  # noqa: E402 (bench/ is the script's own directory)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -286,14 +287,6 @@ async def run(args: argparse.Namespace, grpc_port: int, metrics_url: str, fake) 
     return result
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--streams", type=int, default=1000)
@@ -319,17 +312,7 @@ def main() -> int:
                            cwd=ROOT)
     metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("the aggregator did not become ready")
-            time.sleep(0.2)
+        wait_ready(metrics_port, 30)
         result = asyncio.run(run(args, grpc_port, metrics_url, parent))
     finally:
         agg.terminate()

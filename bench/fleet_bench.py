@@ -41,8 +41,8 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+from benchlib import free_port, wait_ready  # noqa: E402 (bench/ is the script's own directory)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -207,14 +207,6 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def hb_stats(text: str) -> tuple[float, float]:
     """(mean, p99 bucket bound) of vigil_aggregator_heartbeat_seconds, in microseconds."""
     n = metric(text, "vigil_aggregator_heartbeat_seconds_count")
@@ -351,17 +343,7 @@ def one(args: argparse.Namespace, n: int) -> dict:
     agg = subprocess.Popen(cmd, cwd=ROOT)
     metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or agg.poll() is not None:
-                raise SystemExit("the aggregator did not become ready")
-            time.sleep(0.2)
+        wait_ready(metrics_port, 60, agg)
         time.sleep(1.0)
         rss_base = rss_mib(agg.pid)
         return asyncio.run(fleet(args, n, grpc_port, metrics_url, parent, agg.pid, fake_pid, rss_base))

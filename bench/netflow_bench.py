@@ -40,14 +40,9 @@ from agent.base.collector import Context
 from agent.sources.netflow.collector import NetflowCollector, NetflowSettings
 from agent.base.config import Expectations
 from agent.base.roots import Roots
+from benchlib import free_port  # noqa: E402 (bench/ is the script's own directory)
 
 IP_BIND_ADDRESS_NO_PORT = 24
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Probe:

@@ -18,7 +18,6 @@ import argparse
 import http.client
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,16 +25,11 @@ import time
 from pathlib import Path
 
 import psutil
+from benchlib import free_port  # noqa: E402 (bench/ is the script's own directory)
 
 ROOT = Path(__file__).resolve().parent.parent
 AGENT = [sys.executable, "-m", "agent.cli"]  # this checkout's agent (not an installed console script)
 RDMA_NODE = "rdma-8port-healthy"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(port: int, path: str = "/metrics", timeout: float = 30) -> None:
