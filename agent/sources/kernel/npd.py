@@ -273,9 +273,7 @@ def load_file(path: str | Path) -> RuleSet:
 def parse(raw: object, name: str) -> RuleSet:
     if not isinstance(raw, dict):
         raise ConfigError(f"{name}: expected an object")
-    for key in raw:
-        if key not in TOP_KEYS:
-            raise ConfigError(f"{name}: {str(key)[:80]}: unknown key (known: {', '.join(sorted(TOP_KEYS))})")
+    _only(raw, TOP_KEYS, f"{name}: ")
     plugin = raw.get("plugin")
     if plugin not in (None, "", "kmsg"):
         raise ConfigError(f"{name}: plugin: {str(plugin)[:40]!r}: Vigil judges the kernel log only (plugin kmsg)")
@@ -313,6 +311,13 @@ def parse(raw: object, name: str) -> RuleSet:
     return rs
 
 
+def _only(obj: dict, known: set[str], prefix: str) -> None:
+    """Refuse the first key NPD's format does not define (a typo would silently disable a rule)."""
+    for key in obj:
+        if key not in known:
+            raise ConfigError(f"{prefix}{str(key)[:80]}: unknown key (known: {', '.join(sorted(known))})")
+
+
 def _text(obj: dict, key: str, where: str, required: bool = True, limit: int = 1024) -> str:
     v = obj.get(key)
     if v is None or v == "":
@@ -327,9 +332,7 @@ def _text(obj: dict, key: str, where: str, required: bool = True, limit: int = 1
 def _condition(c: object, where: str) -> Condition:
     if not isinstance(c, dict):
         raise ConfigError(f"{where}: expected an object")
-    for key in c:
-        if key not in CONDITION_KEYS:
-            raise ConfigError(f"{where}.{str(key)[:80]}: unknown key (known: {', '.join(sorted(CONDITION_KEYS))})")
+    _only(c, CONDITION_KEYS, f"{where}.")
     ctype = _text(c, "type", where, limit=128)
     if not _NAME.fullmatch(ctype):
         raise ConfigError(f"{where}.type: {ctype[:80]!r}: expected a name (letters, digits, _)")
@@ -352,9 +355,7 @@ def _severity(v: object, where: str) -> str:
 def _rule(r: object, where: str, conditions: set[str]) -> Rule:
     if not isinstance(r, dict):
         raise ConfigError(f"{where}: expected an object")
-    for key in r:
-        if key not in RULE_KEYS:
-            raise ConfigError(f"{where}.{str(key)[:80]}: unknown key (known: {', '.join(sorted(RULE_KEYS))})")
+    _only(r, RULE_KEYS, f"{where}.")
     rtype = r.get("type")
     if rtype not in (PERMANENT, TEMPORARY):
         raise ConfigError(f"{where}.type: must be permanent or temporary, got {str(rtype)[:40]!r}")
