@@ -60,12 +60,15 @@ def gpu_functions(sysfs: Path) -> dict[str, str] | None:
     return found
 
 
+def by_vendor(functions: dict[str, str]) -> dict[str, int]:
+    """vendor -> number of GPU PCI functions, from gpu_functions()'s answer."""
+    counts: dict[str, int] = {}
+    for vendor in functions.values():
+        counts[vendor] = counts.get(vendor, 0) + 1
+    return counts
+
+
 def count_gpus(sysfs: Path) -> dict[str, int] | None:
     """vendor -> number of GPU PCI functions; None when the PCI tree is not there."""
     found = gpu_functions(sysfs)
-    if found is None:
-        return None
-    counts: dict[str, int] = {}
-    for vendor in found.values():
-        counts[vendor] = counts.get(vendor, 0) + 1
-    return counts
+    return None if found is None else by_vendor(found)

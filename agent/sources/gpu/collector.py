@@ -133,7 +133,7 @@ class GpuCollector(Collector):
     def read(self) -> GpuReadings:
         if self._pci is None:
             functions = pci.gpu_functions(self.ctx.roots.sysfs)
-            self._pci = None if functions is None else pci.count_gpus(self.ctx.roots.sysfs)
+            self._pci = None if functions is None else pci.by_vendor(functions)  # one walk of the PCI tree
             self._pci_addresses = frozenset(functions or ())
         if self._chains is None:
             self._chains = self._build_chains()
