@@ -523,7 +523,8 @@ class StreamClient:
             return
         c = self._c
         c.rejected += len(rejections)
-        c.last_rejection = rejections[-1]
+        seq, reason = rejections[-1]
+        c.last_rejection = (seq, reason[:300])  # the aggregator's words, bounded: they go into a finding
         c.rejected_at = self.clock()
         for seq, reason in rejections[:3]:
             log.warning("the aggregator refused event seq %d: %s (never applied; dropped from the spool)", seq,
