@@ -60,6 +60,8 @@ STREAM_CONNECTS = Counter("vigil_stream_connects_total", "Health stream sessions
 STREAM_EVENTS_ACKED = Counter("vigil_stream_events_acked_total", "Events acknowledged by the aggregator.", ())
 STREAM_EVENTS_SENT = Counter("vigil_stream_events_sent_total", "Events sent on the health stream (resends included).",
                              ())
+STREAM_DIGEST_TRIMMED = Gauge("vigil_stream_digest_trimmed_problems", "Problems left out of the latest digest to "
+                              "fit one message (non-fatal ones first); 0 normally.", ())
 STREAM_EVENTS_REJECTED = Counter("vigil_stream_events_rejected_total", "Events the aggregator refused (named in an "
                                  "Ack or Welcome): never applied, dropped from the spool, never sent again.", ())
 STREAM_FAILURES = Counter("vigil_stream_failures_total", "Health stream sessions that failed, by gRPC code.",
@@ -293,6 +295,7 @@ class StreamClient:
         ms.add(STREAM_EVENTS_SENT, {}, c.sent)
         ms.add(STREAM_EVENTS_ACKED, {}, c.acked)
         ms.add(STREAM_EVENTS_REJECTED, {}, c.rejected)
+        ms.add(STREAM_DIGEST_TRIMMED, {}, c.digest_trimmed)
         ms.add(STREAM_UNACKED_EVENTS, {}, c.inflight)
         ms.add(STREAM_LAST_ACK_AGE_SECONDS, {},
                None if c.last_ack_at is None else round(self.clock() - c.last_ack_at, 3))
@@ -553,6 +556,7 @@ class StreamClient:
         problems = _problems(rows)
         budget = max_bytes - MESSAGE_MARGIN
         size = sum(p.ByteSize() + 8 for p in problems)
+        before = self._c.digest_trimmed
         self._c.digest_trimmed = 0
         if size <= budget and len(problems) <= wire.MAX_DIGEST:
             return problems
@@ -565,7 +569,9 @@ class StreamClient:
             kept.append(p)
             used += n
         self._c.digest_trimmed = len(problems) - len(kept)
-        log.warning("digest trimmed to %d of %d problems to fit one message (fatal first)", len(kept), len(problems))
+        if self._c.digest_trimmed != before:  # once per change, not every heartbeat
+            log.warning("digest trimmed to %d of %d problems to fit one message (fatal first)", len(kept),
+                        len(problems))
         return kept
 
     def _channel(self, target: str) -> Any:

@@ -194,3 +194,19 @@ def test_a_session_the_aggregator_aborted_is_reconnected_at_once(tmp_path):
     finally:
         c.stop()
         r.stop()
+
+
+def test_a_digest_too_large_for_one_message_keeps_its_fatal_problems_and_says_how_many_it_left_out(tmp_path):
+    """2,000 warnings with 4 KiB messages and 3 fatal problems (8 MiB of digest) against a 64 KiB message limit:
+    the fatal ones travel, the metric counts what was left out."""
+    from agent.stream.spool import StateRow
+
+    c = client(tmp_path, 1)
+    rows = [StateRow(f"gpu.w{i}", "gpu0", "gpu", "gpu", "unhealthy", "warning", "m" * 4000) for i in range(2000)]
+    rows += [StateRow("gpu.ecc.uncorrectable", f"gpu{i}", "gpu", "gpu", "unhealthy", "fatal", "2 errors")
+             for i in range(3)]
+    kept = c._digest(rows, 64 * 1024)
+    assert sum(p.ByteSize() for p in kept) < 64 * 1024
+    assert [p.entity for p in kept[:3]] == ["gpu0", "gpu1", "gpu2"] and kept[0].check == "gpu.ecc.uncorrectable"
+    assert c.metrics().value("vigil_stream_digest_trimmed_problems") == 2003 - len(kept) > 0
+    assert c._digest(rows[-3:], 64 * 1024) and c.metrics().value("vigil_stream_digest_trimmed_problems") == 0
