@@ -289,10 +289,11 @@ class Drain:
                 + (f". Not evicted by the deadline ({self.cfg.deadline:g}s): {report.text(('not-evicted',))}"
                    if left else "")
                 + (f". Kept: {report.text(('kept',))}" if any(a['state'] == 'kept' for a in report.affected) else ""))
+        # the record first: whoever reads the end Event finds the annotation it refers to
+        await self._annotate(node, report)
         await e._event({"metadata": {"name": node}}, "drain-end", f"{reason}/{len(done)}/{len(left)}",
                        "VigilDrainIncomplete" if left else "VigilDrainFinished", text,
                        "Warning" if left else "Normal")
-        await self._annotate(node, report)
 
     async def _evict(self, ns: str, name: str) -> tuple[str, str]:
         """("evicted" | "gone" | "blocked", why). 429 (a budget) and transient errors are blocked: retried."""

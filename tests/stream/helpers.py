@@ -116,4 +116,8 @@ class ReadOnly:
         sh("mount", "-o", "remount,rw,bind", str(self.path))
 
     def close(self) -> None:
-        subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
+        # a mount can be stacked (a remount raced a retry): undo every layer, or pytest cannot remove the dir
+        for _ in range(8):
+            if subprocess.run(["mountpoint", "-q", str(self.path)]).returncode != 0:
+                break
+            subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
