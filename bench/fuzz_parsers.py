@@ -20,7 +20,10 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 MODULES = ("tests.gpu.test_properties", "tests.gpu_events.test_properties", "tests.rdma.test_properties",
-           "tests.containers.test_properties", "tests.netflow.test_properties")
+           "tests.containers.test_properties", "tests.netflow.test_properties",
+           # issue 17's node checks: NPD rule files and kmsg line matching, /proc/mounts, AER files, nvme smart-log
+           "tests.kernel.test_properties", "tests.mounts.test_properties", "tests.pcie.test_properties",
+           "tests.nvme.test_properties")
 
 
 def run(name: str, strategy, check, examples: int, rng_seed: int) -> dict:

@@ -96,3 +96,13 @@ def test_a_failing_hanging_or_missing_tool_is_unknown(tmp_path, monkeypatch):
     assert f[("nvme.media_errors", "nvme1")].status == "unknown"
     f = run(tmp_path / "c", monkeypatch, None)
     assert "not available" in f[("nvme.critical_warning", "nvme0")].message
+
+
+def test_a_number_past_int_limits_costs_only_its_field():
+    """Regression (bench/fuzz_parsers.py): a 5,000-digit value made json.loads raise (int()'s 4,300-digit limit),
+    and the whole log, critical warning included, was lost for one field."""
+    text = (NVME / "smart-log-wd-2tb.json").read_text().replace('"media_errors":0', '"media_errors":' + "9" * 5000)
+    assert "9" * 5000 in text
+    s = parse_smart_log(text)
+    assert s.critical_warning == 0 and s.percent_used == 3 and s.media_errors is None
+    assert s.invalid == ["media_errors=" + "9" * 24]

@@ -57,13 +57,19 @@ def _int(doc: dict, key: str, hi: int, invalid: list[str]) -> int | None:
     return None
 
 
+def _json_int(digits: str) -> int | str:
+    return int(digits) if len(digits) <= 24 else digits
+
+
 def parse_smart_log(text: str) -> SmartLog:
     """Raises ValueError when the output is not a JSON object (the tool's output is unusable); a bad field costs
     only that field."""
     if len(text) > MAX_BYTES:
         raise ValueError(f"smart-log output larger than {MAX_BYTES} bytes")
     try:
-        doc: Any = json.loads(text)
+        # A number too long for any counter stays text (ascii_int refuses it: that field is invalid); int() would
+        # raise past 4,300 digits and lose the whole log for one field.
+        doc: Any = json.loads(text, parse_int=_json_int)
     except (ValueError, RecursionError) as e:
         raise ValueError(f"smart-log output is not JSON: {str(e)[:80]}") from None
     if not isinstance(doc, dict):
