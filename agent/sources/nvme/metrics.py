@@ -13,3 +13,6 @@ NVME_SPARE_THRESHOLD = Gauge("vigil_nvme_available_spare_threshold_ratio", "The 
 NVME_MEDIA_ERRORS = Counter("vigil_nvme_media_errors_total", "Unrecovered data integrity errors the controller "
                             "detected over the drive's life.", ("device",))
 NVME_TEMPERATURE = Gauge("vigil_nvme_temperature_celsius", "Composite temperature.", ("device",))
+NVME_INFO = Gauge("vigil_nvme_info", "A local NVMe controller (1) as sysfs shows it without privileges: model, "
+                  "serial, firmware and the kernel's controller state (live, resetting, dead ...).",
+                  ("device", "firmware_revision", "model", "serial", "state"))
