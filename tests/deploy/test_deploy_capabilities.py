@@ -6,7 +6,8 @@ them for root), then with one capability removed.
 
 Also proven: the tuner's sysctl writes need none of them (root owns /proc/sys in the host's namespaces;
 NET_ADMIN is *not* what net.* sysctls need), kernel.numa_balancing needs SYS_ADMIN (the tuner-enforce
-component's addition), and a socket in a read-only bind-mounted directory stays usable and survives its daemon
+component's addition), the nvme source says exactly what to enable under the DaemonSet's set and tries the
+SMART log with the nvme-smart component's (its capability check reads the real effective set), and a socket in a read-only bind-mounted directory stays usable and survives its daemon
 re-creating it, while a bind-mounted socket file goes stale (why the DaemonSet mounts /run/containerd and
 /var/lib/kubelet/pod-resources as directories, read-only).
 
@@ -233,6 +234,46 @@ def kustomize_component_caps(component: str) -> list[str]:
         objs = kustomize(Path(d))
     return [c for c in container(objs, "DaemonSet", "vigil-agent", "agent")["securityContext"]["capabilities"]["add"]
             if c in bounding()]
+
+
+# -- nvme: the SMART log needs SYS_ADMIN (components/nvme-smart) ---------------------------------------------------
+NVME_CHILD = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    from agent.base.collector import Context
+    from agent.base.config import Expectations
+    from agent.base.roots import Roots
+    from agent.sources.nvme.collector import NvmeCollector, NvmeSettings
+    root = Path(sys.argv[1])
+    c = NvmeCollector(NvmeSettings(), Context(Roots(root / "sys", root), "n", Expectations()), dev=root / "dev")
+    print(json.dumps({f"{f.check} {f.entity}": [f.status, f.message] for f in c.evaluate(c.read(), None, None).findings}))
+""")
+
+
+def test_nvme_smart_log_without_sys_admin_says_what_to_enable(tmp_path):
+    """The nvme source as the DaemonSet runs it (its capability set, no SYS_ADMIN), then with the nvme-smart
+    component's set. No NVMe drive exists here: the sysfs tree and /dev/nvmeN are stand-ins and `nvme` is a
+    fake printing a real nvme-cli output; what is real is the capability set the check reads."""
+    import json
+    from tests.nvme.test_nvme import NVME, fake_node
+    _, bindir = fake_node(tmp_path, f"cat {NVME / 'smart-log-wd-2tb.json'}\n", ctrls=("nvme0",))
+    env = {**os.environ, "PATH": f"{bindir}:/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+
+    def findings(caps):
+        p = run_with(caps, [sys.executable, "-c", NVME_CHILD, str(tmp_path)], env=env, timeout=60)
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout)
+
+    base = findings(BASE_CAPS)
+    for check in ("nvme.critical_warning", "nvme.media_errors", "nvme.percentage_used"):
+        assert base[f"{check} nvme0"] == ["unknown", "nvme smart-log needs CAP_SYS_ADMIN and /dev/nvme0: "
+                                                     "enable component nvme-smart"]
+    assert base["nvme.controller_state nvme0"][0] == "ok"  # sysfs needs no capability
+    smart = kustomize_component_caps("nvme-smart")
+    assert "SYS_ADMIN" in smart and set(smart) - {"SYS_ADMIN"} <= set(BASE_CAPS)  # (those this machine has)
+    with_it = findings(smart)
+    assert with_it["nvme.critical_warning nvme0"] == ["ok", "no critical warning"]
+    assert with_it["nvme.percentage_used nvme0"][0] == "ok"
 
 
 # -- sockets: directories, read-only ------------------------------------------------------------------------------

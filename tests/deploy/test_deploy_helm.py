@@ -105,10 +105,13 @@ def test_namespace_create_renders_the_base_whole(tmp_path):
     ({"dryRun": True}, ["overlays/dry-run"], []),
     ({"tuner": {"mode": "enforce"}}, ["base"], ["tuner-enforce"]),
     ({"tls": {"enabled": True}}, ["base"], ["tls"]),
+    ({"nvme": {"smartLog": True}}, ["base"], ["nvme-smart"]),
+    ({"vendor": "amd", "nvme": {"smartLog": True}}, ["overlays/amd"], ["nvme-smart"]),
     ({"vendor": "amd", "dryRun": True, "tls": {"enabled": True}}, ["overlays/amd"], ["dry-run", "tls"]),
     ({"vendor": "nvidia", "tuner": {"mode": "enforce"}, "tls": {"enabled": True}}, ["overlays/nvidia"],
      ["tuner-enforce", "tls"]),
-], ids=["amd", "nvidia", "dry-run", "tuner-enforce", "tls", "amd+dry-run+tls", "nvidia+enforce+tls"])
+], ids=["amd", "nvidia", "dry-run", "tuner-enforce", "tls", "nvme-smart", "amd+nvme-smart", "amd+dry-run+tls",
+        "nvidia+enforce+tls"])
 def test_each_option_renders_its_component(tmp_path, values, resources, components):
     assert_same(template(tmp_path, values), without_namespace(compose(tmp_path, resources, components)))
 
