@@ -13,13 +13,19 @@ from agent.base.tools import Unavailable, run_tool
 
 # Relative to the sysfs / procfs roots. Regular files are copied; unreadable ones are skipped (procfs does the
 # same: a counter that reads EINVAL is not an error).
+# Of every PCI function (bridges included): copied where the kernel keeps them (devices/pci<domain:bus>/<bridge>/
+# .../<bdf>/), with bus/pci/devices/<bdf> a relative symlink to that directory, as on a node. The topology is
+# what the AER walker reads to find the bridges above a GPU, NIC or NVMe drive (agent/sources/pcie/sysfs.py):
+# flat bus/pci/devices/<bdf> directories would lose every bridge on replay.
+PCI_FILES = ["vendor", "device", "class", "aer_dev_correctable", "aer_dev_nonfatal", "aer_dev_fatal"]
 SYS_GLOBS = [
-    "bus/pci/devices/*/vendor", "bus/pci/devices/*/device", "bus/pci/devices/*/class",
-    "bus/pci/devices/*/aer_dev_correctable", "bus/pci/devices/*/aer_dev_nonfatal", "bus/pci/devices/*/aer_dev_fatal",
     "class/infiniband/*/*", "class/infiniband/*/ports/*/*", "class/infiniband/*/ports/*/counters/*",
     "class/infiniband/*/ports/*/counters_ext/*", "class/infiniband/*/ports/*/hw_counters/*",
     "class/infiniband/*/ports/*/gid_attrs/ndevs/*",
     "class/net/*/operstate", "class/net/*/mtu", "class/net/*/carrier", "class/net/*/address",
+    # NVMe: what sysfs shows without privileges (agent/sources/nvme/sysfs.py)
+    "class/nvme/*/state", "class/nvme/*/model", "class/nvme/*/serial", "class/nvme/*/firmware_rev",
+    "class/nvme/*/transport", "class/nvme/*/hwmon*/temp1_input", "class/nvme/*/hwmon*/temp1_alarm",
 ]
 PROC_GLOBS = [
     "sys/vm/max_map_count", "sys/fs/file-max", "sys/fs/nr_open", "sys/fs/inotify/max_user_watches",
@@ -62,6 +68,7 @@ def capture(dest: Path, node: str, sysfs: Path = Path("/sys"), procfs: Path = Pa
     kmsg = read_kmsg()
     if kmsg is not None:
         (dest / "kmsg.txt").write_bytes(kmsg)
+    _capture_pci(dest / "sys", sysfs, notes)
     for root, name, globs in ((sysfs, "sys", SYS_GLOBS), (procfs, "proc", PROC_GLOBS)):
         for pattern in globs:
             for src in glob.glob(str(root / pattern)):
@@ -69,6 +76,30 @@ def capture(dest: Path, node: str, sysfs: Path = Path("/sys"), procfs: Path = Pa
     _capture_mounts(dest, sysfs, procfs, notes)
     _capture_nvme(dest, sysfs, timeout, notes)
     return notes
+
+
+def _capture_pci(dest_sys: Path, sysfs: Path, notes: list[str]) -> None:
+    devices = sysfs / "bus" / "pci" / "devices"
+    try:
+        entries = sorted(devices.iterdir())[:4096]
+    except OSError:
+        return
+    real_root = os.path.realpath(sysfs)
+    for link in entries:
+        real = os.path.realpath(link)
+        rel = os.path.relpath(real, real_root)
+        target = dest_sys / "bus" / "pci" / "devices" / link.name
+        if rel.startswith("..") or rel == "." or not rel.startswith("devices" + os.sep):
+            # Not a kernel-layout link (a flat tree, e.g. an older snapshot replayed as sysfs): copy it flat.
+            for name in PCI_FILES:
+                _copy_file(link / name, target / name, notes)
+            continue
+        for name in PCI_FILES:
+            _copy_file(Path(real) / name, dest_sys / rel / name, notes)
+        (dest_sys / rel).mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.is_symlink() and not target.exists():
+            target.symlink_to(os.path.relpath(dest_sys / rel, target.parent))
 
 
 def _capture_nvme(dest: Path, sysfs: Path, timeout: float, notes: list[str]) -> None:
@@ -81,7 +112,12 @@ def _capture_nvme(dest: Path, sysfs: Path, timeout: float, notes: list[str]) -> 
     if not shutil.which("nvme"):
         notes.append("nvme: nvme-cli not installed (no SMART logs)")
         return
+    from agent.sources.nvme.collector import NEEDS_ACCESS, effective_capabilities, CAP_SYS_ADMIN
+    caps = effective_capabilities()
     for ctrl in ctrls[:256]:
+        if not Path("/dev", ctrl).exists() or (caps is not None and not caps >> CAP_SYS_ADMIN & 1):
+            notes.append(NEEDS_ACCESS.format(ctrl=ctrl))
+            continue
         try:
             out = run_tool(["nvme", "smart-log", f"/dev/{ctrl}", "-o", "json"], timeout)
         except (Unavailable, TimeoutError, RuntimeError, OSError) as e:

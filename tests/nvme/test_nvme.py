@@ -204,3 +204,19 @@ def test_a_snapshot_without_smart_logs_still_has_the_controllers(tmp_path):
     assert f[("nvme.critical_warning", "nvme0")].status == "unknown"
     assert "not in the snapshot" in f[("nvme.critical_warning", "nvme0")].message
     assert f[("nvme.controller_state", "nvme0")].status == "ok"
+
+
+def test_a_snapshot_carries_what_sysfs_showed(tmp_path):
+    """`agent snapshot` of a node whose SMART logs it cannot read (no nvme-cli, or no access) keeps the
+    controllers' sysfs view: the replay judges state and temperature and names the missing log."""
+    from agent.run.snapshot import capture
+    sysfs, _ = fake_node(tmp_path / "live", None, ctrls=("nvme0",))
+    (sysfs / "class/nvme/nvme0/hwmon2/temp1_alarm").write_text("1\n")
+    (tmp_path / "live" / "proc").mkdir()
+    capture(tmp_path / "snap", "n", sysfs=sysfs, procfs=tmp_path / "live" / "proc")
+    roots = Roots.from_snapshot(tmp_path / "snap")
+    c = NvmeCollector(NvmeSettings(), Context(roots, "n", Expectations()))
+    f = {(x.check, x.entity): x for x in c.evaluate(c.read(), None, None).findings}
+    assert f[("nvme.controller_state", "nvme0")].status == "ok"
+    assert f[("nvme.temperature", "nvme0")].status == "unhealthy" and f[("nvme.temperature", "nvme0")].value == 41.85
+    assert f[("nvme.media_errors", "nvme0")].status == "unknown"
