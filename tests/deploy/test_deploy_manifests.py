@@ -544,3 +544,21 @@ def test_remediation_components_grant_exactly_what_their_code_calls(tmp_path, co
     base = granted(rendered("overlays/nvidia"), "ClusterRole")
     for c in feature.values():  # the base grants none of them
         assert not {(g_, r, v) for g_, r, v, _ in c.API_CALLS} <= base
+
+
+@pytest.mark.parametrize("tree", WORKLOAD_TREES)
+def test_the_mounts_source_reaches_the_hosts_table_and_paths(tree):
+    """The mounts source reads the host's table at <--procfs>/1/mounts (hostPID, the host's /proc mounted
+    there) and probes its paths under mounts.host_root: a mount of the host's / with HostToContainer
+    propagation (shares mounted after the pod started appear). tests/mounts/test_host_namespace.py shows why
+    probing the pod's own paths is wrong, with real namespaces."""
+    spec = pod_spec(tree, AGENT_DS)
+    c = agent_container(tree)
+    assert spec["hostPID"] is True
+    vols = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    procfs = dict(split_args(c["args"]))["--procfs"]
+    assert vols[mounts[procfs]["name"]]["hostPath"]["path"] == "/proc"
+    root = yaml.safe_load(agent_config_map(tree)["data"]["vigil.yaml"])["mounts"]["host_root"]
+    assert vols[mounts[root]["name"]]["hostPath"]["path"] == "/"
+    assert mounts[root]["mountPropagation"] == "HostToContainer"

@@ -3,9 +3,15 @@ inodes; the node's root, kubelet and containerd directories have space (ephemera
 
 Which mounts: every mount in the host's mount table (/proc/1/mounts with hostPID, else /proc/mounts) whose type
 is in `fs_types` (NFS, CIFS/SMB, Lustre, WekaFS, BeeGFS, GPFS, CephFS, GlusterFS by default), plus `paths`
-(must be mounted), plus `ephemeral_paths` (checked where they exist). Paths are reached under `host_root`
-(the DaemonSet uses /proc/1/root: the host's mount namespace through hostPID, without mounting every share
-into the pod).
+(must be mounted), plus `ephemeral_paths` (checked where they exist).
+
+Where the paths are probed: the table is the host's, so its paths must be reached in the host's mount
+namespace, not the pod's (a pod's /mnt/datasets is an empty directory of its image, whose stat answers and
+whose statvfs is the pod's root: a hung share would look fine). `host_root` set: under that prefix (the
+DaemonSet: /host/root, the host's / mounted with HostToContainer propagation, so shares mounted later appear).
+`host_root` empty: pid 1's own root, <procfs>/1/root (a magic link into pid 1's mount namespace: hostPID and
+the host's /proc at --procfs), unless pid 1 shares this process's mount namespace (then the paths are the same
+here) or that cannot be told and --procfs is this process's own /proc (a run on the host, not as root).
 
 Each probe (stat, statvfs, one directory entry; a write+unlink of a small file for `writable` paths) runs in
 its own thread under `probe_timeout_seconds` (probe.py): a hung mount is a finding, never a hung agent.
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -45,7 +52,7 @@ class MountsSettings(CollectorSettings):
     paths: list[str] = field(default_factory=list)  # mount points that must be mounted (and are probed)
     writable: list[str] = field(default_factory=list)  # of those checked: write-probed (a file created, removed)
     ephemeral_paths: list[str] = field(default_factory=lambda: ["/", "/var/lib/kubelet", "/var/lib/containerd"])
-    host_root: str = ""  # prefix to reach host paths: "/proc/1/root" in the DaemonSet
+    host_root: str = ""  # prefix to reach host paths ("/host/root" in the DaemonSet); "": <procfs>/1/root where pid 1 is in another mount namespace
     space_warning_ratio: float = 0.10
     space_fatal_ratio: float = 0.02
     inodes_warning_ratio: float = 0.10
@@ -61,6 +68,8 @@ class MountsSettings(CollectorSettings):
         if self.probe_timeout_seconds >= self.timeout_seconds:
             raise ConfigError(f"{prefix}.probe_timeout_seconds: must be below {prefix}.timeout_seconds "
                               f"({self.timeout_seconds:g})")
+        if self.host_root and not self.host_root.startswith("/"):
+            raise ConfigError(f"{prefix}.host_root: expected an absolute path, got {self.host_root[:80]!r}")
         for key in ("paths", "writable", "ephemeral_paths"):
             for i, p in enumerate(getattr(self, key)):
                 if not p.startswith("/"):
@@ -84,13 +93,14 @@ class MountsCollector(Collector):
         super().__init__(settings, ctx)
         self._prober = Prober()
 
-    def _table(self) -> tuple[list[Mount], str]:
+    def _table(self) -> tuple[list[Mount], bool]:
+        """The mount table, and whether it is pid 1's (the host's: its paths live in pid 1's namespace)."""
         # The host's table is init's (pid 1 with hostPID). /proc/mounts is only a fallback where there is no
         # pid 1 directory (a snapshot): in a container it is the container's own table, and a permission
         # error on pid 1's must not silently check the wrong namespace.
         for path in (self.ctx.roots.proc("1", "mounts"), self.ctx.roots.proc("mounts")):
             try:
-                return parse_mounts(path.read_text(errors="replace")), self.ctx.roots.show(path)
+                return parse_mounts(path.read_text(errors="replace")), path.parent.name == "1"
             except FileNotFoundError:
                 continue
             except OSError as e:
@@ -119,8 +129,25 @@ class MountsCollector(Collector):
                 continue
         return out
 
+    def host_root(self, pid1_table: bool = True) -> str:
+        """The prefix under which the table's paths are probed (module docstring)."""
+        if self.settings.host_root:
+            return self.settings.host_root.rstrip("/")
+        if not pid1_table:
+            return ""
+        pid1 = self.ctx.roots.proc("1")
+        try:
+            theirs, mine = os.stat(pid1 / "ns" / "mnt"), os.stat("/proc/self/ns/mnt")
+            if (theirs.st_dev, theirs.st_ino) == (mine.st_dev, mine.st_ino):
+                return ""
+        except OSError:
+            if os.path.realpath(self.ctx.roots.procfs) == "/proc":
+                return ""
+        return str(pid1 / "root")
+
     def read(self) -> MountsReading:
-        table, _ = self._table()
+        table, pid1_table = self._table()
+        root = self.host_root(pid1_table) if self.ctx.roots.snapshot is None else ""
         s = self.settings
         by_point = {m.mountpoint: m for m in table}  # the last mount over a point is the one seen
         wanted: dict[str, tuple[str, Mount | None]] = {}
@@ -133,7 +160,7 @@ class MountsCollector(Collector):
         for p in s.ephemeral_paths:
             if p in wanted:
                 continue
-            if snapshot is None and not Path(s.host_root + p).exists():
+            if snapshot is None and not Path(root + p).exists():
                 continue  # no kubelet here: nothing to check
             m = containing(table, p)
             if snapshot is not None and p != "/" and (m is None or m.mountpoint == "/") and p not in by_point:
@@ -150,7 +177,7 @@ class MountsCollector(Collector):
                 if snapshot is not None:
                     result = recorded.get(path) or recorded.get(key)
                 else:
-                    result = self._prober.probe(s.host_root + path, s.probe_timeout_seconds, write=path in s.writable)
+                    result = self._prober.probe(root + path, s.probe_timeout_seconds, write=path in s.writable)
             targets.append(rules.Target(path, role, m.fstype if m else None, mounted, bool(m and m.read_only),
                                         role == "ephemeral" or path in s.writable, result))
         if not targets:
