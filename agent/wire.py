@@ -40,6 +40,7 @@ LIMITS: dict[str, int] = {
     "boot_id": 128, "spool_epoch": 128, "agent_version": 128,
     "check": 256, "component": 64, "entity": 512,
     "message": 4096, "action": 1024, "value": 1024, "threshold": 1024,
+    "bus_id": 64,  # a PCI address is 12 characters; the aggregator drops (the field only) one it cannot parse
 }
 IDENTITY = frozenset({"boot_id", "spool_epoch", "check", "entity"})  # keys: shortened with a hash of the whole
 MIN_SEQ, MAX_SEQ = 1, 2**63 - 1  # the spool's counter starts at 1 and is an SQLite INTEGER (signed 64-bit)
@@ -125,7 +126,7 @@ def _b(field: str, text: str) -> str:
 def event_message(seq: int, kind: str, check: str, component: str, entity: str, status: str, severity: str,
                   message: str, action: str | None = None, value: Any = None, threshold: Any = None,
                   observed_at: float | None = None, occurrences: int = 0, first_seen: float | None = None,
-                  last_seen: float | None = None) -> Any:
+                  last_seen: float | None = None, bus_id: str | None = None) -> Any:
     """A vigil.v1.Event. kind: STATE or INFO; value and threshold travel as JSON ("" when None); observed_at:
     wall-clock seconds, now when None. Every string within LIMITS, shortened as the aggregator would shorten it
     on arrival: what the agent spools is what gets applied, and no event outgrows a message. occurrences,
@@ -140,13 +141,16 @@ def event_message(seq: int, kind: str, check: str, component: str, entity: str, 
         observed_at_unix_ms=int((observed_at if observed_at is not None else time.time()) * 1000),
         value="" if value is None else _b("value", json.dumps(value, default=str)),
         threshold="" if threshold is None else _b("threshold", json.dumps(threshold, default=str)),
+        bus_id=_b("bus_id", bus_id or ""),
     )
 
 
-def problem_message(check: str, entity: str, status: str, severity: str, message: str) -> Any:
+def problem_message(check: str, entity: str, status: str, severity: str, message: str,
+                    bus_id: str | None = None) -> Any:
     """A vigil.v1.Problem: one entry of a Hello's or Heartbeat's digest (strings bounded as in event_message)."""
     return pb.Problem(check=_b("check", check), entity=_b("entity", entity), status=status_to_proto(status),
-                      severity=severity_to_proto(severity), message=_b("message", message))
+                      severity=severity_to_proto(severity), message=_b("message", message),
+                      bus_id=_b("bus_id", bus_id or ""))
 
 
 # -- aggregator side: numbers -> strings -----------------------------------------------------------------------

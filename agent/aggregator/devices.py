@@ -7,13 +7,17 @@ Pure parts (scope, matching, the rule's body) and a thin API class (`DeviceApi`)
   unresponsive, RDMA ports, node checks) is the node's, and so is a device check whose entity names no GPU.
 - Matching: the finding's entity ("gpu3": the GPU's minor number on NVIDIA, its amd-smi index on AMD;
   "pci:0000:3b:00.0" when the agent could not map the bus address to an index) against the devices the node's
-  ResourceSlices publish. A bus address matches the standard attribute `resource.kubernetes.io/pciBusID` (set by
-  AMD's DRA driver, ROCm/k8s-gpu-dra-driver cmd/gpu-kubeletplugin/deviceinfo.go) or NVIDIA's `pcieBusID`
-  (NVIDIA/k8s-dra-driver-gpu cmd/gpu-kubelet-plugin/deviceinfo.go), or `pciAddr`. An index matches only where
+  ResourceSlices publish, or first the bus address the agent sent with it (Event.bus_id / Problem.bus_id). A bus
+  address matches the standard attribute `resource.kubernetes.io/pciBusID` (set by AMD's DRA driver on full GPUs
+  and, with the parent's address, on partitions: ROCm/k8s-gpu-dra-driver docs "Device Attributes and
+  Capabilities", cmd/gpu-kubeletplugin/deviceinfo.go), its `pciAddr` (that driver's auto-partition devices, same
+  document), or NVIDIA's `pcieBusID` (NVIDIA/k8s-dra-driver-gpu cmd/gpu-kubelet-plugin/deviceinfo.go). Every
+  device carrying the address is that GPU or a partition of it, and all are tainted. An index matches only where
   its meaning is known: NVIDIA's driver names a GPU `gpu-<minor>` (its CanonicalName) and a MIG device
   `gpu-<minor>-mig-...` with `parentUUID` (all of them are tainted: they are slices of the sick GPU), or an int
   attribute `minor`. AMD's device names use the DRM card and render indices, not amd-smi's: an AMD "gpuN"
-  matches nothing, and the fault falls back to the node (never fail open), which the Event says.
+  without a bus id (an older agent) matches nothing, and the fault falls back to the node (never fail open),
+  which the Event says.
 - The rule: cluster-scoped, a deterministic name per (node, driver, pool, device) so a retried create is a 409,
   Vigil's labels (which rules are Vigil's: only those are ever deleted) and an annotation with what it is for.
 - The API version is discovered from the server (GET /apis/resource.k8s.io): v1 where offered (1.37+), else
@@ -46,7 +50,8 @@ NVIDIA_DRIVER = "gpu.nvidia.com"
 # The Kubernetes calls device quarantine makes (components/device-quarantine grants exactly these): (group,
 # resource, verb, cluster-wide). Discovery (GET /apis/resource.k8s.io) is every authenticated user's.
 API_CALLS = frozenset({(GROUP, "resourceslices", "list", True), (GROUP, "devicetaintrules", "list", True),
-                       (GROUP, "devicetaintrules", "create", True), (GROUP, "devicetaintrules", "delete", True)})
+                       (GROUP, "devicetaintrules", "create", True), (GROUP, "devicetaintrules", "delete", True),
+                       (GROUP, "resourceclaims", "get", True)})  # get: the pods holding a device (blast.py)
 
 _GPU_ENTITY = re.compile(r"gpu(\d{1,4})(?:/.*)?", re.ASCII)
 
@@ -109,12 +114,19 @@ def _attr(device: dict, name: str) -> Any:
     return None
 
 
-def match(entity: str, slices: Iterable[dict]) -> tuple[list[Target], str]:
+def match(entity: str, slices: Iterable[dict], bus_id: str = "") -> tuple[list[Target], str]:
     """The devices of the node's ResourceSlices that are the GPU `entity` names (a GPU and its partitions), or
-    ([], why not). Ambiguity (two whole GPUs match) is no match: the node is quarantined instead."""
+    ([], why not). Ambiguity (two whole GPUs match) is no match: the node is quarantined instead.
+
+    `bus_id` (Event.bus_id: the agent's PCI address of the entity's GPU, normalised at intake) is matched first,
+    against the PCI attributes: one physical GPU has one address, so every device carrying it is that GPU or one of
+    its partitions (AMD's partitions carry their parent's address) and all are tainted. Without it (an older
+    agent) the entity alone decides, as before: an AMD "gpuN" then matches nothing."""
     ref = gpu_ref(entity)
     if ref is None:
         return [], f"{entity!r} names no GPU"
+    if bus_id and normalize_pci(bus_id):
+        ref = ("pci", normalize_pci(bus_id))
     whole: list[tuple[Target, dict]] = []
     everything: list[tuple[Target, dict]] = []
     for s in slices:
@@ -138,7 +150,7 @@ def match(entity: str, slices: Iterable[dict]) -> tuple[list[Target], str]:
     if not whole:
         return [], f"no device in the node's ResourceSlices matches {entity}"
     parents = {(t.driver, t.pool) for t, _ in whole}
-    if len(whole) > 1 and len({t.device for t, _ in whole}) > 1:
+    if ref[0] == "index" and len(whole) > 1 and len({t.device for t, _ in whole}) > 1:
         return [], f"{entity} matches {len(whole)} devices ({', '.join(t.key for t, _ in whole[:4])})"
     out = [t for t, _ in whole]
     uuids = {_attr(d, "uuid") for _, d in whole} - {None}

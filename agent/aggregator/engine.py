@@ -22,6 +22,7 @@ from agent import wire
 from agent.base.backoff import delay as backoff_delay
 from . import intake
 from . import state as st
+from .blast import Blast, without_annotation
 from .intake import printable
 from .devices import DeviceConfig
 from .drain import Drain, DrainConfig
@@ -140,6 +141,7 @@ class Engine:
         self.remedy = Remedy(self)  # finer than a node: device quarantine (DESIGN §9)
         self.signatures = Signatures(self)  # floods are episodes; a job's application fault is its signature
         self.drain = Drain(self)  # after a quarantine, evict the pods the policy names (PDBs hold)
+        self.blast = Blast(self)  # the pods a quarantine affects, named in its Event and the node annotation
         self.nodecache: Any = None  # nodecache.NodeCache (Replica sets it): reads without a GET per reconcile
         leader.on_started.append(self._became_leader)
         leader.on_stopped.append(self._lost_leadership)
@@ -462,6 +464,8 @@ class Engine:
             if would:
                 log.info("dry-run: node %s is %s, %s; would %s", name, verdict.kind, self._why(verdict),
                          ", ".join(would))
+            if p.quarantine and verdict.kind == UNHEALTHY:
+                self._spawn(self._would_radius(name))
             if dplan is not None and dplan.device:
                 await self.remedy.quarantine(name, obj or {}, node, verdict, dplan, done)
             if verdict.kind == HEALTHY and not p.skipped:
@@ -632,9 +636,11 @@ class Engine:
             out.append("quarantine")
             log.info("node %s: tainted %s:%s and cordoned, %s%s", name, TAINT_KEY, TAINT_EFFECT, self._why(verdict),
                      note[0], extra=self._fields(name, verdict))
-            await self._event(o, "quarantine", episode, "VigilCordoned",
-                              f"Vigil tainted {name} {TAINT_KEY}:{TAINT_EFFECT} and cordoned it: "
-                              f"{verdict.message}{self.remedy.notes.get(name, '')}{note[0]}", "Warning")
+            text = (f"Vigil tainted {name} {TAINT_KEY}:{TAINT_EFFECT} and cordoned it: "
+                    f"{verdict.message}{self.remedy.notes.get(name, '')}{note[0]}")
+            # the pods are read after the write, in the background: the names never delay a quarantine
+            # (no annotation where the Node refused Vigil's record: its annotations are full)
+            self._spawn(self._node_radius(o, name, episode, verdict.reason, wall, text, annotate=not note[0]))
 
         pend = _Pending(landed, report)
         self._expect(name, "quarantine", pend)
@@ -657,6 +663,29 @@ class Engine:
                            "automatically)" if level == RECORD_MINIMAL else
                            " (Vigil's record was written without its details: the Node's annotations are full)")
         await self._written(name, "quarantine", pend, written, now_obj, done)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
+
+    async def _node_radius(self, o: dict[str, Any], name: str, episode: str, reason: str, wall: float,
+                           text: str, annotate: bool = True) -> None:
+        """The blast radius of a node quarantine (blast.py): its GPU pods and their owners, in the annotation
+        first (whoever reads the Event finds it), then in the Event."""
+        from .blast import annotation_value
+
+        radius = await self.blast.node(name)
+        if annotate:
+            await self.blast.annotate(name, annotation_value("node", reason, now_iso(wall), [], radius))
+        pods = radius.text()
+        await self._event(o, "quarantine", episode, "VigilCordoned", f"{text[:1020 - len(pods)]}. {pods}",
+                          "Warning")
+
+    async def _would_radius(self, name: str) -> None:
+        """Dry-run: the pods the quarantine would affect, in the log only (dry-run writes no Event, no annotation)."""
+        radius = await self.blast.node(name)
+        log.info("dry-run: node %s: the quarantine would affect: %s", name, radius.text())
 
     async def _condition(self, name: str, node: st.NodeState, verdict: Verdict, obj: dict[str, Any], obs: Any,
                          want: tuple[str, str, str], done: list[str]) -> None:
@@ -693,6 +722,7 @@ class Engine:
             if out is not None:  # the Node as it was before this release (a retry that finds it done keeps it)
                 before.clear()
                 before.update(n)
+                without_annotation(out)  # the quarantine's blast-radius record goes with it (only Vigil's)
             return out
 
         def landed(o: dict[str, Any]) -> bool:

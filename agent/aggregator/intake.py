@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from agent import wire
+from agent.base.pci import normalize as normalize_pci
 from agent._proto.vigil.v1 import health_pb2 as pb
 from .state import OK, IncomingEvent, Problem
 
@@ -111,7 +112,7 @@ def read_digest(digest: Iterable[Any], where: str, cut: Cut = _no_cut) -> tuple[
         if status == OK:
             continue
         out.append(Problem(_text("check", p.check, cut), _text("entity", p.entity, cut), status, severity,
-                           _text("message", p.message, cut)))
+                           _text("message", p.message, cut), bus_id(p.bus_id, cut) if p.bus_id else ""))
     dropped = max(0, len(out) - wire.MAX_DIGEST)
     if dropped:
         out.sort(key=lambda q: not q.fatal)  # stable: fatal first, each group in the agent's order
@@ -159,7 +160,19 @@ def read_event(e: Any, cursor: Cursor, cut: Cut = _no_cut) -> IncomingEvent | Re
         entity = _text("entity", entity, cut)
     if len(message) > _L_MESSAGE:
         message = _text("message", message, cut)
-    return IncomingEvent(seq, kind, check, entity, status, severity, message)
+    return IncomingEvent(seq, kind, check, entity, status, severity, message,
+                         bus_id(e.bus_id, cut) if e.bus_id else "")
+
+
+def bus_id(text: str, cut: Cut = _no_cut) -> str:
+    """Event.bus_id / Problem.bus_id as the one PCI address spelling (agent/base/pci.py), or "" when it is not an
+    address: a malformed bus id costs that field alone (the event is applied; its GPU is matched by its entity,
+    as for an older agent), counted as a cut field."""
+    out = normalize_pci(text[:wire.LIMITS["bus_id"]]) if len(text) <= wire.LIMITS["bus_id"] else None
+    if out is None:
+        cut("bus_id")
+        return ""
+    return out
 
 
 def _bad_seq(seq: int, cursor: Cursor) -> Rejection:
@@ -218,5 +231,5 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
-__all__ = ["BatchIn", "Cursor", "HelloIn", "Invalid", "Rejection", "printable", "read_batch", "read_digest",
+__all__ = ["BatchIn", "bus_id", "Cursor", "HelloIn", "Invalid", "Rejection", "printable", "read_batch", "read_digest",
            "read_event", "read_hello", "read_seq"]

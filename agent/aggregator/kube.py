@@ -340,6 +340,10 @@ class Kube:
                 "spec": {"token": token, "audiences": audiences}}
         return self._req("POST", "/apis/authentication.k8s.io/v1/tokenreviews", None, body)
 
+    def list_pods(self, node: str) -> list[dict[str, Any]]:
+        """The pods bound to a node, every namespace (the blast radius of its quarantine: blast.py)."""
+        return self._req("GET", "/api/v1/pods", query=[("fieldSelector", f"spec.nodeName={node}")]).get("items") or []
+
     def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             return self._req("GET", "/api/v1/namespaces/{namespace}/pods/{name}",

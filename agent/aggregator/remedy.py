@@ -97,7 +97,7 @@ class Remedy:
             return self._fallback(name, f"reading the node's ResourceSlices failed: {str(e)[:200]}")
         out = DevicePlan()
         for p in fatal:
-            targets, why = dv.match(p.entity, slices)
+            targets, why = dv.match(p.entity, slices, p.bus_id)
             if not targets:
                 return self._fallback(name, why)
             out.targets.append((p, targets))
@@ -120,7 +120,9 @@ class Remedy:
                          ", ".join(t.key for t in targets), dv.TAINT_KEY, self.cfg.effect, p.check, p.entity)
                 m.bump(m.actions, ("device_quarantine", "dry_run"))
             done.append("would-device-quarantine")
+            e._spawn(self._would(name, plan))
             return
+        made: list[tuple[str, dv.Target, Any]] = []
         existing = {r["metadata"]["name"] for r in await e._io(lambda: self.api.rules(version, name))}
         self.known.add(name)
         total = e._total_nodes or len(e.nodes)
@@ -155,10 +157,34 @@ class Remedy:
                 done.append(f"device:{t.device}")
                 log.info("node %s: tainted device %s (DeviceTaintRule %s, %s:%s), check %s on %s: %s", name, t.key,
                          rule, dv.TAINT_KEY, self.cfg.effect, p.check, p.entity, p.message[:200])
-                await e._event(obj, "device-quarantine", f"{rule}/{node.trigger}", "VigilDeviceTainted",
-                               f"Vigil tainted device {t.device} (driver {t.driver}, pool {t.pool}) of {name} "
-                               f"{dv.TAINT_KEY}:{self.cfg.effect} with DeviceTaintRule {rule}: {p.check} on "
-                               f"{p.entity}: {p.message}. The node's other devices stay allocatable.", "Warning")
+                made.append((rule, t, p))
+        if made:  # the pods holding each device are read after the writes, in the background (blast.py)
+            e._spawn(self._radius(obj, name, node.trigger, made, now_iso(wall)))
+
+    async def _radius(self, obj: dict[str, Any], name: str, trigger: str, made: list[tuple[str, dv.Target, Any]],
+                      since: str) -> None:
+        """The node annotation (scope device), then one Event per tainted device naming the pods that hold it."""
+        from .blast import annotation_value, merged
+
+        e = self.e
+        targets = [(t.driver, t.pool, t.device) for _, t, _ in made]
+        radii = await e.blast.devices(name, targets)
+        every = merged([radii[x] for x in targets])
+        await e.blast.annotate(name, annotation_value("device", ", ".join(sorted({p.check for _, _, p in made})),
+                                                      since, [t.key for _, t, _ in made], every))
+        for (rule, t, p), key in zip(made, targets):
+            pods = radii[key].text()
+            text = (f"Vigil tainted device {t.device} (driver {t.driver}, pool {t.pool}) of {name} "
+                    f"{dv.TAINT_KEY}:{self.cfg.effect} with DeviceTaintRule {rule}: {p.check} on "
+                    f"{p.entity}: {p.message}. The node's other devices stay allocatable")
+            await e._event(obj, "device-quarantine", f"{rule}/{trigger}", "VigilDeviceTainted",
+                           f"{text[:1020 - len(pods)]}. {pods}", "Warning")
+
+    async def _would(self, name: str, plan: DevicePlan) -> None:
+        targets = [(t.driver, t.pool, t.device) for _, ts in plan.targets for t in ts]
+        radii = await self.e.blast.devices(name, targets)
+        for key in targets:
+            log.info("dry-run: node %s: tainting device %s would affect: %s", name, "/".join(key), radii[key].text())
 
     async def release(self, name: str, obj: dict[str, Any] | None, done: list[str]) -> None:
         """The node is healthy: delete Vigil's rules for it (only Vigil's; a rule a person made stays)."""
@@ -192,6 +218,8 @@ class Remedy:
                                 f"{r['metadata']['name']}/{r['metadata'].get('uid', '')}", "VigilDeviceUntainted",
                                 f"Vigil removed its DeviceTaintRule {r['metadata']['name']} from device "
                                 f"{sel.get('device')} of {name}: the node reports every fatal check ok", "Normal")
+        if rules:  # the blast-radius record of the device quarantine goes with its rules (only Vigil's)
+            await self.e.blast.unannotate(name)
         self.known.discard(name)
         self.refused.pop(name, None)
 

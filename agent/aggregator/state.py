@@ -13,7 +13,7 @@ each (the Welcome names them again, for an agent that missed the Ack that did).
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable
 
 OK, UNHEALTHY, UNKNOWN = "ok", "unhealthy", "unknown"
@@ -31,6 +31,7 @@ class Problem:
     status: str
     severity: str
     message: str = ""
+    bus_id: str = ""  # the PCI bus address of the entity's GPU (intake.bus_id), "" when none or unknown
 
     @property
     def fatal(self) -> bool:
@@ -46,6 +47,7 @@ class IncomingEvent:
     status: str
     severity: str
     message: str = ""
+    bus_id: str = ""
 
 
 @dataclass
@@ -137,7 +139,12 @@ def heartbeat(node: NodeState, epoch: str, digest: Iterable[Problem], digest_seq
 
 
 def _digest(node: NodeState, epoch: str, digest: Iterable[Problem], digest_seq: int, now: float, trigger: str) -> None:
+    before = node.problems
     node.problems = {(p.check, p.entity): p for p in digest if p.status != OK}
+    for key, p in node.problems.items():  # a digest without the bus id (an agent just restarted) keeps the known one
+        old = before.get(key)
+        if not p.bus_id and old is not None and old.bus_id:
+            node.problems[key] = replace(p, bus_id=old.bus_id)
     node.digest_at = (epoch, digest_seq)
     node.last_seen = now
     node._settle(now, trigger)
@@ -163,7 +170,9 @@ def apply_batch(node: NodeState, boot_id: str, epoch: str, events: Iterable[Inco
         if e.status == OK:
             node.problems.pop(key, None)
         else:
-            node.problems[key] = Problem(e.check, e.entity, e.status, e.severity, e.message)
+            old = node.problems.get(key)
+            node.problems[key] = Problem(e.check, e.entity, e.status, e.severity, e.message,
+                                         e.bus_id or (old.bus_id if old is not None else ""))
         node._settle(now, f"{node.name}/{boot_id}/{epoch}/{e.seq}")
     node.applied[epoch] = high
     node.last_seen = now

@@ -38,6 +38,9 @@ class Finding:
     count: int | None = None
     first_seen: float | None = None
     last_seen: float | None = None
+    # The PCI bus address of the GPU `entity` names (normalised "0000:3b:00.0"), set by the GPU sources: the
+    # stream carries it (Event.bus_id) so the aggregator can find the GPU's DRA device. Not part of --json.
+    bus_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -58,12 +61,22 @@ class Finding:
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         del d["kind"]  # --json lists states and events alike, as it always has
+        del d["bus_id"]  # a wire detail (the entity names the GPU)
         if d["action"] is None:
             del d["action"]
         for key in ("count", "first_seen", "last_seen"):  # only an episode of several has them
             if d[key] is None or not self.count or self.count <= 1:
                 del d[key]
         return d
+
+
+def with_bus_ids(findings: Iterable[Finding], bus: dict[str, str]) -> list[Finding]:
+    """The findings, each on a GPU entity of `bus` ("gpu3", or its partition "gpu3/1") with that GPU's bus id."""
+    out = []
+    for f in findings:
+        b = bus.get(f.entity) or bus.get(f.entity.split("/", 1)[0])
+        out.append(dataclasses.replace(f, bus_id=b) if b and f.bus_id is None else f)
+    return out
 
 
 def ok(check: str, component: str, entity: str, message: str, severity: str = FATAL, **kw: Any) -> Finding:

@@ -141,11 +141,11 @@ def finding_row(collector: str, f: Finding) -> StateRow:
 
 def event_payload(seq: int, kind: str, check: str, component: str, entity: str, status: str, severity: str,
                   message: str, action: str | None = None, value: Any = None, threshold: Any = None,
-                  observed_at: float | None = None, **episode: Any) -> bytes:
+                  observed_at: float | None = None, bus_id: str | None = None, **episode: Any) -> bytes:
     """A serialized vigil.v1.Event, as the spool stores it (kind: wire.STATE or wire.INFO); `episode`:
-    occurrences, first_seen, last_seen of an episode of identical info events."""
+    occurrences, first_seen, last_seen of an episode of identical info events; `bus_id`: the entity's GPU's."""
     return wire.event_message(seq, kind, check, component, entity, status, severity, message, action, value,
-                              threshold, observed_at, **episode).SerializeToString()
+                              threshold, observed_at, bus_id=bus_id, **episode).SerializeToString()
 
 
 def reseq(payload: bytes, seq: int) -> bytes:
@@ -194,6 +194,9 @@ class StreamClient:
         self._lock = self.keeper.lock  # observe() comes from every collector thread; hysteresis and spool together
         self._current: dict[tuple[str, str], tuple[str, Finding]] = {}  # key -> (collector, stable finding)
         self._succeeded: set[str] = set()  # collectors with at least one successful result
+        # entity -> the PCI bus id its GPU findings carried (this process's: a digest sent before the GPU source's
+        # first cycle after a restart has none, and the aggregator keeps the one it learnt)
+        self._bus_ids: dict[str, str] = {}
         self._c = _Counters()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
@@ -257,9 +260,11 @@ class StreamClient:
         self.keeper.record_states([self._item(collector, f) for f in findings], self.boot_id)
 
     def _item(self, collector: str, f: Finding):
+        if f.bus_id:  # for the digest (the spool's state rows keep no bus id)
+            self._bus_ids[f.entity] = f.bus_id
         return finding_row(collector, f), lambda seq: event_payload(
             seq, wire.STATE, f.check, f.component, f.entity, f.status, f.severity, f.message, f.action, f.value,
-            f.threshold)
+            f.threshold, bus_id=f.bus_id or self._bus_ids.get(f.entity))
 
     def _sync_spool(self, spool: Spool) -> None:
         """Keeper hook (under the lock): bring a spool up to what hysteresis holds now, and report ok whatever it
@@ -553,7 +558,7 @@ class StreamClient:
     def _digest(self, rows: list[StateRow], max_bytes: int) -> list[Any]:
         """The digest as Problems, fatal first when it must be trimmed to fit one message (the verdict needs only
         the fatal ones; a real node has a few dozen problems at most). Counts what was left out."""
-        problems = _problems(rows)
+        problems = _problems(rows, dict(self._bus_ids))
         budget = max_bytes - MESSAGE_MARGIN
         size = sum(p.ByteSize() + 8 for p in problems)
         before = self._c.digest_trimmed
@@ -792,5 +797,6 @@ def _by_boot(batch: list[SpoolEvent]) -> list[tuple[str, list[SpoolEvent]]]:
     return out
 
 
-def _problems(rows: list[StateRow]) -> list[Any]:
-    return [wire.problem_message(r.check, r.entity, r.status, r.severity, r.message) for r in rows]
+def _problems(rows: list[StateRow], bus: dict[str, str] | None = None) -> list[Any]:
+    bus = bus or {}
+    return [wire.problem_message(r.check, r.entity, r.status, r.severity, r.message, bus.get(r.entity)) for r in rows]

@@ -214,6 +214,7 @@ class RawAgent:
 # ---- which Kubernetes calls the aggregator made (the RBAC they need) ----------------------------------------------
 CORE_CALLS = {("", "nodes", "get"), ("", "nodes", "list"), ("", "nodes", "update"), ("", "nodes/status", "patch"),
               ("authentication.k8s.io", "tokenreviews", "create"), ("", "events", "create"), ("", "pods", "get"),
+              ("", "pods", "list"),
               ("coordination.k8s.io", "leases", "get"), ("coordination.k8s.io", "leases", "create"),
               ("coordination.k8s.io", "leases", "update")}
 _VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}

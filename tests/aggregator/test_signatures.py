@@ -192,12 +192,13 @@ def test_config_bounds():
 
 
 def test_without_job_signatures_nothing_is_held_nor_read(cluster):
-    """Off (the default): no pods are read, a fatal application-class Xid quarantines at once, floods are still
-    counted as episodes."""
+    """Off (the default): no pods are read before the quarantine (only after it, for its Event's blast radius),
+    a fatal application-class Xid quarantines at once, floods are still counted as episodes."""
     fk, r, agents = cluster(n=3, window=30.0)
     r.replica.engine.signatures.c.cfg = SignatureConfig(enabled=False)
     node = next(iter(agents))
     agents[node].batch([xid(1, 13), xid(2, 13)])
     wait_for(lambda: cordoned(fk, node), 10, what="quarantined without a hold")
-    assert not fk.requests("GET", "/api/v1/pods")
+    cordon = fk.requests("PUT", f"^/api/v1/nodes/{node}$")[0].time
+    assert not [g for g in fk.requests("GET", "/api/v1/pods") if g.time <= cordon]
     assert r.replica.metrics.episodes == {"new": 1, "repeat": 1}

@@ -110,10 +110,40 @@ def test_namespace_create_renders_the_base_whole(tmp_path):
     ({"vendor": "amd", "dryRun": True, "tls": {"enabled": True}}, ["overlays/amd"], ["dry-run", "tls"]),
     ({"vendor": "nvidia", "tuner": {"mode": "enforce"}, "tls": {"enabled": True}}, ["overlays/nvidia"],
      ["tuner-enforce", "tls"]),
+    # finer than a node (issue 14): each alone, all three, and with the other options
+    ({"deviceQuarantine": {"enabled": True}}, ["base"], ["device-quarantine"]),
+    ({"drain": {"enabled": True}}, ["base"], ["drain"]),
+    ({"jobSignatures": {"enabled": True}}, ["base"], ["job-signatures"]),
+    ({"vendor": "nvidia", "deviceQuarantine": {"enabled": True}, "drain": {"enabled": True},
+      "jobSignatures": {"enabled": True}}, ["overlays/nvidia"], ["device-quarantine", "drain", "job-signatures"]),
+    ({"vendor": "amd", "dryRun": True, "tls": {"enabled": True}, "deviceQuarantine": {"enabled": True},
+      "jobSignatures": {"enabled": True}}, ["overlays/amd"], ["dry-run", "tls", "device-quarantine", "job-signatures"]),
+    ({"tls": {"enabled": True}, "drain": {"enabled": True}, "jobSignatures": {"enabled": True}}, ["base"],
+     ["tls", "drain", "job-signatures"]),
 ], ids=["amd", "nvidia", "dry-run", "tuner-enforce", "tls", "nvme-smart", "amd+nvme-smart", "amd+dry-run+tls",
-        "nvidia+enforce+tls"])
+        "nvidia+enforce+tls", "device-quarantine", "drain", "job-signatures", "nvidia+all-three", "amd+dry-run+tls+devices+signatures",
+        "tls+drain+signatures"])
 def test_each_option_renders_its_component(tmp_path, values, resources, components):
     assert_same(template(tmp_path, values), without_namespace(compose(tmp_path, resources, components)))
+
+
+def test_remediation_values_reach_the_aggregators_flags(tmp_path):
+    """What the chart adds beyond the components: the drain policy, the device effect and the signature settings
+    are values, and they land in the aggregator's arguments, which the real CLI parses."""
+    from agent.aggregator.cli import parser as agg_parser
+
+    objs = template(tmp_path, {"deviceQuarantine": {"enabled": True, "effect": "NoExecute"},
+                               "drain": {"enabled": True, "rules": ["training=device", "selector:app=x=all"],
+                                         "deadlineSeconds": 120},
+                               "jobSignatures": {"enabled": True, "nodes": 5, "windowSeconds": 30}})
+    args = container(objs, "Deployment", "vigil-aggregator", "aggregator")["args"]
+    g = agg_parser().parse_args(["serve"] + [a for a in args if a.startswith(("--device", "--drain", "--job",
+                                                                            "--signature"))])
+    assert g.device_quarantine and g.device_effect == "NoExecute"
+    assert list(g.drain) == ["training=device", "selector:app=x=all"] and g.drain_deadline == 120
+    assert g.job_signatures and g.signature_nodes == 5 and g.signature_window == 30
+    bad = helm("template", "vigil", str(CHART), "--set", "drain.rules={ml=evict}", check=False)
+    assert bad.returncode != 0 and "drain" in bad.stderr
 
 
 def test_monitoring_renders_the_monitoring_tree(tmp_path):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from agent.base.config import MAX_DEVICES, CollectorSettings, ConfigError, in_range
-from agent.base.findings import Finding
+from agent.base.findings import Finding, with_bus_ids
 from agent.base.tools import DEFAULT_MAX_STDOUT, ToolHung
 from . import rules
 from agent.base import pci
@@ -159,6 +159,9 @@ class GpuCollector(Collector):
     def evaluate(self, reading: GpuReadings, previous: Observation | None, elapsed: float | None) -> Output:
         prev = previous.reading if previous else None
         findings = rules.evaluate(reading, self.ctx.expect.gpus, self.settings, self.ctx.node, prev, elapsed)
+        # each GPU's findings carry its bus address: the aggregator maps it to the GPU's DRA device
+        findings = with_bus_ids(findings, {g.entity: g.pci_bus_id for g in reading.gpus
+                                           if g.pci_bus_id and not getattr(g, "partition", None)})
         for inv in reading.inventories:
             if inv.errors:  # one finding per backend: (check, entity) must be unique in a cycle
                 findings.append(Finding("gpu.backend", "gpu", inv.backend, "unknown", "warning",

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from agent.base.config import CollectorSettings, ConfigError, in_range
-from agent.base.findings import Finding, unknown
+from agent.base.findings import Finding, unknown, with_bus_ids
 from . import cper as cper_parser
 from . import kmsg as kmsg_parser
 from . import rules
@@ -114,6 +114,7 @@ class EventsReading:
     problems: list[tuple[str, str]] = field(default_factory=list)  # (check, message): could not run
     folded: int = 0  # events folded into an existing episode since the agent started
     overflowed: int = 0  # distinct episodes folded into another one because the table was full
+    bus: dict[str, str] = field(default_factory=dict)  # entity (gpuN) -> its PCI bus address, where known
 
 
 class GpuIndex:
@@ -236,7 +237,8 @@ class GpuEventsCollector(Collector):
         once = tracker.once
         self._remembered |= {(o.check, o.entity) for o in once if o.entity}
         return EventsReading([copy.copy(s) for s in state.sticky], once, dict(self._counts), index.known(),
-                             checks, remembered, sources, problems, self._folded, self._overflowed)
+                             checks, remembered, sources, problems, self._folded, self._overflowed,
+                             {f"gpu{idx}": pci for pci, idx in index.by_pci.items()})
 
     def evaluate(self, reading: EventsReading, previous: Observation | None, elapsed: float | None) -> Output:
         ms = MetricSet()
@@ -252,7 +254,7 @@ class GpuEventsCollector(Collector):
                              self.ctx.node)
         for check, message in reading.problems:
             out.append(unknown(check, self.component, self.ctx.node, message))
-        return Output(ms, out)
+        return Output(ms, with_bus_ids(out, reading.bus))
 
     def failed(self, error: BaseException) -> list[Finding]:
         return [unknown("gpu.events", self.component, self.ctx.node, f"gpu_events failed: {error_text(error)}")]
