@@ -11,8 +11,9 @@ ok, or unhealthy with its rule's severity; agent/sources/kernel/rules.py says wh
 `kernel.event.<reason>` per temporary-rule episode (an event). When the kernel log cannot be read live
 (/dev/kmsg not mounted, no CAP_SYSLOG) every condition is unknown: nothing read is not healthy.
 
-State: <state_dir>/kernel.json keeps the cursor (boot id + last sequence) and the conditions that are set,
-so a restarted agent neither re-fires old lines nor forgets a condition. `agent --once` reads it but never
+State: <state_dir>/kernel.json keeps the cursor (boot id + last sequence), the conditions that are set and the
+temporary rules' episodes of this boot, so a restarted agent (whose reader starts at the oldest record of the
+kernel's ring again) neither re-fires old lines, nor forgets a condition, nor announces an ongoing episode twice. `agent --once` reads it but never
 writes it; a snapshot replay neither reads nor writes it.
 """
 from __future__ import annotations

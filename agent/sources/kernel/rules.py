@@ -82,22 +82,40 @@ class Episode:
     text: str = ""
     last_usec: int | None = None
 
+    @classmethod
+    def from_json(cls, doc: dict) -> "Episode":
+        names = {f.name for f in fields(cls)}
+        e = cls(**{k: v for k, v in doc.items() if k in names})
+        ints = (e.opened_usec, e.shown_usec, e.last_usec)
+        if e.severity not in RANK or not isinstance(e.reason, str) or not isinstance(e.text, str) or \
+                any(v is not None and (not isinstance(v, int) or isinstance(v, bool)) for v in ints) or \
+                any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in (e.since_shown, e.total)):
+            raise ValueError(f"bad episode record {str(doc)[:80]}")
+        return e
+
+
+MAX_EPISODES = 1000  # one per temporary rule's reason; a state file with more is not ours
+
 
 @dataclass
 class KernelState:
     boot_id: str | None = None
     seq: int | None = None  # last record handled in boot_id (the persisted cursor)
     active: dict[str, Active] = field(default_factory=dict)
+    # Temporary rules' episodes of this boot, by reason: persisted with the cursor, so an episode that spans an
+    # agent restart stays one episode (counted, shown again only when due), not a second announcement.
+    episodes: dict[str, Episode] = field(default_factory=dict)
 
     def new_boot(self, boot_id: str | None) -> bool:
         if boot_id == self.boot_id:
             return False
-        self.boot_id, self.seq, self.active = boot_id, None, {}
+        self.boot_id, self.seq, self.active, self.episodes = boot_id, None, {}, {}
         return True
 
     def to_json(self) -> dict:
         return {"version": 1, "boot_id": self.boot_id, "seq": self.seq,
-                "active": {k: asdict(v) for k, v in sorted(self.active.items())}}
+                "active": {k: asdict(v) for k, v in sorted(self.active.items())},
+                "episodes": {k: asdict(v) for k, v in sorted(self.episodes.items())}}
 
     @classmethod
     def from_json(cls, doc: object) -> "KernelState":
@@ -105,9 +123,13 @@ class KernelState:
             raise ValueError("unsupported kernel state")
         seq = doc.get("seq")
         active = {str(k): Active.from_json(v) for k, v in (doc.get("active") or {}).items() if isinstance(v, dict)}
+        # A file from before episodes were kept has none: its open episodes start again (announced once more).
+        episodes = {str(k): Episode.from_json(v) for k, v in list((doc.get("episodes") or {}).items())[:MAX_EPISODES]
+                    if isinstance(v, dict)}
         boot = doc.get("boot_id")
         return cls(boot if isinstance(boot, str) else None,
-                   seq if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0 else None, active)
+                   seq if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0 else None, active,
+                   episodes)
 
 
 class Matcher:
@@ -152,7 +174,6 @@ class Engine:
         self.rulesets = rulesets
         self.matchers = [Matcher(rs) for rs in rulesets]
         self.episode_usec = int(episode_seconds * 1e6)
-        self.episodes: dict[str, Episode] = {}
 
     def conditions(self) -> dict[str, tuple[Condition, str]]:
         """condition type -> (its declaration, its severity): declared severity, else the worst of its rules'."""
@@ -194,7 +215,7 @@ class Engine:
                     if rule.type == PERMANENT:
                         self._permanent(rule, text, rec, state)
                     else:
-                        self._temporary(rule, text, rec, p)
+                        self._temporary(rule, text, rec, p, state.episodes)
         return p
 
     @staticmethod
@@ -212,12 +233,12 @@ class Engine:
         if RANK[rule.severity] > RANK[a.severity]:  # a worse rule takes the lead
             a.reason, a.severity, a.action, a.text = rule.reason, rule.severity, rule.action, clip(text)
 
-    def _temporary(self, rule: Rule, text: str, rec: KmsgRecord, p: Pass) -> None:
+    def _temporary(self, rule: Rule, text: str, rec: KmsgRecord, p: Pass, episodes: dict[str, Episode]) -> None:
         t = rec.usec
-        ep = self.episodes.get(rule.reason)
+        ep = episodes.get(rule.reason)
         if ep is None or (t is not None and ep.last_usec is not None and t - ep.last_usec >= self.episode_usec):
             # the first match, or the first after a quiet window: a new episode
-            ep = self.episodes[rule.reason] = Episode(rule.reason, rule.severity, rule.action, t, None)
+            ep = episodes[rule.reason] = Episode(rule.reason, rule.severity, rule.action, t, None)
         ep.total += 1
         ep.since_shown += 1
         ep.text = clip(text)
