@@ -19,6 +19,7 @@ writes it; a snapshot replay neither reads nor writes it.
 from __future__ import annotations
 
 import copy
+import errno
 import logging
 import time
 from dataclasses import dataclass, field
@@ -40,6 +41,10 @@ log = logging.getLogger(__name__)
 DEFAULT_RULES = Path(__file__).with_name("rules") / "default.json"
 FILENAME = "kernel.json"
 IGNORE = "ignore"
+# Both refusals look alike (EPERM): no CAP_SYSLOG under kernel.dmesg_restrict=1, or a container's device cgroup
+# (a hostPath /dev/kmsg opens only in a privileged container). docs/deploy.md, "Mounts".
+DENIED_HINT = (" (needs CAP_SYSLOG where kernel.dmesg_restrict=1, and in a container device access to /dev/kmsg:"
+               " privileged, as components/amd and components/nvme-smart make the agent)")
 
 
 @dataclass
@@ -175,6 +180,8 @@ class KernelCollector(Collector):
                 records = self._sub.read()
             except OSError as e:
                 unreadable = f"{self.settings.kmsg_path}: {e.strerror or e}"
+                if e.errno in (errno.EPERM, errno.EACCES):
+                    unreadable += DENIED_HINT
                 self._close_sub()
         floor = None
         if state.seq is None and self._snapshot is None:
