@@ -61,7 +61,9 @@ def test_a_new_boot_starts_episodes_afresh(tmp_path):
     node.kmsg.write_text("")
     node.seq = 0
     node.log(IOERR, at=5)
-    ev = by_check(run(restarted(node)))["kernel.event.io_error"][0]
+    again = restarted(node)
+    ev = by_check(run(again))["kernel.event.io_error"][0]
+    again.close()
     assert ev.value == 1
 
 
@@ -79,11 +81,39 @@ def test_a_state_file_from_before_episodes_or_a_bad_episode_record(tmp_path):
     assert doc["episodes"]["IOError"]["total"] == 1
     del doc["episodes"]
     (node.state_dir / "kernel.json").write_text(json.dumps(doc))
-    checks = by_check(run(restarted(node)))
+    again = restarted(node)
+    checks = by_check(run(again))
+    again.close()
     assert "kernel.event.io_error" not in checks and checks["kernel.kernel_deadlock"][0].is_fatal
     doc["episodes"] = {"IOError": {"reason": "IOError", "severity": "loud", "action": None, "opened_usec": 1,
                                    "shown_usec": 1}}
     (node.state_dir / "kernel.json").write_text(json.dumps(doc))
     node.log(IOERR, at=200)
-    ev = by_check(run(restarted(node)))["kernel.event.io_error"]
+    again = restarted(node)
+    ev = by_check(run(again))["kernel.event.io_error"]
+    again.close()
     assert len(ev) == 1  # a fresh state: the ring is judged again, its matches one episode
+
+
+def test_a_corrupt_state_file_is_set_aside_not_a_failing_source(tmp_path):
+    """Regressions (bench/fuzz_parsers.py, target "kernel rules / state file"): a condition whose count or
+    reasons had the wrong type loaded, then failed the findings at every cycle; "episodes" not an object
+    raised AttributeError out of the loader, which the collector does not catch. Now the file is refused
+    whole (logged) and the agent starts afresh: the ring is judged again (within the rule files' lookback,
+    as on a first start: the line here is 10 s old)."""
+    import json
+    node = Node(tmp_path)
+    node.log(HUNG, at=9_990)
+    c = restarted(node)
+    run(c)
+    c.close()
+    good = node.state()
+    for broken in ({**good, "active": {"KernelDeadlock": {**good["active"]["KernelDeadlock"], "count": "3"}}},
+                   {**good, "active": {"KernelDeadlock": {**good["active"]["KernelDeadlock"], "reasons": 7}}},
+                   {**good, "episodes": 5}):
+        (node.state_dir / "kernel.json").write_text(json.dumps(broken))
+        again = restarted(node)
+        out = run(again)
+        again.close()  # a process that ended: the shared reader goes with it
+        dead = by_check(out)["kernel.kernel_deadlock"][0]
+        assert dead.is_fatal and dead.value == 1, dead

@@ -65,9 +65,26 @@ class Active:
     def from_json(cls, doc: dict) -> "Active":
         names = {f.name for f in fields(cls)}
         a = cls(**{k: v for k, v in doc.items() if k in names})
-        if a.severity not in RANK or not isinstance(a.condition, str) or not isinstance(a.text, str):
+        # Every field's type, as the findings use them: a hand-edited or corrupt file is refused here (the
+        # collector then starts afresh) instead of failing the source at every cycle after.
+        if a.severity not in RANK or not all(isinstance(v, str) for v in (a.condition, a.reason, a.text)) or \
+                not _opt_str(a.action) or not _count(a.count, 1) or not _opt_int(a.first_seq) or \
+                not _opt_int(a.last_usec) or not isinstance(a.reasons, list) or \
+                not all(isinstance(r, str) for r in a.reasons):
             raise ValueError(f"bad condition record {str(doc)[:80]}")
         return a
+
+
+def _opt_str(v: object) -> bool:
+    return v is None or isinstance(v, str)
+
+
+def _opt_int(v: object) -> bool:
+    return v is None or (isinstance(v, int) and not isinstance(v, bool))
+
+
+def _count(v: object, lo: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= lo
 
 
 @dataclass
@@ -86,10 +103,9 @@ class Episode:
     def from_json(cls, doc: dict) -> "Episode":
         names = {f.name for f in fields(cls)}
         e = cls(**{k: v for k, v in doc.items() if k in names})
-        ints = (e.opened_usec, e.shown_usec, e.last_usec)
         if e.severity not in RANK or not isinstance(e.reason, str) or not isinstance(e.text, str) or \
-                any(v is not None and (not isinstance(v, int) or isinstance(v, bool)) for v in ints) or \
-                any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in (e.since_shown, e.total)):
+                not _opt_str(e.action) or not all(_opt_int(v) for v in (e.opened_usec, e.shown_usec, e.last_usec)) \
+                or not _count(e.since_shown) or not _count(e.total):
             raise ValueError(f"bad episode record {str(doc)[:80]}")
         return e
 
@@ -122,6 +138,9 @@ class KernelState:
         if not isinstance(doc, dict) or doc.get("version") != 1:
             raise ValueError("unsupported kernel state")
         seq = doc.get("seq")
+        for key in ("active", "episodes"):
+            if not isinstance(doc.get(key) or {}, dict):
+                raise ValueError(f"kernel state: {key} is not an object")
         active = {str(k): Active.from_json(v) for k, v in (doc.get("active") or {}).items() if isinstance(v, dict)}
         # A file from before episodes were kept has none: its open episodes start again (announced once more).
         episodes = {str(k): Episode.from_json(v) for k, v in list((doc.get("episodes") or {}).items())[:MAX_EPISODES]
