@@ -26,6 +26,7 @@ SYS_GLOBS = [
     # NVMe: what sysfs shows without privileges (agent/sources/nvme/sysfs.py)
     "class/nvme/*/state", "class/nvme/*/model", "class/nvme/*/serial", "class/nvme/*/firmware_rev",
     "class/nvme/*/transport", "class/nvme/*/hwmon*/temp1_input", "class/nvme/*/hwmon*/temp1_alarm",
+    "class/nvme/*/device/hwmon/hwmon*/temp1_input", "class/nvme/*/device/hwmon/hwmon*/temp1_alarm",  # 5.5
 ]
 PROC_GLOBS = [
     "sys/vm/max_map_count", "sys/fs/file-max", "sys/fs/nr_open", "sys/fs/inotify/max_user_watches",

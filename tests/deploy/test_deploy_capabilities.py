@@ -15,6 +15,7 @@ Root only (setpriv, unshare, network namespaces, BCC); CI runs the suite as root
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -236,6 +237,36 @@ def kustomize_component_caps(component: str) -> list[str]:
             if c in bounding()]
 
 
+# -- kernel rules: /dev/kmsg ------------------------------------------------------------------------------------
+KERNEL_CHILD = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    from agent.base.collector import Context
+    from agent.base.config import Expectations, build
+    from agent.base.roots import Roots
+    from agent.sources.kernel.collector import KernelCollector, KernelSettings
+    c = KernelCollector(build(KernelSettings, {"state_dir": ""}, "kernel"), Context(Roots(), "n", Expectations()))
+    print(json.dumps({f.check: [f.status, f.message] for f in c.evaluate(c.read(), None, None).findings}))
+""")
+
+
+def test_kernel_rules_without_syslog_are_unknown_and_say_why():
+    """The kernel source on the real /dev/kmsg: with the DaemonSet's set it reads the log; without SYSLOG
+    (kernel.dmesg_restrict=1 here) every condition is unknown, never ok, and the message says what is needed."""
+    if Path("/proc/sys/kernel/dmesg_restrict").read_text().strip() != "1":
+        pytest.fail("kernel.dmesg_restrict is 0 here: /dev/kmsg would be readable without SYSLOG")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    p = run_with(without("SYSLOG"), [sys.executable, "-c", KERNEL_CHILD], env=env, timeout=60)
+    assert p.returncode == 0, p.stderr
+    got = json.loads(p.stdout)
+    assert got["kernel.kernel_deadlock"][0] == "unknown"
+    assert "Operation not permitted (needs CAP_SYSLOG where kernel.dmesg_restrict=1, and in a container device " \
+        "access to /dev/kmsg" in got["kernel.kernel_deadlock"][1]
+    p = run_with(BASE_CAPS, [sys.executable, "-c", KERNEL_CHILD], env=env, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["kernel.readonly_filesystem"][0] != "unknown"
+
+
 # -- nvme: the SMART log needs SYS_ADMIN (components/nvme-smart) ---------------------------------------------------
 NVME_CHILD = textwrap.dedent("""
     import json, sys
@@ -254,7 +285,6 @@ def test_nvme_smart_log_without_sys_admin_says_what_to_enable(tmp_path):
     """The nvme source as the DaemonSet runs it (its capability set, no SYS_ADMIN), then with the nvme-smart
     component's set. No NVMe drive exists here: the sysfs tree and /dev/nvmeN are stand-ins and `nvme` is a
     fake printing a real nvme-cli output; what is real is the capability set the check reads."""
-    import json
     from tests.nvme.test_nvme import NVME, fake_node
     _, bindir = fake_node(tmp_path, f"cat {NVME / 'smart-log-wd-2tb.json'}\n", ctrls=("nvme0",))
     env = {**os.environ, "PATH": f"{bindir}:/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}

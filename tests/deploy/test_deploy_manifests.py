@@ -562,3 +562,20 @@ def test_the_mounts_source_reaches_the_hosts_table_and_paths(tree):
     root = yaml.safe_load(agent_config_map(tree)["data"]["vigil.yaml"])["mounts"]["host_root"]
     assert vols[mounts[root]["name"]]["hostPath"]["path"] == "/"
     assert mounts[root]["mountPropagation"] == "HostToContainer"
+
+
+@pytest.mark.parametrize("overlay", ["nvidia", "amd"])
+def test_nvme_smart_composes_and_validates(tmp_path, overlay):
+    """components/nvme-smart over either vendor: privileged with allowPrivilegeEscalation (the API server
+    refuses privileged without it), SYS_ADMIN added once, the host's /dev at /dev once (amd mounts it too),
+    and every object valid."""
+    objs = compose(tmp_path, overlay, ["nvme-smart"])
+    c = container(objs, *AGENT_DS, "agent")
+    sc = c["securityContext"]
+    assert sc["privileged"] is True and sc["allowPrivilegeEscalation"] is True
+    assert sc["capabilities"]["add"].count("SYS_ADMIN") == 1 and sc["capabilities"]["drop"] == ["ALL"]
+    assert [m["mountPath"] for m in c["volumeMounts"]].count("/dev") == 1
+    vols = {v["name"]: v for v in one(objs, *AGENT_DS)["spec"]["template"]["spec"]["volumes"]}
+    assert vols["host-dev"]["hostPath"] == {"path": "/dev", "type": "Directory"}
+    for obj in objs:
+        kubernetes_validate.validate(obj, K8S_VERSIONS[-1], strict=True)

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from agent.base.kmsg import parse_text
 from agent.sources.kernel import npd
-from agent.sources.kernel.rules import Engine, KernelState
+from agent.sources.kernel.rules import Engine, KernelState, findings
 from tests.kernel.helpers import NPD
 from agent.base.config import ConfigError
 from tests.support.mutate import FAST, WEIRD_JSON, WEIRD_TEXT, apply, json_changes
@@ -88,7 +88,35 @@ def check_rule_file(sample) -> None:
     Engine([rs], 300.0).apply(parse_text("\n".join(LINES)), KernelState(), None, None)  # a loaded file runs
 
 
+def _saved_state() -> dict:
+    """A real kernel.json: what the engine saves after NPD's problem lines (conditions set, episodes open)."""
+    state = KernelState("boot-a")
+    Engine(DEFAULTS, 300.0).apply(parse_text("\n".join(LINES * 2)), state, None, None)
+    doc = state.to_json()
+    assert doc["active"] and doc["episodes"]
+    return doc
+
+
+STATE = _saved_state()
+
+
+def check_state_file(changes) -> None:
+    """A corrupted or hand-edited state file: refused as a whole (the collector logs it and starts afresh:
+    ValueError/TypeError, what it catches), or loaded into a state the engine and the findings can use."""
+    doc = apply(STATE, changes)
+    try:
+        state = KernelState.from_json(json.loads(json.dumps(doc)))
+    except (ValueError, TypeError):
+        return
+    eng = Engine(DEFAULTS, 300.0)
+    p = eng.apply(parse_text("\n".join(LINES)), state, None, None)
+    out = findings(eng.conditions(), state, p.shown, "n", None)
+    assert all(isinstance(f.message, str) for f in out)
+    json.dumps(state.to_json())  # and it saves again
+
+
 TARGETS = {
+    "kernel rules / state file": (json_changes(STATE, leaf=WEIRD_JSON), check_state_file),
     "kernel rules / NPD rule files": (rule_files(), check_rule_file),
     "kernel rules / lines": (st.tuples(st.integers(0, 10), HOSTILE), check_engine),
     "kernel rules / RE2 patterns": (st.one_of(st.text(max_size=60), st.text(alphabet="\\()[]{}?*+|^$:<>=!PQEzZpd1a-",
@@ -112,3 +140,9 @@ def test_any_pattern_compiles_or_is_refused_with_a_reason(pattern):
 @given(rule_files())
 def test_a_broken_rule_file_loads_or_is_refused_naming_the_file(sample):
     check_rule_file(sample)
+
+
+@FAST
+@given(TARGETS["kernel rules / state file"][0])
+def test_a_corrupt_state_file_is_refused_or_usable(changes):
+    check_state_file(changes)

@@ -129,6 +129,27 @@ def test_replay_a_snapshot(tmp_path):
     assert out[("mounts.space", "/")].is_fatal
 
 
+def test_a_broken_recorded_probe_costs_its_mount_only(tmp_path):
+    """Regressions (bench/fuzz_parsers.py, target "mounts / snapshot probes.json"): a non-number `seconds`
+    made the whole source fail in evaluate (a format error), and `"ok": "false"` read as true (bool() of a
+    non-empty string): a hung share recorded by a broken tool replayed as responsive."""
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "mounts").write_text("srv:/a /mnt/a nfs4 rw 0 0\nsrv:/b /mnt/b nfs4 rw 0 0\n"
+                                              "srv:/c /mnt/c nfs4 rw 0 0\n")
+    (tmp_path / "mounts").mkdir()
+    (tmp_path / "mounts" / "probes.json").write_text(json.dumps({
+        "/mnt/a": {"ok": True, "bsize": 4096, "blocks": 1000, "bavail": 500, "files": 100, "favail": 50,
+                   "seconds": {"value": 1}},
+        "/mnt/b": {"ok": "false", "hung": "yes", "error": "no answer within 5s"},
+        "/mnt/c": {"ok": False, "hung": True, "error": ["x"], "stuck_seconds": 10 ** 400}}))
+    c = MountsCollector(build(MountsSettings, {"ephemeral_paths": []}, "mounts"),
+                        Context(Roots.from_snapshot(tmp_path), "node-1", Expectations()))
+    out = checks(CollectorRunner(c).run_once().output)
+    assert out[("mounts.responsive", "/mnt/a")].status == "ok" and out[("mounts.space", "/mnt/a")].status == "ok"
+    assert out[("mounts.responsive", "/mnt/b")].status == "unknown"  # not read, so not probed: never ok
+    assert out[("mounts.responsive", "/mnt/c")].is_fatal
+
+
 def test_config_is_checked():
     with pytest.raises(ConfigError, match="mounts.writable\\[0\\]: /x is not in mounts.paths"):
         build(MountsSettings, {"writable": ["/x"]}, "mounts")

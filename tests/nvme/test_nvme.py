@@ -220,3 +220,19 @@ def test_a_snapshot_carries_what_sysfs_showed(tmp_path):
     assert f[("nvme.controller_state", "nvme0")].status == "ok"
     assert f[("nvme.temperature", "nvme0")].status == "unhealthy" and f[("nvme.temperature", "nvme0")].value == 41.85
     assert f[("nvme.media_errors", "nvme0")].status == "unknown"
+
+
+def test_the_5_5_kernel_hwmon_place(tmp_path):
+    """Kernel 5.5 registered the hwmon device on the PCI function (nvmeN/device/hwmon/hwmonM), later kernels
+    on the controller (nvmeN/hwmonM): both are read."""
+    sysfs, _ = fake_node(tmp_path, None, ctrls=("nvme0",))
+    ctrl = sysfs / "class/nvme/nvme0"
+    hw = ctrl / "hwmon2"
+    (ctrl / "device").symlink_to(ctrl.resolve().parent.parent)  # the PCI function, as in the kernel's tree
+    moved = ctrl.resolve().parent.parent / "hwmon" / "hwmon2"
+    moved.parent.mkdir()
+    hw.rename(moved)
+    (moved / "temp1_input").write_text("38000\n")
+    c = collector(tmp_path, sysfs)
+    out = c.evaluate(c.read(), None, None)
+    assert out.metrics.value("vigil_nvme_temperature_celsius", device="nvme0") == 38.0

@@ -8,11 +8,14 @@ possible value; a field the change did not touch parses as before (one bad field
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.sources.nvme.parsers import SmartLog, parse_smart_log
+from agent.sources.nvme.sysfs import STATES, read_controller
 from tests.support.mutate import FAST, WEIRD_JSON, WEIRD_TEXT, apply, json_changes
 from tests.nvme.test_nvme import NVME
 
@@ -65,7 +68,39 @@ def check_smart_log_text(sample) -> None:
         pass
 
 
+SYSFS = {"state": "live", "model": "WDC WDS200T2B0C-00PXH0", "serial": "2035AB440", "firmware_rev": "211070WD",
+         "transport": "pcie", "hwmon2/temp1_input": "41850", "hwmon2/temp1_alarm": "0"}
+_TMP = Path(tempfile.mkdtemp(prefix="vigil-nvme-fuzz-"))
+
+
+def check_sysfs(sample) -> None:
+    """A controller directory with one to three of its files holding hostile bytes, or missing."""
+    changes = sample
+    d = Path(tempfile.mkdtemp(dir=_TMP))
+    (d / "hwmon2").mkdir()
+    files = dict(SYSFS)
+    for name, value in changes:
+        files[name] = value
+    for name, value in files.items():
+        if value is not None:
+            (d / name).write_bytes(value.encode("utf-8", errors="surrogatepass"))
+    info = read_controller(d)
+    if info is None:
+        return
+    assert info.state is None or info.state in STATES
+    assert info.temperature_c is None or -273.15 <= info.temperature_c <= 1000.0
+    assert info.temperature_alarm in (None, True, False)
+    untouched = {n for n in SYSFS} - {n for n, _ in changes}
+    if "state" in untouched:
+        assert info.state == "live"
+    if "hwmon2/temp1_input" in untouched and "hwmon2/temp1_alarm" in untouched:
+        assert info.temperature_c == 41.85 and info.temperature_alarm is False
+
+
 TARGETS = {
+    "nvme / sysfs controller files": (st.lists(st.tuples(st.sampled_from(sorted(SYSFS)), st.one_of(
+        st.none(), WEIRD_TEXT, BIG, st.sampled_from(["dead", "deleting (no IO)", "-273151", "1000001", "2", " 1 ",
+                                                      "\x00", "live\n\n"]))), min_size=1, max_size=3), check_sysfs),
     "nvme / smart-log JSON values": (outputs(), check_smart_log),
     "nvme / smart-log text": (st.tuples(st.sampled_from(sorted(DOCS)), st.integers(0, 10**6),
                                         st.one_of(WEIRD_TEXT, BIG, st.just("["))), check_smart_log_text),
@@ -82,3 +117,9 @@ def test_a_bad_value_costs_only_its_field(sample):
 @given(TARGETS["nvme / smart-log text"][0])
 def test_broken_output_is_the_declared_error_or_parsed(sample):
     check_smart_log_text(sample)
+
+
+@FAST
+@given(TARGETS["nvme / sysfs controller files"][0])
+def test_hostile_sysfs_files_cost_only_themselves(sample):
+    check_sysfs(sample)

@@ -11,13 +11,15 @@ ok, or unhealthy with its rule's severity; agent/sources/kernel/rules.py says wh
 `kernel.event.<reason>` per temporary-rule episode (an event). When the kernel log cannot be read live
 (/dev/kmsg not mounted, no CAP_SYSLOG) every condition is unknown: nothing read is not healthy.
 
-State: <state_dir>/kernel.json keeps the cursor (boot id + last sequence) and the conditions that are set,
-so a restarted agent neither re-fires old lines nor forgets a condition. `agent --once` reads it but never
+State: <state_dir>/kernel.json keeps the cursor (boot id + last sequence), the conditions that are set and the
+temporary rules' episodes of this boot, so a restarted agent (whose reader starts at the oldest record of the
+kernel's ring again) neither re-fires old lines, nor forgets a condition, nor announces an ongoing episode twice. `agent --once` reads it but never
 writes it; a snapshot replay neither reads nor writes it.
 """
 from __future__ import annotations
 
 import copy
+import errno
 import logging
 import time
 from dataclasses import dataclass, field
@@ -39,6 +41,10 @@ log = logging.getLogger(__name__)
 DEFAULT_RULES = Path(__file__).with_name("rules") / "default.json"
 FILENAME = "kernel.json"
 IGNORE = "ignore"
+# Both refusals look alike (EPERM): no CAP_SYSLOG under kernel.dmesg_restrict=1, or a container's device cgroup
+# (a hostPath /dev/kmsg opens only in a privileged container). docs/deploy.md, "Mounts".
+DENIED_HINT = (" (needs CAP_SYSLOG where kernel.dmesg_restrict=1, and in a container device access to /dev/kmsg:"
+               " privileged, as components/amd and components/nvme-smart make the agent)")
 
 
 @dataclass
@@ -174,6 +180,8 @@ class KernelCollector(Collector):
                 records = self._sub.read()
             except OSError as e:
                 unreadable = f"{self.settings.kmsg_path}: {e.strerror or e}"
+                if e.errno in (errno.EPERM, errno.EACCES):
+                    unreadable += DENIED_HINT
                 self._close_sub()
         floor = None
         if state.seq is None and self._snapshot is None:

@@ -65,9 +65,26 @@ class Active:
     def from_json(cls, doc: dict) -> "Active":
         names = {f.name for f in fields(cls)}
         a = cls(**{k: v for k, v in doc.items() if k in names})
-        if a.severity not in RANK or not isinstance(a.condition, str) or not isinstance(a.text, str):
+        # Every field's type, as the findings use them: a hand-edited or corrupt file is refused here (the
+        # collector then starts afresh) instead of failing the source at every cycle after.
+        if a.severity not in RANK or not all(isinstance(v, str) for v in (a.condition, a.reason, a.text)) or \
+                not _opt_str(a.action) or not _count(a.count, 1) or not _opt_int(a.first_seq) or \
+                not _opt_int(a.last_usec) or not isinstance(a.reasons, list) or \
+                not all(isinstance(r, str) for r in a.reasons):
             raise ValueError(f"bad condition record {str(doc)[:80]}")
         return a
+
+
+def _opt_str(v: object) -> bool:
+    return v is None or isinstance(v, str)
+
+
+def _opt_int(v: object) -> bool:
+    return v is None or (isinstance(v, int) and not isinstance(v, bool))
+
+
+def _count(v: object, lo: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= lo
 
 
 @dataclass
@@ -82,32 +99,56 @@ class Episode:
     text: str = ""
     last_usec: int | None = None
 
+    @classmethod
+    def from_json(cls, doc: dict) -> "Episode":
+        names = {f.name for f in fields(cls)}
+        e = cls(**{k: v for k, v in doc.items() if k in names})
+        if e.severity not in RANK or not isinstance(e.reason, str) or not isinstance(e.text, str) or \
+                not _opt_str(e.action) or not all(_opt_int(v) for v in (e.opened_usec, e.shown_usec, e.last_usec)) \
+                or not _count(e.since_shown) or not _count(e.total):
+            raise ValueError(f"bad episode record {str(doc)[:80]}")
+        return e
+
+
+MAX_EPISODES = 1000  # one per temporary rule's reason; a state file with more is not ours
+
 
 @dataclass
 class KernelState:
     boot_id: str | None = None
     seq: int | None = None  # last record handled in boot_id (the persisted cursor)
     active: dict[str, Active] = field(default_factory=dict)
+    # Temporary rules' episodes of this boot, by reason: persisted with the cursor, so an episode that spans an
+    # agent restart stays one episode (counted, shown again only when due), not a second announcement.
+    episodes: dict[str, Episode] = field(default_factory=dict)
 
     def new_boot(self, boot_id: str | None) -> bool:
         if boot_id == self.boot_id:
             return False
-        self.boot_id, self.seq, self.active = boot_id, None, {}
+        self.boot_id, self.seq, self.active, self.episodes = boot_id, None, {}, {}
         return True
 
     def to_json(self) -> dict:
         return {"version": 1, "boot_id": self.boot_id, "seq": self.seq,
-                "active": {k: asdict(v) for k, v in sorted(self.active.items())}}
+                "active": {k: asdict(v) for k, v in sorted(self.active.items())},
+                "episodes": {k: asdict(v) for k, v in sorted(self.episodes.items())}}
 
     @classmethod
     def from_json(cls, doc: object) -> "KernelState":
         if not isinstance(doc, dict) or doc.get("version") != 1:
             raise ValueError("unsupported kernel state")
         seq = doc.get("seq")
+        for key in ("active", "episodes"):
+            if not isinstance(doc.get(key) or {}, dict):
+                raise ValueError(f"kernel state: {key} is not an object")
         active = {str(k): Active.from_json(v) for k, v in (doc.get("active") or {}).items() if isinstance(v, dict)}
+        # A file from before episodes were kept has none: its open episodes start again (announced once more).
+        episodes = {str(k): Episode.from_json(v) for k, v in list((doc.get("episodes") or {}).items())[:MAX_EPISODES]
+                    if isinstance(v, dict)}
         boot = doc.get("boot_id")
         return cls(boot if isinstance(boot, str) else None,
-                   seq if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0 else None, active)
+                   seq if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0 else None, active,
+                   episodes)
 
 
 class Matcher:
@@ -152,7 +193,6 @@ class Engine:
         self.rulesets = rulesets
         self.matchers = [Matcher(rs) for rs in rulesets]
         self.episode_usec = int(episode_seconds * 1e6)
-        self.episodes: dict[str, Episode] = {}
 
     def conditions(self) -> dict[str, tuple[Condition, str]]:
         """condition type -> (its declaration, its severity): declared severity, else the worst of its rules'."""
@@ -194,7 +234,7 @@ class Engine:
                     if rule.type == PERMANENT:
                         self._permanent(rule, text, rec, state)
                     else:
-                        self._temporary(rule, text, rec, p)
+                        self._temporary(rule, text, rec, p, state.episodes)
         return p
 
     @staticmethod
@@ -212,12 +252,12 @@ class Engine:
         if RANK[rule.severity] > RANK[a.severity]:  # a worse rule takes the lead
             a.reason, a.severity, a.action, a.text = rule.reason, rule.severity, rule.action, clip(text)
 
-    def _temporary(self, rule: Rule, text: str, rec: KmsgRecord, p: Pass) -> None:
+    def _temporary(self, rule: Rule, text: str, rec: KmsgRecord, p: Pass, episodes: dict[str, Episode]) -> None:
         t = rec.usec
-        ep = self.episodes.get(rule.reason)
+        ep = episodes.get(rule.reason)
         if ep is None or (t is not None and ep.last_usec is not None and t - ep.last_usec >= self.episode_usec):
             # the first match, or the first after a quiet window: a new episode
-            ep = self.episodes[rule.reason] = Episode(rule.reason, rule.severity, rule.action, t, None)
+            ep = episodes[rule.reason] = Episode(rule.reason, rule.severity, rule.action, t, None)
         ep.total += 1
         ep.since_shown += 1
         ep.text = clip(text)

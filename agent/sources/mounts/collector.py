@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from pathlib import Path
 from agent.base.collector import Collector, Context, NoData, Observation, Output
 from agent.base.config import CollectorSettings, ConfigError, in_range
 from agent.base.metrics import MetricSet
-from agent.base.validate import ascii_int
+from agent.base.validate import COUNTER_MAX, ascii_int, to_float
 from . import rules
 from .metrics import MOUNT_FREE, MOUNT_INFO, MOUNT_INODES, MOUNT_INODES_FREE, MOUNT_RESPONSIVE, MOUNT_SIZE
 from .parsers import Mount, containing, parse_mounts
@@ -116,17 +117,21 @@ class MountsCollector(Collector):
         except (OSError, ValueError):
             return {}
         out = {}
-        names = set(ProbeResult.__dataclass_fields__)
         for mp, r in (doc.items() if isinstance(doc, dict) else []):
-            if not isinstance(r, dict):
+            # A record whose verdict is not a JSON boolean is not read at all (its mount is "not probed",
+            # unknown): "ok": "false" must not read as true. Other fields: a value of the wrong type is None.
+            if not isinstance(r, dict) or not isinstance(r.get("ok"), bool):
                 continue
-            vals = {k: v for k, v in r.items() if k in names}
+            res = ProbeResult(r["ok"], hung=r.get("hung") is True)
+            error = r.get("error")
+            res.error = error[:300] if isinstance(error, str) else None if error is None else str(error)[:300]
             for k in ("bsize", "blocks", "bavail", "files", "favail"):
-                vals[k] = ascii_int(vals.get(k), 0) if vals.get(k) is not None else None
-            try:
-                out[str(mp)] = ProbeResult(**{**vals, "ok": bool(vals.get("ok"))})
-            except TypeError:
-                continue
+                setattr(res, k, ascii_int(r.get(k), 0, COUNTER_MAX))
+            res.writable = r.get("writable") if isinstance(r.get("writable"), bool) else None
+            for k in ("seconds", "stuck_seconds"):
+                v = to_float(r.get(k))  # an int too wide for a float is Inf: refused below
+                setattr(res, k, v if v is not None and math.isfinite(v) and v >= 0 else None)
+            out[str(mp)] = res
         return out
 
     def host_root(self, pid1_table: bool = True) -> str:

@@ -141,8 +141,8 @@ class NvmeCollector(Collector):
             except (OSError, RuntimeError, TimeoutError, ValueError) as e:
                 text = str(e)[:300] or type(e).__name__
                 # The device cgroup or the capability refused what the checks above could not see.
-                logs[ctrl] = f"{NEEDS_ACCESS.format(ctrl=ctrl)} ({text})" if _DENIED.search(text) else \
-                    f"smart-log not read: {text}"
+                logs[ctrl] = f"{NEEDS_ACCESS.format(ctrl=ctrl)} ({text})" if snap is None and _DENIED.search(text) \
+                    else f"smart-log not read: {text}"
         return NvmeReading(logs, info)
 
     def evaluate(self, reading: NvmeReading, previous: Observation | None, elapsed: float | None) -> Output:

@@ -5,7 +5,7 @@ Available unprivileged:
   state                 the controller's state (drivers/nvme/host/core.c nvme_sysfs_show_state): live, new,
                         resetting, connecting, deleting, "deleting (no IO)", dead
   model, serial, firmware_rev, transport, cntrltype (io/discovery/admin, 5.16+)
-  hwmon*/temp1_input    composite temperature in millidegrees C (drivers/nvme/host/hwmon.c: the KERNEL reads
+  hwmon*/temp1_input    (nvmeN/device/hwmon/hwmon* on 5.5) composite temperature in millidegrees C (drivers/nvme/host/hwmon.c: the KERNEL reads
                         the SMART log for it, so an unprivileged reader gets the temperature)
   hwmon*/temp1_alarm    1 when the SMART log's critical warning has bit 1 set (temperature), else 0
   hwmon*/temp{2..9}_input  the drive's other temperature sensors, where it has them
@@ -54,10 +54,14 @@ def read_controller(ctrl: Path) -> SysfsInfo | None:
     if info.state is not None and info.state not in STATES:
         info.invalid.append(f"state={info.state[:40]}")
         info.state = None
-    try:
-        hwmons = sorted(p for p in ctrl.iterdir() if p.name.startswith("hwmon"))[:4]
-    except OSError:
-        hwmons = []
+    hwmons: list[Path] = []
+    # The hwmon device's parent is the controller (ctrl->device: nvmeN/hwmonM) since 5.6; 5.5 registered it on
+    # the PCI function (ctrl->dev: nvmeN/device/hwmon/hwmonM).
+    for parent in (ctrl, ctrl / "device" / "hwmon"):
+        try:
+            hwmons += sorted(p for p in parent.iterdir() if p.name.startswith("hwmon") and p.name != "hwmon")[:4]
+        except OSError:
+            pass
     for hw in hwmons:
         raw = _text(hw / "temp1_input", 64)
         if raw is not None:
