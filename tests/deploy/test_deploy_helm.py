@@ -107,6 +107,8 @@ def test_namespace_create_renders_the_base_whole(tmp_path):
     ({"tls": {"enabled": True}}, ["base"], ["tls"]),
     ({"nvme": {"smartLog": True}}, ["base"], ["nvme-smart"]),
     ({"vendor": "amd", "nvme": {"smartLog": True}}, ["overlays/amd"], ["nvme-smart"]),
+    ({"kernelLog": {"enabled": True}}, ["base"], ["kernel-log"]),
+    ({"vendor": "nvidia", "kernelLog": {"enabled": True}}, ["overlays/nvidia"], ["kernel-log"]),
     ({"vendor": "amd", "dryRun": True, "tls": {"enabled": True}}, ["overlays/amd"], ["dry-run", "tls"]),
     ({"vendor": "nvidia", "tuner": {"mode": "enforce"}, "tls": {"enabled": True}}, ["overlays/nvidia"],
      ["tuner-enforce", "tls"]),
@@ -120,7 +122,8 @@ def test_namespace_create_renders_the_base_whole(tmp_path):
       "jobSignatures": {"enabled": True}}, ["overlays/amd"], ["dry-run", "tls", "device-quarantine", "job-signatures"]),
     ({"tls": {"enabled": True}, "drain": {"enabled": True}, "jobSignatures": {"enabled": True}}, ["base"],
      ["tls", "drain", "job-signatures"]),
-], ids=["amd", "nvidia", "dry-run", "tuner-enforce", "tls", "nvme-smart", "amd+nvme-smart", "amd+dry-run+tls",
+], ids=["amd", "nvidia", "dry-run", "tuner-enforce", "tls", "nvme-smart", "amd+nvme-smart", "kernel-log", "nvidia+kernel-log",
+        "amd+dry-run+tls",
         "nvidia+enforce+tls", "device-quarantine", "drain", "job-signatures", "nvidia+all-three", "amd+dry-run+tls+devices+signatures",
         "tls+drain+signatures"])
 def test_each_option_renders_its_component(tmp_path, values, resources, components):

@@ -579,3 +579,22 @@ def test_nvme_smart_composes_and_validates(tmp_path, overlay):
     assert vols["host-dev"]["hostPath"] == {"path": "/dev", "type": "Directory"}
     for obj in objs:
         kubernetes_validate.validate(obj, K8S_VERSIONS[-1], strict=True)
+
+
+@pytest.mark.parametrize("overlay", ["../base", "nvidia"])
+def test_kernel_log_makes_kmsg_openable_and_adds_nothing_else(tmp_path, overlay):
+    """components/kernel-log: the agent privileged (device access to the /dev/kmsg the base mounts), with
+    allowPrivilegeEscalation (the API server refuses privileged without it); no capability added, no other
+    host path mounted: the capability list and the volumes are the overlay's own. Every object valid."""
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "log").mkdir()
+    plain = container(compose(tmp_path / "plain", overlay, []), *AGENT_DS, "agent")
+    objs = compose(tmp_path / "log", overlay, ["kernel-log"])
+    c = container(objs, *AGENT_DS, "agent")
+    sc = c["securityContext"]
+    assert sc["privileged"] is True and sc["allowPrivilegeEscalation"] is True
+    assert sc["capabilities"] == plain["securityContext"]["capabilities"]
+    assert c["volumeMounts"] == plain["volumeMounts"]
+    assert "/dev/kmsg" in [m["mountPath"] for m in c["volumeMounts"]]
+    for obj in objs:
+        kubernetes_validate.validate(obj, K8S_VERSIONS[-1], strict=True)

@@ -44,7 +44,7 @@ IGNORE = "ignore"
 # Both refusals look alike (EPERM): no CAP_SYSLOG under kernel.dmesg_restrict=1, or a container's device cgroup
 # (a hostPath /dev/kmsg opens only in a privileged container). docs/deploy.md, "Mounts".
 DENIED_HINT = (" (needs CAP_SYSLOG where kernel.dmesg_restrict=1, and in a container device access to /dev/kmsg:"
-               " privileged, as components/amd and components/nvme-smart make the agent)")
+               " privileged, as components/kernel-log, components/amd and components/nvme-smart make the agent)")
 
 
 @dataclass
