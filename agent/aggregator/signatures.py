@@ -17,6 +17,8 @@ monotonic `now`; the engine feeds events in and asks, when it judges a node, whi
 """
 from __future__ import annotations
 
+import json
+
 import re
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -32,6 +34,7 @@ MAX_FAULTS_PER_NODE = 64
 # Kept on the Lease across a leader change (one annotation, next to the ledger; the Lease's annotations share 256 KiB)
 MAX_PERSISTED_SIGNATURES = 100
 MAX_PERSISTED_FAULTS = 2000
+MAX_RECORD_BYTES = 96 * 1024
 GPU_RESOURCE = re.compile(r"(^|/)(gpu|mig-)|gpu\.|\.gpu", re.ASCII)  # nvidia.com/gpu, amd.com/gpu, nvidia.com/mig-*
 _XID = re.compile(r"Xid (\d{1,5})\b", re.ASCII)
 
@@ -265,14 +268,25 @@ class Correlator:
         clock) and the faults they absolved. Bounded (MAX_PERSISTED_*, newest signatures first); what does not fit
         is left out, and a fault left out is judged as any other (quarantined after its hold: never fail open)."""
         sigs = sorted(self.signatures.values(), key=lambda x: -x.since)[:MAX_PERSISTED_SIGNATURES]
-        nodes: dict[str, list[list[str]]] = {}
-        for node, check, entity in sorted(self.absolved)[:MAX_PERSISTED_FAULTS]:
-            nodes.setdefault(node, []).append([check, entity])
-        return {"v": 1, "signatures": [
-            {"owner": [x.owner.namespace, x.owner.kind, x.owner.name, x.owner.api_version, x.owner.uid],
-             "since": round(wall - (now - x.since), 3), "nodes": sorted(x.nodes)[:MAX_PERSISTED_FAULTS],
-             "codes": sorted(x.codes), "faults": x.faults, "evented": x.evented} for x in sigs],
-            "absolved": nodes}
+        keys = sorted(self.absolved)[:MAX_PERSISTED_FAULTS]
+        while True:
+            nodes: dict[str, list[list[str]]] = {}
+            for node, check, entity in keys:
+                nodes.setdefault(node, []).append([check, entity])
+            doc = {"v": 1, "signatures": [
+                {"owner": [x.owner.namespace, x.owner.kind, x.owner.name, x.owner.api_version, x.owner.uid],
+                 "since": round(wall - (now - x.since), 3), "nodes": sorted(x.nodes)[:MAX_PERSISTED_FAULTS],
+                 "codes": sorted(x.codes), "faults": x.faults, "evented": x.evented} for x in sigs],
+                "absolved": nodes}
+            # within MAX_RECORD_BYTES (strings are bounded, so this ends): the oldest signatures go first, then faults
+            if len(json.dumps(doc, separators=(",", ":"))) <= MAX_RECORD_BYTES or (not sigs and not keys):
+                return doc
+            if len(sigs) > 1:  # halved: a few serialisations at most, on the event loop
+                sigs = sigs[: len(sigs) // 2]
+            else:
+                keys = keys[: len(keys) // 2]
+                if not keys:
+                    sigs = []
 
     def restore(self, doc: Any, now: float, wall: float) -> int:
         """A new leader takes over what the last one kept (export's document): its signatures and the faults they

@@ -295,3 +295,12 @@ def test_the_record_round_trips_and_a_bad_one_restores_nothing():
         with pytest.raises(ValueError):
             d.restore(bad, 0.0, 0.0)
     assert d.signatures  # a bad record changed nothing
+    # bounded: the Lease's annotations share 256 KiB with the ledger
+    big = sg.Correlator(SignatureConfig(True, nodes=2, window=10))
+    for i in range(150):
+        o = sg.Owner("ml", "Job", f"job-{i}")
+        big.signatures[o] = sg.Signature(o, since=float(i), nodes={f"node-{j:04d}-{'x' * 200}" for j in range(50)})
+    big.absolved = {(f"node-{j:05d}-{'y' * 200}", "gpu.xid", "gpu0") for j in range(5000)}
+    doc = big.export(now=200.0, wall=1e6)
+    assert len(json.dumps(doc, separators=(",", ":"))) <= sg.MAX_RECORD_BYTES
+    assert doc["signatures"] and doc["signatures"][0]["owner"][2] == "job-149"  # the newest kept first
