@@ -118,15 +118,19 @@ def match(entity: str, slices: Iterable[dict], bus_id: str = "") -> tuple[list[T
     """The devices of the node's ResourceSlices that are the GPU `entity` names (a GPU and its partitions), or
     ([], why not). Ambiguity (two whole GPUs match) is no match: the node is quarantined instead.
 
-    `bus_id` (Event.bus_id: the agent's PCI address of the entity's GPU, normalised at intake) is matched first,
-    against the PCI attributes: one physical GPU has one address, so every device carrying it is that GPU or one of
+    `bus_id` (Event.bus_id: the agent's PCI address of the entity's GPU, normalised at intake) is matched first
+    (then the entity, where no device carries the address), against the PCI attributes: one physical GPU has one address, so every device carrying it is that GPU or one of
     its partitions (AMD's partitions carry their parent's address) and all are tainted. Without it (an older
     agent) the entity alone decides, as before: an AMD "gpuN" then matches nothing."""
     ref = gpu_ref(entity)
     if ref is None:
         return [], f"{entity!r} names no GPU"
-    if bus_id and normalize_pci(bus_id):
-        ref = ("pci", normalize_pci(bus_id))
+    bus = normalize_pci(bus_id) if bus_id else None
+    if bus is not None and ref[0] == "index":
+        targets, _ = match(f"pci:{bus}", slices)
+        if targets:
+            return targets, ""
+        # no device publishes that address (a driver without PCI attributes): the entity decides, as before
     whole: list[tuple[Target, dict]] = []
     everything: list[tuple[Target, dict]] = []
     for s in slices:

@@ -194,6 +194,7 @@ class Engine:
         self._last.clear()
         self.metrics.leader = True
         self.metrics.breaker_open = self.leader.ledger().breaker_open
+        self.signatures.restore()  # the previous leader's job signatures (kept on the Lease)
         if self._loop is not None and self.kube is not None:
             self._loop.create_task(self._seed())
 

@@ -191,6 +191,48 @@ class LeaderElector:
             return out[0]
 
 
+    # -- other state the holder keeps on the Lease (job signatures: remedy.Signatures) ------------------------------
+    def annotation(self, key: str) -> str | None:
+        """An annotation of the Lease as last seen (at takeover: as it was when this replica won it)."""
+        return (((self._lease or {}).get("metadata") or {}).get("annotations") or {}).get(key)
+
+    async def put_annotation(self, key: str, value: str | None, attempts: int = 8) -> None:
+        """Set (None: remove) one annotation of the Lease as the holder, like update_ledger: read-modify-write with
+        the resourceVersion, the Lease as last seen first, leadership checked at every attempt."""
+        ns, name = self.namespace, self.name
+        async with self._lock:
+            seen = [self._lease]
+
+            def read() -> dict[str, Any]:
+                if not self.is_leader():
+                    raise NotLeader(self.identity)
+                lease = seen.pop() if seen else None
+                if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.identity:
+                    lease = self.kube.get_lease(ns, name)
+                    if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.identity:
+                        raise _LeaseLost()
+                return lease
+
+            def modify(lease: dict[str, Any]) -> dict[str, Any] | None:
+                ann = dict((lease.get("metadata") or {}).get("annotations") or {})
+                if ann.get(key) == value:
+                    return None
+                if value is None:
+                    ann.pop(key, None)
+                else:
+                    ann[key] = value
+                return dict(lease, metadata=dict(lease.get("metadata") or {}, annotations=ann))
+            try:
+                _, lease = await self._run(lambda: read_modify_write(
+                    read, modify, lambda body: self.kube.replace_lease(ns, name, body), attempts=attempts,
+                    what=f"lease annotation {key}"))
+            except _LeaseLost:
+                self._lose("the Lease is gone or held by another")
+                raise NotLeader(self.identity) from None
+            if lease is not None:
+                self._lease = lease
+
+
 class StaticLeader:
     """For a single replica without a Lease (tests, the benchmark, `--no-lease`): always the leader; the ledger
     lives in memory."""
@@ -201,6 +243,7 @@ class StaticLeader:
         self.on_started: list[Callable[[], Any]] = []
         self.on_stopped: list[Callable[[], Any]] = []
         self._ledger = Ledger()
+        self._annotations: dict[str, str] = {}  # in memory: no Lease to keep them on
         self.clock = clock
 
     def is_leader(self) -> bool:
@@ -213,6 +256,15 @@ class StaticLeader:
 
     def ledger(self) -> Ledger:
         return self._ledger
+
+    def annotation(self, key: str) -> str | None:
+        return self._annotations.get(key)
+
+    async def put_annotation(self, key: str, value: str | None) -> None:
+        if value is None:
+            self._annotations.pop(key, None)
+        else:
+            self._annotations[key] = value
 
     async def update_ledger(self, change: Callable[[Ledger], tuple[T, Ledger | None]]) -> T:
         result, new = change(self._ledger)

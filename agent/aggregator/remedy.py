@@ -9,6 +9,7 @@ with its uid as precondition. Dry-run decides and logs, and writes none.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -233,6 +234,9 @@ def _admit(ledger: Any, key: str, wall: float, budget: Any, total: int) -> tuple
 
 
 
+SIGNATURE_RECORD = "vigil.dev/v1.signatures"  # on the Lease, beside the ledger: what a new leader takes over
+
+
 class Signatures:
     """Job signatures wired to the engine (signatures.py decides): the first event of each application-class
     episode reads the GPU pods of its node (one list per node and half-window, off the stream path), then the
@@ -246,6 +250,55 @@ class Signatures:
         self.c = Correlator(engine.cfg.signatures)
         self._reading: set[str] = set()
         self.reported: list[Any] = []  # signatures reported, for tests and the demo
+        self._kept: str | None = None  # the record last written to the Lease (SIGNATURE_RECORD)
+        self._keeping: asyncio.Task | None = None
+        self.restored = 0  # signatures taken over from the previous leader, for tests and the log
+
+    # -- across a leader change: the signatures and the faults they absolved live on the Lease -------------------
+    def restore(self) -> None:
+        """At takeover (on the loop, before any stream of this leadership is read): the previous leader's
+        signatures, so a fault it left out of a verdict is not quarantined now because the job's pods are gone."""
+        if not self.c.cfg.enabled:
+            return
+        text = self.e.leader.annotation(SIGNATURE_RECORD)
+        self._kept = text
+        if not text:  # none kept: what this replica remembers from an earlier leadership of its own is stale
+            self.c.restore({"v": 1}, self.e.clock(), self.e.wall())
+            return
+        try:
+            self.restored = self.c.restore(json.loads(text), self.e.clock(), self.e.wall())
+        except ValueError as ex:  # json.JSONDecodeError is one: a record that cannot be read restores nothing
+            log.warning("job signatures: the record on the Lease cannot be read (%s): starting without it",
+                        str(ex)[:200])
+            return
+        log.info("job signatures: took over %d signature(s) and %d absolved fault(s) from the previous leader",
+                 self.restored, len(self.c.absolved))
+        for sig in self.c.signatures.values():
+            if not sig.evented and not self.e.cfg.dry_run and self.e.kube is not None and self.e._loop is not None:
+                self.e._spawn(self._report(sig, wait=False))
+
+    def keep(self) -> None:
+        """Write what changed to the Lease, in the background, one write at a time (the latest state wins)."""
+        e = self.e
+        if not self.c.cfg.enabled or e._loop is None or e.kube is None or e.cfg.dry_run:
+            return
+        if self._keeping is None or self._keeping.done():
+            self._keeping = e._loop.create_task(self._keep())
+
+    async def _keep(self) -> None:
+        e = self.e
+        while e.leader.is_leader():
+            doc = self.c.export(e.clock(), e.wall())
+            text = json.dumps(doc, sort_keys=True, separators=(",", ":")) if doc["signatures"] or doc["absolved"] \
+                else None
+            if text == self._kept or (text is None and self._kept is None):
+                return
+            try:
+                await e.leader.put_annotation(SIGNATURE_RECORD, text)
+            except Exception as ex:  # noqa: BLE001 - retried at the next change; the leader still knows it all
+                log.warning("job signatures: keeping the record on the Lease: %s", str(ex)[:200])
+                return
+            self._kept = text
 
     def ignore(self, node: str, now: float):  # noqa: ANN201
         return lambda p: self._ignore(node, p, now)
@@ -278,6 +331,8 @@ class Signatures:
             new, _ = self.c.episode(node, ev.check, ev.entity, ev.message, now)
             m.bump(m.episodes, "new" if new else "repeat")
             if ev.status == "ok":
+                if (node, ev.check, ev.entity) in self.c.absolved:
+                    self.keep()  # (its write runs later: it sees the fault forgotten)
                 self.c.forget(node, [(ev.check, ev.entity)])
             elif new and self.c.cfg.enabled and application_class(ev.check, ev.message):
                 faulted = True
@@ -316,18 +371,24 @@ class Signatures:
             task = e._loop.create_task(self._report(sig))
             e._reports.add(task)
             task.add_done_callback(e._reports.discard)
+        self.keep()  # no write when nothing kept changed
 
-    async def _report(self, sig: Any) -> None:
+    async def _report(self, sig: Any, wait: bool = True) -> None:
         """One Event per signature, written when its window has passed, so that it names every node it reached
-        (the blast radius), not the first K."""
+        (the blast radius), not the first K. (A new leader writes at once the Event its predecessor had not.)"""
         from .signatures import owner_event
 
         e, m = self.e, self.e.metrics
-        await asyncio.sleep(self.c.cfg.window)
+        if wait:
+            await asyncio.sleep(self.c.cfg.window)
+        if not e.leader.is_leader():
+            return  # the new leader writes it (the record says it was not written)
         body = owner_event(sig, e.cfg.event_namespace, e.cfg.identity, now_iso(e.wall()), self.c.cfg.window)
         try:
             created = await e._io(lambda: e.kube.create_event(body["metadata"]["namespace"], body))  # type: ignore
             m.bump(m.actions, ("event", "ok" if created else "exists"))
+            sig.evented = True
+            self.keep()
         except Exception as ex:  # noqa: BLE001 - a report, never a reason to act
             m.bump(m.actions, ("event", "error"))
             log.warning("event VigilJobSignature for %s: %s", sig.owner, ex)

@@ -17,6 +17,8 @@ monotonic `now`; the engine feeds events in and asks, when it judges a node, whi
 """
 from __future__ import annotations
 
+import json
+
 import re
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -29,6 +31,10 @@ APPLICATION_XIDS = frozenset({
 XID_CHECK = "gpu.xid"
 MAX_EPISODES = 100_000
 MAX_FAULTS_PER_NODE = 64
+# Kept on the Lease across a leader change (one annotation, next to the ledger; the Lease's annotations share 256 KiB)
+MAX_PERSISTED_SIGNATURES = 100
+MAX_PERSISTED_FAULTS = 2000
+MAX_RECORD_BYTES = 96 * 1024
 GPU_RESOURCE = re.compile(r"(^|/)(gpu|mig-)|gpu\.|\.gpu", re.ASCII)  # nvidia.com/gpu, amd.com/gpu, nvidia.com/mig-*
 _XID = re.compile(r"Xid (\d{1,5})\b", re.ASCII)
 
@@ -140,7 +146,8 @@ class Signature:
     nodes: set[str] = field(default_factory=set)
     codes: set[int] = field(default_factory=set)
     faults: int = 0
-    reported: bool = False
+    reported: bool = False  # handed to the reporter (correlate returns a signature once)
+    evented: bool = False  # its Event was written (a new leader writes it when the old one did not)
 
 
 class Correlator:
@@ -254,6 +261,61 @@ class Correlator:
         for check, entity in keys:
             self.held.pop((node, check, entity), None)
             self.absolved.discard((node, check, entity))
+
+    # -- across a leader change (remedy.Signatures keeps this on the Lease) -------------------------------------
+    def export(self, now: float, wall: float) -> dict[str, Any]:
+        """What a new leader needs so that a signature's suppression survives it: the signatures (times as wall
+        clock) and the faults they absolved. Bounded (MAX_PERSISTED_*, newest signatures first); what does not fit
+        is left out, and a fault left out is judged as any other (quarantined after its hold: never fail open)."""
+        sigs = sorted(self.signatures.values(), key=lambda x: -x.since)[:MAX_PERSISTED_SIGNATURES]
+        keys = sorted(self.absolved)[:MAX_PERSISTED_FAULTS]
+        while True:
+            nodes: dict[str, list[list[str]]] = {}
+            for node, check, entity in keys:
+                nodes.setdefault(node, []).append([check, entity])
+            doc = {"v": 1, "signatures": [
+                {"owner": [x.owner.namespace, x.owner.kind, x.owner.name, x.owner.api_version, x.owner.uid],
+                 "since": round(wall - (now - x.since), 3), "nodes": sorted(x.nodes)[:MAX_PERSISTED_FAULTS],
+                 "codes": sorted(x.codes), "faults": x.faults, "evented": x.evented} for x in sigs],
+                "absolved": nodes}
+            # within MAX_RECORD_BYTES (strings are bounded, so this ends): the oldest signatures go first, then faults
+            if len(json.dumps(doc, separators=(",", ":"))) <= MAX_RECORD_BYTES or (not sigs and not keys):
+                return doc
+            if len(sigs) > 1:  # halved: a few serialisations at most, on the event loop
+                sigs = sigs[: len(sigs) // 2]
+            else:
+                keys = keys[: len(keys) // 2]
+                if not keys:
+                    sigs = []
+
+    def restore(self, doc: Any, now: float, wall: float) -> int:
+        """A new leader takes over what the last one kept (export's document): its signatures and the faults they
+        absolved replace what this replica remembered. Returns the signatures restored; a document that cannot be
+        read restores nothing (ValueError says why)."""
+        if not isinstance(doc, dict) or doc.get("v") != 1:
+            raise ValueError("not a version-1 signature record")
+        sigs: dict[Owner, Signature] = {}
+        for item in doc.get("signatures") or []:
+            o = item.get("owner") if isinstance(item, dict) else None
+            if not (isinstance(o, list) and len(o) == 5 and all(isinstance(v, str) for v in o)):
+                raise ValueError(f"bad signature entry {str(item)[:120]}")
+            since = item.get("since")
+            if not isinstance(since, (int, float)) or since != since:
+                raise ValueError(f"bad signature time {since!r}")
+            owner = Owner(*o)
+            sigs[owner] = Signature(owner, now - max(0.0, wall - float(since)),
+                                    {n for n in item.get("nodes") or [] if isinstance(n, str)},
+                                    {c for c in item.get("codes") or [] if isinstance(c, int)},
+                                    int(item.get("faults") or 0) if isinstance(item.get("faults"), int) else 0,
+                                    reported=True, evented=bool(item.get("evented")))
+        absolved: set[tuple[str, str, str]] = set()
+        for node, keys in (doc.get("absolved") or {}).items():
+            for key in keys if isinstance(keys, list) else []:
+                if isinstance(key, list) and len(key) == 2 and all(isinstance(v, str) for v in key):
+                    absolved.add((node, key[0], key[1]))
+        self.signatures = sigs
+        self.absolved = absolved
+        return len(sigs)
 
 
 def owner_event(sig: Signature, namespace_default: str, instance: str, wall_iso: str, window: float) -> dict:

@@ -88,10 +88,10 @@ def agent_pod(fk, node, tmp_path):
     return path
 
 
-def replica(fk, ident, *, dry_run=False, budget=None, healthy_delay=5.0, journal=None, lease=True):
+def replica(fk, ident, *, dry_run=False, budget=None, healthy_delay=5.0, journal=None, lease=True, **more):
     cfg = AggregatorConfig(policy=PolicyConfig(healthy_delay=healthy_delay, heartbeat_timeout=10),
                            budget=budget or BudgetConfig(), dry_run=dry_run, identity=ident,
-                           heartbeat_seconds=1, tick_seconds=0.2)
+                           heartbeat_seconds=1, tick_seconds=0.2, **more)
     opts = ReplicaOptions(listen="127.0.0.1:0", namespace="vigil", lease_duration=3, renew_deadline=2,
                           retry_period=0.3, use_lease=lease, journal=journal)
     return ReplicaThread(Replica(cfg, opts, Kube(fk.api_client())))

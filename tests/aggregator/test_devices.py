@@ -251,6 +251,10 @@ def test_match_is_no_match_when_ambiguous_or_unknown():
                                                      "resource.kubernetes.io/pciBusID": {"string": "0000:5c:00.0"}}}
              for i in range(2)] + amd_gpus(1)
     assert [t.device for t in dv.match("gpu3", [slice_of(AMD, parts)], "0000:5c:00.0")[0]] == ["gpu-3-130", "gpu-3-131"]
+    # a bus id no device publishes: the entity decides (NVIDIA's gpu-N), as for an older agent
+    assert [t.device for t in dv.match("gpu1", [slice_of(NV, nvidia_gpus(2))], "0000:99:00.0")[0]] == ["gpu-1"]
+    # and the bus id wins over the index where both would match
+    assert [t.device for t in dv.match("gpu0", [slice_of(NV, nvidia_gpus(2))], "0000:28:00.0")[0]] == ["gpu-1"]
     # two whole GPUs named by one index stay ambiguous
     twice = [{"name": "gpu-a", "attributes": {"minor": {"int": 1}}}, {"name": "gpu-b", "attributes": {"minor": {"int": 1}}}]
     assert dv.match("gpu1", [slice_of("x.example.com", twice)])[0] == []

@@ -8,6 +8,7 @@ through the official kubernetes client. The Xid messages are the agent's own wor
 agent/sources/gpu_events/rules.py)."""
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -202,3 +203,104 @@ def test_without_job_signatures_nothing_is_held_nor_read(cluster):
     cordon = fk.requests("PUT", f"^/api/v1/nodes/{node}$")[0].time
     assert not [g for g in fk.requests("GET", "/api/v1/pods") if g.time <= cordon]
     assert r.replica.metrics.episodes == {"new": 1, "repeat": 1}
+
+
+# -- across a leader change -----------------------------------------------------------------------------------------
+def test_a_signature_survives_a_leader_change_after_the_jobs_pods_are_gone(fake, tmp_path):
+    """Issue 14: the job crashed on its Xid 13 (made fatal by an operator's override), its pods are gone, and the
+    leader that made the signature stops mid-way. The new leader takes the signature over from the Lease
+    (vigil.dev/v1.signatures): the agents' digests still carry the sticky Xid, and no node is quarantined for it
+    after the hold (re-reading the pods would find no owner, and the hold would end in three quarantines); the
+    Event is not written twice. A hardware Xid on the same nodes still quarantines on the new leader.
+
+    Two replicas on a Lease of the project's faithful fake API server (agent/fakekube), real gRPC, hand-driven
+    agent streams."""
+    from agent.aggregator.remedy import SIGNATURE_RECORD
+
+    from .helpers import leader_of, replica
+
+    nodes = [f"gpu-{i}" for i in range(3)]
+    tokens = {n: agent_pod(fake, n, tmp_path).read_text() for n in nodes}
+    for i, n in enumerate(nodes):
+        fake.add_pod("ml", f"train-worker-{i}", node_name=n, owner=("Job", "train"), containers=GPU)
+    sig_cfg = SignatureConfig(enabled=True, nodes=3, window=2.0)
+    reps = [replica(fake, "agg-0", signatures=sig_cfg), replica(fake, "agg-1", signatures=sig_cfg)]
+    agents = []
+    try:
+        wait_for(lambda: leader_of(reps), what="a leader")
+        first = leader_of(reps)
+        for n in nodes:
+            a = RawAgent(first.port, tokens[n], timeout=60)
+            a.hello(n)
+            assert a.batch([xid(1, 13)]).seq == 1
+            agents.append(a)
+        wait_for(lambda: first.replica.metrics.signatures.get("Job"), 15, what="the signature")
+
+        def record():
+            lease = fake.get("leases", "vigil-aggregator", "vigil")
+            text = (lease["metadata"].get("annotations") or {}).get(SIGNATURE_RECORD)
+            return json.loads(text) if text else None
+        wait_for(lambda: (record() or {}).get("absolved") and record()["signatures"][0]["evented"], 15,
+                 what="the signature and its Event kept on the Lease")
+        assert sorted(record()["absolved"]) == nodes
+        for i in range(3):  # the job crashed: its pods are gone
+            fake.delete("pods", f"train-worker-{i}", "ml")
+        for a in agents:
+            a.close()
+        agents.clear()
+        first.stop()  # a clean stop hands the Lease over at once
+        second = next(r for r in reps if r is not first)
+        wait_for(lambda: second.replica.leader.is_leader(), 15, what="the new leader")
+        assert second.replica.engine.signatures.restored == 1
+        digest = [pb.Problem(check="gpu.xid", entity="gpu0", status=pb.STATUS_UNHEALTHY, severity=pb.SEVERITY_FATAL,
+                             message=xid(1, 13).message)]
+        for n in nodes:
+            a = RawAgent(second.port, tokens[n], timeout=60)
+            a.hello(n, digest=digest, digest_seq=1)
+            agents.append(a)
+        time.sleep(sig_cfg.window + 2.0)  # past the hold: without the record the new leader quarantines all three
+        second.run(lambda: None)
+        assert not any(cordoned(fake, n) for n in nodes)
+        assert len([e for e in fake.list("events", "ml") if e["reason"] == "VigilJobSignature"]) == 1
+        # hardware is never suppressed, restored signature or not
+        agents[0].batch([xid(2, 79, entity="gpu1", what="GPU has fallen off the bus")])
+        wait_for(lambda: cordoned(fake, nodes[0]), 15, what="the hardware Xid quarantines")
+        # the application fault clears: its absolution goes from the record too
+        agents[1].batch([xid(2, 13, status=pb.STATUS_OK)])
+        wait_for(lambda: nodes[1] not in (record() or {}).get("absolved", {}), 10, what="the record shrunk")
+    finally:
+        for a in agents:
+            a.close()
+        for r in reps:
+            r.stop()
+
+
+def test_the_record_round_trips_and_a_bad_one_restores_nothing():
+    c = sg.Correlator(SignatureConfig(True, nodes=2, window=10))
+    sig = sg.Signature(sg.Owner("ml", "Job", "t", "batch/v1", "u"), since=95.0, nodes={"a", "b"}, codes={13},
+                       faults=4, reported=True, evented=True)
+    c.signatures[sig.owner] = sig
+    c.absolved = {("a", "gpu.xid", "gpu0"), ("b", "gpu.xid", "gpu0")}
+    doc = json.loads(json.dumps(c.export(now=100.0, wall=1_000_000.0)))
+    assert doc["signatures"][0]["since"] == 999_995.0
+    d = sg.Correlator(SignatureConfig(True, nodes=2, window=10))
+    assert d.restore(doc, now=7.0, wall=1_000_010.0) == 1  # another replica's clock: 15 s ago on its own
+    [got] = d.signatures.values()
+    assert (got.owner, got.since, got.nodes, got.codes, got.reported, got.evented) == \
+        (sig.owner, -8.0, {"a", "b"}, {13}, True, True)
+    assert d.ignore("a", "gpu.xid", "gpu0", "Xid 13: x", 7.0)  # absolved at once: no new hold
+    assert not d.ignore("a", "gpu.xid", "gpu1", "Xid 79: x", 7.0)
+    for bad in ({"v": 2}, {"v": 1, "signatures": [{"owner": "x"}]}, [], {"v": 1, "signatures": [
+            {"owner": ["a", "b", "c", "d", "e"], "since": "soon"}]}):
+        with pytest.raises(ValueError):
+            d.restore(bad, 0.0, 0.0)
+    assert d.signatures  # a bad record changed nothing
+    # bounded: the Lease's annotations share 256 KiB with the ledger
+    big = sg.Correlator(SignatureConfig(True, nodes=2, window=10))
+    for i in range(150):
+        o = sg.Owner("ml", "Job", f"job-{i}")
+        big.signatures[o] = sg.Signature(o, since=float(i), nodes={f"node-{j:04d}-{'x' * 200}" for j in range(50)})
+    big.absolved = {(f"node-{j:05d}-{'y' * 200}", "gpu.xid", "gpu0") for j in range(5000)}
+    doc = big.export(now=200.0, wall=1e6)
+    assert len(json.dumps(doc, separators=(",", ":"))) <= sg.MAX_RECORD_BYTES
+    assert doc["signatures"] and doc["signatures"][0]["owner"][2] == "job-149"  # the newest kept first

@@ -31,6 +31,14 @@ def test_fatal_xid_is_named_by_its_gpu_index_and_counted(node):
     assert m.value("vigil_gpu_event_source_up", source="kmsg") == 1
 
 
+def test_a_gpu_xid_carries_its_gpus_bus_address_for_the_aggregator(node):
+    """Issue 14: the stream sends it (Event.bus_id), and the aggregator finds the GPU's DRA device by it."""
+    node.log(XID79)
+    f, _ = cycle(node.collector())
+    assert f[("gpu.xid", "gpu0")].bus_id == H100
+    assert "bus_id" not in f[("gpu.xid", "gpu0")].to_json()  # --json unchanged
+
+
 def test_restart_with_the_same_state_dir_does_not_refire_but_keeps_what_is_sticky(node):
     node.log(XID13, XID79)
     first = node.collector()

@@ -113,6 +113,30 @@ def test_the_digest_alone_rebuilds_state_on_a_new_aggregator(tmp_path):
         r.stop()
 
 
+def test_a_gpus_bus_address_travels_in_its_event_and_in_the_digest(tmp_path):
+    """Issue 14: Event.bus_id and Problem.bus_id (the aggregator maps an AMD gpuN to its DRA device by it): the
+    event carries it, and so does the Hello's digest a new aggregator learns the node from."""
+    port = free_port()
+    r, applied = replica(port)
+    c = client(tmp_path, port)
+    try:
+        c.start()
+        c.observe(gpu(bad("gpu.ecc", "gpu", "gpu3", "2 errors", bus_id="0000:5c:00.0")))
+        wait_for(lambda: len(applied) == 1 and c.spool.stats()["pending_state"] == 0)
+        assert [p.bus_id for p in r.run(lambda: r.replica.engine.nodes["n1"].fatal_problems())] == ["0000:5c:00.0"]
+        r.stop(kill=True)
+        r2, _ = replica(port)
+        try:
+            wait_for(lambda: "n1" in r2.run(lambda: dict(r2.replica.engine.nodes)))
+            problems = r2.run(lambda: r2.replica.engine.nodes["n1"].fatal_problems())
+            assert [(p.entity, p.bus_id) for p in problems] == [("gpu3", "0000:5c:00.0")]
+        finally:
+            r2.stop()
+    finally:
+        c.stop()
+        r.stop()
+
+
 def test_a_failed_collector_does_not_clear_its_findings(tmp_path):
     r, applied = replica()
     c = client(tmp_path, r.port, clear_after=1)
