@@ -31,6 +31,15 @@ def test_nvme_cli_1x_integers():
     assert not s.invalid
 
 
+def test_a_real_published_log_with_sensor_temperatures_is_healthy():
+    """A real drive's log (netdata/netdata#8594): per-sensor temperature keys the parser does not judge are
+    ignored, not invalid, and a new drive reads healthy with its real values."""
+    s = parse_smart_log((NVME / "smart-log-samsung-pm983.json").read_text())
+    assert (s.critical_warning, s.temperature_k, s.avail_spare, s.spare_thresh, s.percent_used, s.media_errors,
+            s.power_on_hours) == (0, 322, 100, 10, 0, 0, 4221)
+    assert not s.invalid and s.warnings() == []
+
+
 def test_nvme_cli_2x_verbose_object_and_string_counters():
     s = parse_smart_log((NVME / "smart-log-verbose-degraded.json").read_text())
     assert s.critical_warning == 13 and s.media_errors == 12 and s.power_on_hours == 31877
