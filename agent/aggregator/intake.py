@@ -120,6 +120,7 @@ def read_digest(digest: Iterable[Any], where: str, cut: Cut = _no_cut) -> tuple[
 
 
 _L_CHECK, _L_ENTITY, _L_MESSAGE = wire.LIMITS["check"], wire.LIMITS["entity"], wire.LIMITS["message"]
+_L_VALUE = wire.LIMITS["value"]
 
 
 def _known(read: Callable[[int], str], numbers: Iterable[int]) -> dict[int, str]:
@@ -159,7 +160,10 @@ def read_event(e: Any, cursor: Cursor, cut: Cut = _no_cut) -> IncomingEvent | Re
         entity = _text("entity", entity, cut)
     if len(message) > _L_MESSAGE:
         message = _text("message", message, cut)
-    return IncomingEvent(seq, kind, check, entity, status, severity, message)
+    value = e.value
+    if len(value) > _L_VALUE:
+        value = _text("value", value, cut)
+    return IncomingEvent(seq, kind, check, entity, status, severity, message, value)
 
 
 def _bad_seq(seq: int, cursor: Cursor) -> Rejection:

@@ -46,6 +46,7 @@ class IncomingEvent:
     status: str
     severity: str
     message: str = ""
+    value: str = ""  # the finding's value as JSON ("" when none): a validation summary names its request here
 
 
 @dataclass
