@@ -197,8 +197,14 @@ class HealthService(pbg.HealthServicer):
             async with lock:
                 await context.write(m)
 
+        async def write_quietly(m: Any) -> None:
+            try:
+                await write(m)
+            except Exception as e:  # noqa: BLE001 - the call ended meanwhile: the request times out (unknown)
+                log.info("node %s: a message to the agent was not sent: %s", printable(node), e)
+
         def send(m: Any) -> None:
-            task = asyncio.get_running_loop().create_task(write(m))
+            task = asyncio.get_running_loop().create_task(write_quietly(m))
             sending.add(task)
             task.add_done_callback(sending.discard)
         stream.send = send

@@ -147,7 +147,7 @@ class Validator:
         self.streams: dict[str, "StreamHandle"] = {}  # node -> its latest live stream
         self.pending: dict[str, Request] = {}  # node -> the request sent, awaiting its summary (one at a time)
         self.results: dict[str, Result] = {}  # node -> the latest result
-        self.due: set[str] = set()  # nodes due a periodic validation (tick -> reconcile)
+        self.due: dict[str, float] = {}  # nodes due a periodic validation (tick -> reconcile), since when
         self.counts: dict[tuple[str, str], int] = {}  # (result, trigger) -> n, for the metric
         engine.metrics.validations = self.counts
         engine.metrics.validations_running = lambda: len(self.pending)
@@ -219,6 +219,9 @@ class Validator:
         every = self.cfg.periodic_seconds
         if not self.cfg.enabled or every is None:
             return
+        for name, since in list(self.due.items()):
+            if now - since > 60.0:  # a reconcile that never came to it (the node left): not counted for ever
+                del self.due[name]
         room = self.cfg.limit(len(self.streams)) - len(self.pending) - len(self.due)
         if room <= 0:
             return
@@ -229,7 +232,7 @@ class Validator:
                 continue
             r = self.results.get(name)
             if r is None or now - r.at >= every:
-                self.due.add(name)
+                self.due[name] = now
                 room -= 1
                 self.e._enqueue(name)
 
@@ -248,6 +251,7 @@ class Validator:
         rules may be deleted."""
         from .policy import HEALTHY, RECOVERING
 
+        periodic = self.due.pop(name, None) is not None
         if obj is None:
             return p, True
         startup = startup_tainted(obj)
@@ -274,8 +278,7 @@ class Validator:
                 return self._hold(p, obs, held), True
             return p, True
         # (d) periodic, on an idle node Vigil keeps nothing from
-        if name in self.due:
-            self.due.discard(name)
+        if periodic:
             if (verdict.kind == HEALTHY and not p.skipped and not obs.tainted and not obs.unschedulable
                     and name not in self.pending):
                 self._send(name, node, obj, obs, "periodic")
@@ -292,7 +295,7 @@ class Validator:
             return None
         q = self.pending.get(name)
         if q is not None:
-            return "pending", f"waiting for validation {q.id} ({q.trigger}, requested {now - q.sent_at:.0f}s ago)"
+            return "pending", f"waiting for validation {q.id} ({q.trigger})"  # stable: no rewrite per reconcile
         if r is None or (r.status == UNKNOWN and now - r.at >= self.cfg.retry_seconds):
             r = self._send(name, node, obj, obs, trigger)
             if r is None:

@@ -352,3 +352,94 @@ def test_a_real_agent_validates_with_dcgmi_and_the_taint_follows(fake, joined, t
     finally:
         stop(proc)
         rep.stop()
+
+
+# ---- the gate on DeviceTaintRules ------------------------------------------------------------------------------
+def test_device_rules_are_deleted_only_after_a_validation_passes(tmp_path):
+    from agent.aggregator import devices as dv
+    from agent.aggregator.devices import DeviceConfig
+    from agent.fakekube import FakeKube
+
+    from .test_devices import NV, ev, nvidia_gpus, rules, tainted_devices
+
+    fk = FakeKube(resource_versions=("v1",)).start()
+    token = agent_pod(fk, "gpu-1", tmp_path).read_text()
+    fk.add_resource_slice("gpu-1", NV, nvidia_gpus())
+    rep = stream_replica(fk, devices=DeviceConfig(enabled=True), validation=enabled(),
+                         policy=PolicyConfig(healthy_delay=1.0, heartbeat_timeout=10))
+    raw = RawAgent(rep.port, token)
+    try:
+        raw.hello("gpu-1", validation=True)
+        raw.send(batch=pb.Batch(boot_id="b1", events=[ev(1)]))
+        wait_for(lambda: "gpu-3" in tainted_devices(fk, "gpu-1"), what="gpu-3 tainted")
+        raw.send(batch=pb.Batch(boot_id="b1", events=[ev(2, status=pb.STATUS_OK)]))
+        req = read_validate(raw)
+        assert not req.quarantined  # a device rule keeps pods off one GPU, not the node: attribution decides
+        time.sleep(0.8)
+        assert [x for x in rules(fk) if dv.is_ours(x)]  # healthy_delay passed; held for the validation
+        answer(raw, req, 3)
+        wait_for(lambda: not [x for x in rules(fk) if dv.is_ours(x)], what="the rule deleted")
+        assert record(fk, "gpu-1")["result"] == "pass"
+    finally:
+        raw.close()
+        rep.stop()
+        fk.close()
+
+
+# ---- (d) periodic validation of idle nodes ---------------------------------------------------------------------
+def test_periodic_validation_of_idle_nodes_at_most_n_at_once(fake, tmp_path):
+    tokens = {}
+    for n in ("gpu-1", "gpu-2", "gpu-3"):
+        fake.add_node(n)
+        tokens[n] = agent_pod(fake, n, tmp_path).read_text()
+    fake.add_node("gpu-4", unschedulable=True)  # cordoned by a person: not idle, never asked
+    tokens["gpu-4"] = agent_pod(fake, "gpu-4", tmp_path).read_text()
+    rep = stream_replica(fake, validation=enabled(periodic_seconds=3600, max_nodes=2),
+                         policy=PolicyConfig(healthy_delay=0.5, heartbeat_timeout=10))
+    raws = {n: RawAgent(rep.port, t) for n, t in tokens.items()}
+    try:
+        for n, raw in raws.items():
+            raw.hello(n, validation=True)
+        wait_for(lambda: rep.run(lambda: len(rep.replica.engine.validation.pending)) == 2, what="two asked")
+        time.sleep(1.0)
+        pending = rep.run(lambda: dict(rep.replica.engine.validation.pending))
+        assert len(pending) == 2 and "gpu-4" not in pending  # at most 2 at once
+        assert {q.trigger for q in pending.values()} == {"periodic"}
+        first = sorted(pending)[0]
+        req = read_validate(raws[first])
+        answer(raws[first], req, 1, status=pb.STATUS_UNHEALTHY, probe_status=pb.STATUS_UNHEALTHY, message="slow")
+        wait_for(lambda: record(fake, first), what="the failure reported")
+        assert record(fake, first)["result"] == "fail" and record(fake, first)["trigger"] == "periodic"
+        # reported, not acted on: a periodic failure quarantines nothing
+        assert not taints(fake, first) and not fake.get("nodes", first)["spec"].get("unschedulable")
+        wait_for(lambda: any(e[0] == "VigilValidationFailed" for e in events(fake, first)), what="Event")
+        # its slot went to the third idle node
+        wait_for(lambda: len(rep.run(lambda: rep.replica.engine.validation.pending)) == 2
+                 and first not in rep.run(lambda: rep.replica.engine.validation.pending), what="the next one asked")
+        assert "gpu-4" not in rep.run(lambda: rep.replica.engine.validation.pending)
+    finally:
+        for raw in raws.values():
+            raw.close()
+        rep.stop()
+
+
+def test_a_reboot_asks_again_for_the_new_boot(fake, joined):
+    rep = stream_replica(fake, validation=enabled(timeout_seconds=1.0, retry_seconds=3600))
+    raw = RawAgent(rep.port, joined)
+    try:
+        raw.hello("gpu-1", validation=True)
+        first = read_validate(raw)
+        wait_for(lambda: record(fake, "gpu-1"), what="unknown after the timeout")
+        raw.close()
+        raw = RawAgent(rep.port, joined)
+        raw.hello("gpu-1", boot="b2", epoch="e2", validation=True)  # rebooted: the old result says nothing now
+        second = read_validate(raw)
+        assert second.request_id != first.request_id
+        evs = [pb.Event(seq=1, kind=pb.KIND_INFO, check="probe.validation", component="probe", entity="gpu-1",
+                        status=pb.STATUS_OK, severity=pb.SEVERITY_FATAL, message="ok",
+                        value=json.dumps({"request": second.request_id, "probes": {"dcgm": "pass"}}))]
+        raw.send(batch=pb.Batch(boot_id="b2", events=evs))
+        wait_for(lambda: STARTUP_TAINT not in taints(fake, "gpu-1"), what="taint removed")
+    finally:
+        raw.close()
+        rep.stop()
