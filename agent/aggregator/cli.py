@@ -74,7 +74,8 @@ COMMANDS = {
               "leader is Ready, decides and writes."),
     "cleanup": ("remove everything Vigil added to every node",
                 "Remove from every node what Vigil added: its VigilHealthy condition, its vigil.dev/unhealthy taint, "
-                "the cordon Vigil made (a cordon a person made stays), and its annotations; and the cordon ledger "
+                "the cordon Vigil made (a cordon a person made stays), and its annotations (the startup taint "
+                "vigil.dev/unvalidated is the kubelet's and stays); and the cordon ledger "
                 "from the Lease. Run it before uninstalling: conditions do not expire by themselves. With --dry-run "
                 "it lists what it would remove and changes nothing."),
     "reset-breaker": ("close the cordon budget's breaker",
@@ -344,6 +345,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     from .drain import ANNOTATION as DRAIN_RECORD
     from .kube import STRATEGIC
     from .policy import CONDITION, LEDGER, observe, released
+    from .validation import ANNOTATION as VALIDATION_RECORD, REQUEST as VALIDATION_REQUEST
 
     kube = _kube(args)
     changed = 0
@@ -355,10 +357,15 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
             if not args.dry_run:
                 kube.update_node(name, released)
             did.append("taint/cordon/record")
-        if DRAIN_RECORD in ((obj.get("metadata") or {}).get("annotations") or {}):
+        ann = (obj.get("metadata") or {}).get("annotations") or {}
+        if DRAIN_RECORD in ann:
             if not args.dry_run:
                 kube.update_node(name, _without_drain_record)
             did.append("drain record")
+        if VALIDATION_RECORD in ann or VALIDATION_REQUEST in ann:  # the startup taint is the kubelet's: it stays
+            if not args.dry_run:
+                kube.update_node(name, _without_validation)
+            did.append("validation record")
         if obs.condition is not None:
             if not args.dry_run:
                 kube._req("PATCH", "/api/v1/nodes/{name}/status", {"name": name},
@@ -387,6 +394,16 @@ def _without_drain_record(node: dict) -> dict | None:
     if ANNOTATION not in ann:
         return None
     node["metadata"]["annotations"] = {k: v for k, v in ann.items() if k != ANNOTATION}
+    return node
+
+
+def _without_validation(node: dict) -> dict | None:
+    from .validation import ANNOTATION, REQUEST
+
+    ann = (node.get("metadata") or {}).get("annotations") or {}
+    if ANNOTATION not in ann and REQUEST not in ann:
+        return None
+    node["metadata"]["annotations"] = {k: v for k, v in ann.items() if k not in (ANNOTATION, REQUEST)}
     return node
 
 

@@ -443,3 +443,17 @@ def test_a_reboot_asks_again_for_the_new_boot(fake, joined):
     finally:
         raw.close()
         rep.stop()
+
+
+def test_cleanup_removes_the_validation_record_and_keeps_the_kubelets_taint(fake, tmp_path, capsys):
+    from agent.aggregator.cli import main
+
+    fake.add_node("gpu-1", taints=[UNVALIDATED], annotations={
+        ANNOTATION: json.dumps({"request": "v-1", "result": "fail"}), REQUEST: '{"id":"cli-1"}', "keep": "me"})
+    kc = fake.write_kubeconfig(str(tmp_path / "kc"))
+    assert main(["cleanup", "--kubeconfig", kc]) == 0
+    assert "validation record" in capsys.readouterr().out
+    node = fake.get("nodes", "gpu-1")
+    assert node["metadata"]["annotations"].get("keep") == "me"
+    assert ANNOTATION not in node["metadata"]["annotations"] and REQUEST not in node["metadata"]["annotations"]
+    assert taints(fake, "gpu-1") == [STARTUP_TAINT]
