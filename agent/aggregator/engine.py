@@ -334,8 +334,10 @@ class Engine:
             m.bump(m.events, "duplicate", res.duplicates)
         if res.new and boot == node.boot_id:  # an older boot's events never trigger anything
             fresh = set(res.new)
-            self.signatures.observe(node_name, [e for e in got.events if e.seq in fresh], now)
-            self.validation.observe(node_name, [e for e in got.events if e.seq in fresh])
+            new_events = [e for e in got.events if e.seq in fresh]
+            self.signatures.observe(node_name, new_events, now)
+            if node_name in self.validation.pending:  # a validation's findings and summary
+                self.validation.observe(node_name, new_events)
         if res.new:
             m.bump(m.events, "state", len(res.new) - res.info)
             m.bump(m.events, "info", res.info)

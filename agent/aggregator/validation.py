@@ -101,7 +101,6 @@ class Result:
     at: float  # engine clock
     probes: dict[str, str] = field(default_factory=dict)
     reported: bool = False  # annotation, Event and metric written
-    retry_due: bool = False  # an unknown past retry_seconds, enqueued once
 
 
 def startup_tainted(obj: dict[str, Any] | None) -> bool:
@@ -147,6 +146,7 @@ class Validator:
         self.streams: dict[str, "StreamHandle"] = {}  # node -> its latest live stream
         self.pending: dict[str, Request] = {}  # node -> the request sent, awaiting its summary (one at a time)
         self.results: dict[str, Result] = {}  # node -> the latest result
+        self.retry: set[str] = set()  # nodes whose latest result is unknown (asked again after retry_seconds)
         self.due: dict[str, float] = {}  # nodes due a periodic validation (tick -> reconcile), since when
         self.counts: dict[tuple[str, str], int] = {}  # (result, trigger) -> n, for the metric
         engine.metrics.validations = self.counts
@@ -157,6 +157,7 @@ class Validator:
         self.streams.clear()
         self.pending.clear()
         self.results.clear()
+        self.retry.clear()
         self.due.clear()
 
     # -- stream side (synchronous, on the loop) ---------------------------------------------------------------
@@ -212,9 +213,12 @@ class Validator:
             if now >= q.deadline:
                 self._finish(name, q, UNKNOWN, f"no result from the agent within {self.cfg.timeout_seconds:g}s of "
                              f"the request (a probe still running, a lost agent): unknown, never a pass", {})
-        for name, r in list(self.results.items()):
-            if r.status == UNKNOWN and not r.retry_due and now - r.at >= self.cfg.retry_seconds:
-                r.retry_due = True  # once: the reconcile asks again where a gate still holds
+        for name in list(self.retry):
+            r = self.results.get(name)
+            if r is None or r.status != UNKNOWN:
+                self.retry.discard(name)
+            elif now - r.at >= self.cfg.retry_seconds:
+                self.retry.discard(name)  # once: the reconcile asks again where a gate still holds
                 self.e._enqueue(name)
         every = self.cfg.periodic_seconds
         if not self.cfg.enabled or every is None:
@@ -236,11 +240,19 @@ class Validator:
                 room -= 1
                 self.e._enqueue(name)
 
+    def _store(self, name: str, r: Result) -> Result:
+        self.results[name] = r
+        if r.status == UNKNOWN:
+            self.retry.add(name)
+        else:
+            self.retry.discard(name)
+        return r
+
     def _finish(self, name: str, q: Request, status: str, message: str, probes: dict[str, str]) -> None:
         if self.pending.get(name) is q:
             del self.pending[name]
-        self.results[name] = Result(q.id, q.trigger, status, message[:MAX_TEXT], q.boot, q.sent_at, self.e.clock(),
-                                    probes)
+        self._store(name, Result(q.id, q.trigger, status, message[:MAX_TEXT], q.boot, q.sent_at, self.e.clock(),
+                                     probes))
         log.info("node %s: validation %s (%s) %s: %s", name, q.id, q.trigger, status, message[:300])
         self.e._enqueue(name)
 
@@ -331,8 +343,8 @@ class Validator:
                    f"(its Hello lacks handles_validation): upgrade it")
         q = Request(rid, trigger, tuple(probes), level, node.boot_id, now, now + self.cfg.timeout_seconds)
         if why:
-            r = self.results[name] = Result(rid, trigger, UNAVAILABLE, f"validation unavailable: {why}", node.boot_id,
-                                            now, now)
+            r = self._store(name, Result(rid, trigger, UNAVAILABLE, f"validation unavailable: {why}",
+                                                node.boot_id, now, now))
             log.warning("node %s: validation (%s) unavailable: %s", name, trigger, why)
             return r
         quarantined = bool(obs.tainted) or startup_tainted(obj)  # what the Node shows: dry-run's taint is no taint
@@ -350,7 +362,7 @@ class Validator:
         if isinstance(manual, str):
             rid = f"bad-{((obj.get('metadata') or {}).get('resourceVersion') or '0')}"
             if (self.results.get(name) or Result("", "", "", "", None, 0, 0)).id != rid:
-                r = self.results[name] = Result(rid, "manual", UNKNOWN, manual, node.boot_id, now, now)
+                r = self._store(name, Result(rid, "manual", UNKNOWN, manual, node.boot_id, now, now))
                 await self._report(name, obj, r, False, done)
             return
         rid, probes, level = manual
@@ -358,14 +370,15 @@ class Validator:
         if (q is not None and q.id == rid) or (r is not None and r.id == rid):
             return  # asked already (its result, once written, removes the annotation)
         if not self.cfg.enabled:
-            r = self.results[name] = Result(rid, "manual", UNAVAILABLE, "validation unavailable: validation is "
-                                            "disabled on this aggregator (serve --validation)", node.boot_id, now, now)
+            r = self._store(name, Result(rid, "manual", UNAVAILABLE, "validation unavailable: validation is "
+                                                 "disabled on this aggregator (serve --validation)", node.boot_id,
+                                                 now, now))
             await self._report(name, obj, r, False, done)
             return
         if q is not None:
-            r = self.results[name] = Result(rid, "manual", UNKNOWN, f"not run: validation {q.id} ({q.trigger}) is "
-                                            "still running on this node (one at a time); ask again later",
-                                            node.boot_id, now, now)
+            r = self._store(name, Result(rid, "manual", UNKNOWN, f"not run: validation {q.id} ({q.trigger}) is "
+                                                 "still running on this node (one at a time); ask again later",
+                                                 node.boot_id, now, now))
             await self._report(name, obj, r, False, done)
             return
         r = self._send(name, node, obj, obs, "manual", probes, level, rid)

@@ -457,3 +457,20 @@ def test_cleanup_removes_the_validation_record_and_keeps_the_kubelets_taint(fake
     assert node["metadata"]["annotations"].get("keep") == "me"
     assert ANNOTATION not in node["metadata"]["annotations"] and REQUEST not in node["metadata"]["annotations"]
     assert taints(fake, "gpu-1") == [STARTUP_TAINT]
+
+
+def test_an_unknown_is_asked_again_after_the_retry_delay(fake, joined):
+    rep = stream_replica(fake, validation=enabled(timeout_seconds=0.5, retry_seconds=1.0))
+    raw = RawAgent(rep.port, joined)
+    try:
+        raw.hello("gpu-1", validation=True)
+        first = read_validate(raw)  # never answered: unknown after 0.5 s
+        second = read_validate(raw)  # asked again a second later
+        assert second.request_id != first.request_id
+        assert record(fake, "gpu-1")["result"] == "unknown"
+        assert STARTUP_TAINT in taints(fake, "gpu-1")
+        answer(raw, second, 1)
+        wait_for(lambda: STARTUP_TAINT not in taints(fake, "gpu-1"), what="taint removed on the retry's pass")
+    finally:
+        raw.close()
+        rep.stop()

@@ -63,7 +63,7 @@ def ask(r, **req):
 
 def test_the_hello_says_it_validates_and_a_request_runs_and_answers_with_events(wired):
     r, got, make = wired
-    make()
+    c = make()
     assert r.run(lambda: r.replica.engine.validation.streams["n1"].handles_validation)
     ask(r, request_id="v-1", probes=["dcgm"], quarantined=True)  # no kubelet socket: only a quarantined node runs
     wait_for(lambda: got.summaries(), 20, "the summary")
@@ -73,6 +73,8 @@ def test_the_hello_says_it_validates_and_a_request_runs_and_answers_with_events(
     checks = {e[0] for e in got.events}
     assert "probe.dcgm.run" in checks and "probe.dcgm" in checks  # each finding went too, before the summary
     assert got.events[-1][0] == "probe.validation"
+    # the agent's /metrics carries vigil_probe_* of the validation the aggregator asked for
+    assert c.metrics().value("vigil_probe_result", probe="dcgm") == 1
 
 
 def test_not_quarantined_without_attribution_it_refuses_unknown(wired):
