@@ -346,6 +346,7 @@ class Validator:
             r = self._store(name, Result(rid, trigger, UNAVAILABLE, f"validation unavailable: {why}",
                                                 node.boot_id, now, now))
             log.warning("node %s: validation (%s) unavailable: %s", name, trigger, why)
+            self.e._enqueue(name)  # reconciled again when this one ends: the result is reported then
             return r
         quarantined = bool(obs.tainted) or startup_tainted(obj)  # what the Node shows: dry-run's taint is no taint
         stream.send(pb.AggregatorMessage(validate=pb.ValidateRequest(

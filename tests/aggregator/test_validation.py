@@ -6,7 +6,6 @@ import json
 import threading
 import time
 
-import grpc
 import pytest
 
 from agent._proto.vigil.v1 import health_pb2 as pb
@@ -471,6 +470,23 @@ def test_an_unknown_is_asked_again_after_the_retry_delay(fake, joined):
         assert STARTUP_TAINT in taints(fake, "gpu-1")
         answer(raw, second, 1)
         wait_for(lambda: STARTUP_TAINT not in taints(fake, "gpu-1"), what="taint removed on the retry's pass")
+    finally:
+        raw.close()
+        rep.stop()
+
+
+def test_an_old_agent_keeps_a_recovered_node_quarantined_and_says_why(fake, quarantined_node):
+    rep = stream_replica(fake, validation=enabled(), policy=PolicyConfig(healthy_delay=0.5, heartbeat_timeout=10))
+    raw = RawAgent(rep.port, quarantined_node)
+    try:
+        raw.hello("gpu-1", [fatal()])  # no handles_validation
+        wait_for(lambda: P.TAINT_KEY in taints(fake, "gpu-1"), what="quarantined")
+        raw.send(heartbeat=pb.Heartbeat(digest=[], digest_seq=0))
+        wait_for(lambda: cond(fake, "gpu-1")["reason"] == "ValidationUnavailable", what="condition")
+        assert record(fake, "gpu-1")["result"] == "unavailable" and record(fake, "gpu-1")["trigger"] == "release"
+        time.sleep(1.0)
+        assert P.TAINT_KEY in taints(fake, "gpu-1") and fake.get("nodes", "gpu-1")["spec"].get("unschedulable")
+        assert not any(e[0] == "VigilUncordoned" for e in events(fake, "gpu-1"))
     finally:
         raw.close()
         rep.stop()
