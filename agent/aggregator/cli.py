@@ -287,6 +287,16 @@ def _usernames(args: argparse.Namespace) -> set[str]:
     return out
 
 
+def validation_config(args: argparse.Namespace):  # noqa: ANN201
+    from .validation import ValidationConfig
+
+    nodes, percent = args.validate_idle_max
+    return ValidationConfig(enabled=args.validation, timeout_seconds=args.validation_timeout,
+                            probes=tuple(args.validation_probes), level=args.validation_level,
+                            retry_seconds=args.validation_retry, periodic_seconds=args.validate_idle_every,
+                            max_nodes=nodes, max_percent=percent)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .app import Replica, ReplicaOptions
     from .devices import DeviceConfig
@@ -294,7 +304,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .engine import AggregatorConfig
     from .policy import BudgetConfig, PolicyConfig
     from .signatures import SignatureConfig
-    from .validation import ValidationConfig
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValueError("--tls-cert and --tls-key go together")
@@ -309,9 +318,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         drain=DrainConfig(DrainConfig.parse(args.drain or ()), args.drain_deadline,
                           agent_service_accounts=tuple(u.split(":", 2)[2]
                                                        for u in _usernames(args))),
-        validation=ValidationConfig(args.validation, args.validation_timeout, tuple(args.validation_probes),
-                                    args.validation_level, args.validation_retry, args.validate_idle_every,
-                                    *args.validate_idle_max),
+        validation=validation_config(args),
         dry_run=args.dry_run, identity=args.identity, event_namespace=args.event_namespace,
         heartbeat_seconds=args.heartbeat_interval, resync_seconds=args.resync, hello_seconds=args.hello_timeout)
     tls = (Path(args.tls_key).read_bytes(), Path(args.tls_cert).read_bytes()) if args.tls_cert else None

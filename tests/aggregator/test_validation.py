@@ -490,3 +490,17 @@ def test_an_old_agent_keeps_a_recovered_node_quarantined_and_says_why(fake, quar
     finally:
         raw.close()
         rep.stop()
+
+
+def test_the_serve_flags_make_the_config():
+    from agent.aggregator.cli import _with_command, parser, validation_config
+
+    p = parser()
+    args = p.parse_args(_with_command(p, ["--validation", "--validation-timeout", "600", "--validation-probes",
+                                          "dcgm,builtin", "--validation-level", "full", "--validation-retry", "60",
+                                          "--validate-idle-every", "86400", "--validate-idle-max", "5%"]))
+    assert validation_config(args) == ValidationConfig(True, 600.0, ("dcgm", "builtin"), "full", 60.0, 86400.0, None,
+                                                       5.0)
+    off = validation_config(p.parse_args(_with_command(p, [])))
+    assert off == ValidationConfig(max_nodes=1) and not off.enabled and off.limit(1000) == 1
+    assert ValidationConfig(max_nodes=10, max_percent=1.0).limit(500) == 5  # the smaller of the two
