@@ -75,7 +75,7 @@ def enabled(**kw):
     return ValidationConfig(enabled=True, probes=("dcgm",), **kw)
 
 
-def test_a_new_node_is_validated_and_only_the_startup_taint_removed(fake, joined):
+def test_a_new_node_is_validated_and_only_the_startup_taint_removed(fake, joined, promtool):
     rep = stream_replica(fake, validation=enabled())
     raw = RawAgent(rep.port, joined)
     try:
@@ -93,6 +93,11 @@ def test_a_new_node_is_validated_and_only_the_startup_taint_removed(fake, joined
                                                                           {"dcgm": "pass"})
         wait_for(lambda: any(e[0] == "VigilValidated" for e in events(fake, "gpu-1")), what="Event")
         assert metric(rep, 'vigil_aggregator_validations_total{result="pass",trigger="startup"} 1.0')
+        assert metric(rep, "vigil_aggregator_validations_running 0.0")
+        import subprocess
+        lint = subprocess.run([promtool, "check", "metrics"], input=rep.replica.metrics.render().decode(),
+                              capture_output=True, text=True, timeout=60)
+        assert lint.returncode == 0, lint.stdout + lint.stderr
     finally:
         raw.close()
         rep.stop()
