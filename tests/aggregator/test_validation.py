@@ -509,3 +509,26 @@ def test_the_serve_flags_make_the_config():
     off = validation_config(p.parse_args(_with_command(p, [])))
     assert off == ValidationConfig(max_nodes=1) and not off.enabled and off.limit(1000) == 1
     assert ValidationConfig(max_nodes=10, max_percent=1.0).limit(500) == 5  # the smaller of the two
+
+
+def test_an_unreadable_request_annotation_is_answered_unknown_and_removed(fake, quarantined_node):
+    from agent.aggregator.kube import Kube
+
+    rep = stream_replica(fake, validation=enabled())
+    raw = RawAgent(rep.port, quarantined_node)
+    try:
+        raw.hello("gpu-1", validation=True)
+        wait_for(lambda: cond(fake, "gpu-1"), what="connected")
+
+        def annotate(n):
+            n["metadata"].setdefault("annotations", {})[REQUEST] = '{"id": "x y", "probes": ["rm -rf"]}'
+            return n
+        Kube(fake.api_client()).update_node("gpu-1", annotate)
+        wait_for(lambda: record(fake, "gpu-1"), what="the answer")
+        r = record(fake, "gpu-1")
+        assert r["result"] == "unknown" and "id must be 1-64 characters" in r["message"]
+        assert REQUEST not in fake.get("nodes", "gpu-1")["metadata"]["annotations"]
+        assert rep.run(lambda: len(rep.replica.engine.validation.pending)) == 0  # nothing was asked of the agent
+    finally:
+        raw.close()
+        rep.stop()
