@@ -238,6 +238,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             max_events=sc.max_events, max_info=sc.max_info, max_info_bytes=sc.max_info_bytes,
             memory_max_info_bytes=sc.memory_max_info_bytes)
         stream = StreamClient(settings, ctx.node, read_boot_id(ctx.roots))
+        from agent.stream.validation import StreamValidation
+
+        # The aggregator may ask for a validation (startup taint, release gate, on demand): the same probes and
+        # safety rules as `agent validate`, in a thread of their own.
+        stream.validation = StreamValidation(stream.info, config.section("probes"), ctx.node, ctx.facts)
     # Collector loops, the stream and the HTTP server are supervised: a dead thread restarts (DESIGN §0), and
     # the agent's own check reports it (agent.thread, agent.spool, agent.stream).
     supervisor = Supervisor()

@@ -4,8 +4,9 @@
   vigil-aggregator cleanup [--dry-run]      remove everything Vigil added to every node (condition, taint, its
                                             own cordon, its annotations); a person's cordon stays
   vigil-aggregator reset-breaker            close the cordon budget's breaker (deliberately; no replay)
+  vigil-aggregator validate NODE            ask NODE's agent (through the leader) to run its probes; print the result
   vigil-aggregator --version | COMMAND --help
-Exit codes: 0 ok, 1 failed, 64 bad usage (the message names the flag), 75 a listen address is in use,
+Exit codes: 0 ok, 1 failed (validate: a probe failed; 2: it could not run), 64 bad usage (the message names the flag), 75 a listen address is in use,
 78 bad configuration (a kubeconfig that cannot be read: the message names its path).
 """
 from __future__ import annotations
@@ -36,6 +37,35 @@ seconds = number_flag(0, WEEK, above=True)  # finite and > 0 (argparse names the
 def metrics_listen_flag(text: str) -> str:
     return text if text == "off" else listen_flag(text)
 
+
+def probe_names(text: str) -> tuple[str, ...]:
+    from .validation import PROBE_NAMES
+
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected probe names (of {', '.join(PROBE_NAMES)})")
+    for n in names:
+        if n not in PROBE_NAMES:
+            raise argparse.ArgumentTypeError(f"unknown probe {n!r} (known: {', '.join(PROBE_NAMES)})")
+    return names
+
+
+def count_or_percent(text: str) -> tuple[int | None, float | None]:
+    """N (a count of nodes, at least 1) or P% (a share, above 0 and at most 100)."""
+    try:
+        if text.endswith("%"):
+            v = float(text[:-1])
+            if not 0 < v <= 100:
+                raise ValueError
+            return None, v
+        n = int(text)
+        if not 1 <= n <= 1_000_000:
+            raise ValueError
+        return n, None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count of nodes (1 or more) or a percentage such as 5%, "
+                                         f"got {text!r}") from None
+
 COMMANDS = {
     "serve": ("run one replica (the default command)",
               "Run one aggregator replica: accept the agents' health streams, judge every node, and mark an "
@@ -44,7 +74,8 @@ COMMANDS = {
               "leader is Ready, decides and writes."),
     "cleanup": ("remove everything Vigil added to every node",
                 "Remove from every node what Vigil added: its VigilHealthy condition, its vigil.dev/unhealthy taint, "
-                "the cordon Vigil made (a cordon a person made stays), and its annotations; and the cordon ledger "
+                "the cordon Vigil made (a cordon a person made stays), and its annotations (the startup taint "
+                "vigil.dev/unvalidated is the kubelet's and stays); and the cordon ledger "
                 "from the Lease. Run it before uninstalling: conditions do not expire by themselves. With --dry-run "
                 "it lists what it would remove and changes nothing."),
     "reset-breaker": ("close the cordon budget's breaker",
@@ -52,6 +83,15 @@ COMMANDS = {
                       "budget's window than it allows (find out why first: a fleet-wide fault, a driver push, a rule "
                       "bug). The window starts empty again. Nodes refused while it was open stay refused until they "
                       "recover: a reset does not replay old events. Prints the ledger as it was, as JSON."),
+    "validate": ("ask a node's agent to run its probes now",
+                 "Ask NODE's agent to run its active probes now (DESIGN §8: DCGM diagnostics, NCCL all-reduce, "
+                 "ib_write_bw, the built-in GPU probe), through the leader replica, and print the result as "
+                 "`agent validate` does, with its exit codes: 0 every probe that ran passed, 1 a probe failed, 2 "
+                 "a probe could not run (or the validation could not be asked: the agent is not connected, too old, "
+                 "validation is off on the aggregator, no answer within --timeout). The request is the Node "
+                 "annotation vigil.dev/validate (so Kubernetes RBAC on nodes decides who may ask); the leader "
+                 "answers in vigil.dev/v1.validation, and a pass also removes the startup taint "
+                 "vigil.dev/unvalidated. The agent's safety rules apply: probes run only on GPUs no pod holds."),
 }
 
 
@@ -153,6 +193,26 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
                    help="stop evicting (and report what is left) this long after a drain began (default 600)")
     d.add_argument("--resync", type=number_flag(0, DAY, above=True), default=300.0, metavar="SECONDS",
                    help="re-check every node against its verdict this often (default 300)")
+    v = p.add_argument_group("active validation (DESIGN §8; README: what each probe costs)")
+    v.add_argument("--validation", action="store_true",
+                   help="ask agents to run their probes: a node with the startup taint vigil.dev/unvalidated loses it "
+                   "on a pass; a node Vigil quarantined is released only after a pass requested once its fault "
+                   "cleared (a fail keeps it, condition reason ValidationFailed); default off")
+    v.add_argument("--validation-timeout", type=number_flag(0, DAY, above=True), default=1800.0, metavar="SECONDS",
+                   help="no result this long after the request: unknown, never a pass (default 1800)")
+    v.add_argument("--validation-probes", type=probe_names, default=(), metavar="NAMES",
+                   help="comma-separated probes to ask for (dcgm, nccl, perftest, builtin); default: every probe the "
+                   "agent enables")
+    v.add_argument("--validation-level", choices=["quick", "full"], default="quick",
+                   help="quick (minutes) or full (up to an hour and more); default quick")
+    v.add_argument("--validation-retry", type=number_flag(0, WEEK, above=True), default=900.0, metavar="SECONDS",
+                   help="ask again this long after an unknown result (default 900); a fail is not asked again until "
+                   "the node reboots, faults and recovers, or a person runs validate")
+    v.add_argument("--validate-idle-every", type=number_flag(0, WEEK * 52, above=True), default=None,
+                   metavar="SECONDS", help="also validate healthy, untainted nodes this often (off by default; a pod "
+                   "holding a GPU makes the agent refuse, unknown, which changes nothing); a failure is reported")
+    v.add_argument("--validate-idle-max", type=count_or_percent, default=(1, None), metavar="N|P%",
+                   help="at most N nodes (or P%% of the connected ones) validating at once (default 1)")
 
 
 EXAMPLES = """\
@@ -180,6 +240,14 @@ def parser() -> argparse.ArgumentParser:
             _serve_flags(c)
         elif name == "cleanup":
             c.add_argument("--dry-run", action="store_true", help="list what would be removed; change nothing")
+        elif name == "validate":
+            c.add_argument("node", metavar="NODE", help="the node to validate")
+            c.add_argument("--probe", type=probe_names, default=(), metavar="NAMES",
+                           help="comma-separated probes (dcgm, nccl, perftest, builtin); default: the agent's enabled")
+            c.add_argument("--level", choices=["quick", "full"], default="quick", help="default quick")
+            c.add_argument("--timeout", type=number_flag(0, DAY, above=True), default=3600.0, metavar="SECONDS",
+                           help="wait this long for the result (default 3600)")
+            c.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
 
 
@@ -219,6 +287,16 @@ def _usernames(args: argparse.Namespace) -> set[str]:
     return out
 
 
+def validation_config(args: argparse.Namespace):  # noqa: ANN201
+    from .validation import ValidationConfig
+
+    nodes, percent = args.validate_idle_max
+    return ValidationConfig(enabled=args.validation, timeout_seconds=args.validation_timeout,
+                            probes=tuple(args.validation_probes), level=args.validation_level,
+                            retry_seconds=args.validation_retry, periodic_seconds=args.validate_idle_every,
+                            max_nodes=nodes, max_percent=percent)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .app import Replica, ReplicaOptions
     from .devices import DeviceConfig
@@ -240,6 +318,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         drain=DrainConfig(DrainConfig.parse(args.drain or ()), args.drain_deadline,
                           agent_service_accounts=tuple(u.split(":", 2)[2]
                                                        for u in _usernames(args))),
+        validation=validation_config(args),
         dry_run=args.dry_run, identity=args.identity, event_namespace=args.event_namespace,
         heartbeat_seconds=args.heartbeat_interval, resync_seconds=args.resync, hello_seconds=args.hello_timeout)
     tls = (Path(args.tls_key).read_bytes(), Path(args.tls_cert).read_bytes()) if args.tls_cert else None
@@ -273,6 +352,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     from .drain import ANNOTATION as DRAIN_RECORD
     from .kube import STRATEGIC
     from .policy import CONDITION, LEDGER, observe, released
+    from .validation import ANNOTATION as VALIDATION_RECORD, REQUEST as VALIDATION_REQUEST
 
     kube = _kube(args)
     changed = 0
@@ -284,10 +364,15 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
             if not args.dry_run:
                 kube.update_node(name, released)
             did.append("taint/cordon/record")
-        if DRAIN_RECORD in ((obj.get("metadata") or {}).get("annotations") or {}):
+        ann = (obj.get("metadata") or {}).get("annotations") or {}
+        if DRAIN_RECORD in ann:
             if not args.dry_run:
                 kube.update_node(name, _without_drain_record)
             did.append("drain record")
+        if VALIDATION_RECORD in ann or VALIDATION_REQUEST in ann:  # the startup taint is the kubelet's: it stays
+            if not args.dry_run:
+                kube.update_node(name, _without_validation)
+            did.append("validation record")
         if obs.condition is not None:
             if not args.dry_run:
                 kube._req("PATCH", "/api/v1/nodes/{name}/status", {"name": name},
@@ -316,6 +401,16 @@ def _without_drain_record(node: dict) -> dict | None:
     if ANNOTATION not in ann:
         return None
     node["metadata"]["annotations"] = {k: v for k, v in ann.items() if k != ANNOTATION}
+    return node
+
+
+def _without_validation(node: dict) -> dict | None:
+    from .validation import ANNOTATION, REQUEST
+
+    ann = (node.get("metadata") or {}).get("annotations") or {}
+    if ANNOTATION not in ann and REQUEST not in ann:
+        return None
+    node["metadata"]["annotations"] = {k: v for k, v in ann.items() if k not in (ANNOTATION, REQUEST)}
     return node
 
 
@@ -375,6 +470,59 @@ def cmd_reset_breaker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate(args: argparse.Namespace, poll: float = 1.0) -> int:
+    """Write the request annotation, wait for the leader's answer in vigil.dev/v1.validation, print it."""
+    import time
+    import uuid
+
+    from .validation import ANNOTATION, FAIL, PASS, REQUEST
+
+    kube = _kube(args)
+    rid = f"cli-{uuid.uuid4().hex[:16]}"
+    body = json.dumps({"id": rid, "probes": list(args.probe), "level": args.level}, separators=(",", ":"))
+
+    def ask(node: dict) -> dict:
+        node["metadata"].setdefault("annotations", {})[REQUEST] = body
+        return node
+    if kube.get_node(args.node) is None:
+        print(f"vigil-aggregator: validate: no node {args.node!r}", file=sys.stderr)
+        return 1
+    kube.update_node(args.node, ask)
+    deadline = time.monotonic() + args.timeout
+    result = None
+    while time.monotonic() < deadline:
+        obj = kube.get_node(args.node) or {}
+        try:
+            doc = json.loads(((obj.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION) or "{}")
+        except ValueError:
+            doc = {}
+        if isinstance(doc, dict) and doc.get("request") == rid:
+            result = doc
+            break
+        time.sleep(poll)
+    if result is None:
+        def withdraw(node: dict) -> dict | None:
+            ann = node["metadata"].get("annotations") or {}
+            if ann.get(REQUEST) != body:
+                return None
+            del ann[REQUEST]
+            return node
+        kube.update_node(args.node, withdraw)
+        print(f"vigil-aggregator: validate: no result for {args.node} within {args.timeout:g}s (request {rid} "
+              f"withdrawn): is the aggregator's leader running, with the node's agent connected to it? A validation "
+              f"still running on the node reports to the aggregator when it ends", file=sys.stderr)
+        return 2
+    status = result.get("result")
+    if args.json:
+        print(json.dumps({"node": args.node, **result}, sort_keys=True))
+    else:
+        print(f"node {args.node}: validation {rid}: {str(status).upper()} (level {args.level}, at {result.get('time')})")
+        for name, st in (result.get("probes") or {}).items():
+            print(f"  {name}: {st}")
+        print(result.get("message", ""))
+    return 0 if status == PASS else 1 if status == FAIL else 2
+
+
 def main(argv: list[str] | None = None) -> int:
     from .kube import KubeconfigError
 
@@ -388,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_cleanup(args)
         if args.command == "reset-breaker":
             return cmd_reset_breaker(args)
+        if args.command == "validate":
+            return cmd_validate(args)
         return cmd_serve(args)
     except ListenError as e:
         flag = "--metrics-listen" if e.what == "metrics" else "--listen"

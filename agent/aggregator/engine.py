@@ -35,6 +35,7 @@ from .policy import (ADMIT, ALREADY, HEALTHY, MAX_EPISODE, NONE, OPENED, RECORD_
 from .ratelimit import EVENT, QUARANTINE
 from .remedy import Remedy, Signatures
 from .signatures import SignatureConfig
+from .validation import ValidationConfig, Validator
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class AggregatorConfig:
     devices: DeviceConfig = field(default_factory=DeviceConfig)  # per-device quarantine (DRA): remedy.py
     signatures: SignatureConfig = field(default_factory=SignatureConfig)  # job signatures: signatures.py
     drain: DrainConfig = field(default_factory=DrainConfig)  # opt-in partial drain: drain.py
+    validation: ValidationConfig = field(default_factory=ValidationConfig)  # active validation gates: validation.py
     dry_run: bool = False
     identity: str = "vigil-aggregator"
     event_namespace: str = "default"  # where Node Events go (kubectl describe node looks there)
@@ -77,6 +79,9 @@ class StreamHandle:
         self.cursor = intake.Cursor(0)
         self.ended: asyncio.Future = asyncio.get_running_loop().create_future()
         self.on_end: Callable[[str, str], Any] | None = None  # the server's: ends the call
+        self.handles_validation = False  # Hello.handles_validation: the agent runs ValidateRequests
+        self.agent_version = ""
+        self.send: Callable[[Any], Any] | None = None  # the server's, once the Welcome is out: a message to the agent
 
     def end(self, code: str, details: str) -> None:
         if not self.ended.done():
@@ -142,6 +147,7 @@ class Engine:
         self.signatures = Signatures(self)  # floods are episodes; a job's application fault is its signature
         self.drain = Drain(self)  # after a quarantine, evict the pods the policy names (PDBs hold)
         self.blast = Blast(self)  # the pods a quarantine affects, named in its Event and the node annotation
+        self.validation = Validator(self)  # startup taint, release gate, on demand, periodic (validation.py)
         self.nodecache: Any = None  # nodecache.NodeCache (Replica sets it): reads without a GET per reconcile
         leader.on_started.append(self._became_leader)
         leader.on_stopped.append(self._lost_leadership)
@@ -192,6 +198,7 @@ class Engine:
         self.leader_since = self.clock()
         self.nodes.clear()
         self._last.clear()
+        self.validation.reset()
         self.metrics.leader = True
         self.metrics.breaker_open = self.leader.ledger().breaker_open
         self.signatures.restore()  # the previous leader's job signatures (kept on the Lease)
@@ -205,6 +212,7 @@ class Engine:
         self._logged.clear()
         self._pending.clear()
         self.drain.stop_all()
+        self.validation.reset()
         for handle in list(self._streams.values()):
             handle.end("UNAVAILABLE", "this replica lost the Lease")
         self._streams.clear()
@@ -252,7 +260,7 @@ class Engine:
         node = self.nodes.get(node_name)
         if node is None:
             node = self.nodes[node_name] = st.NodeState(node_name)
-        st.hello(node, boot_id, epoch, problems, digest_seq, now)
+        self.validation.hello(node_name, st.hello(node, boot_id, epoch, problems, digest_seq, now))
         applied = node.applied.get(epoch, 0)
         if stream is not None:
             old = self._streams.get((node_name, epoch))
@@ -266,6 +274,7 @@ class Engine:
     def close_stream(self, stream: StreamHandle) -> None:
         if self._streams.get((stream.node, stream.epoch)) is stream:
             del self._streams[(stream.node, stream.epoch)]
+        self.validation.disconnected(stream)
 
     def rejections(self, node_name: str, epoch: str) -> list[tuple[int, str]]:
         """The latest events of (node, epoch) refused at or below its applied seq, for the Welcome (one above it is
@@ -328,7 +337,10 @@ class Engine:
             m.bump(m.events, "duplicate", res.duplicates)
         if res.new and boot == node.boot_id:  # an older boot's events never trigger anything
             fresh = set(res.new)
-            self.signatures.observe(node_name, [e for e in got.events if e.seq in fresh], now)
+            new_events = [e for e in got.events if e.seq in fresh]
+            self.signatures.observe(node_name, new_events, now)
+            if node_name in self.validation.pending:  # a validation's findings and summary
+                self.validation.observe(node_name, new_events)
         if res.new:
             m.bump(m.events, "state", len(res.new) - res.info)
             m.bump(m.events, "info", res.info)
@@ -383,6 +395,7 @@ class Engine:
             if now - last_resync >= self.cfg.resync_seconds:
                 last_resync = now
                 self._last.clear()
+            self.validation.tick(now)
             # In slices, yielding between them: 10,000 nodes judged at once held the loop (and every stream's
             # batch, a fatal one included) for tens of ms every tick.
             batch = list(self.nodes.values())
@@ -448,6 +461,9 @@ class Engine:
             dplan = await self.remedy.device_plan(name, [f for f in node.fatal_problems() if not ignore(f)])
             if dplan.device:
                 p = replace(p, quarantine=False)
+        # Validation (validation.py): the startup taint, and the release gate (a release waits for a pass)
+        p, devices_ok = await self.validation.reconcile(name, node, verdict, obj, obs, p, done,
+                                                        name in self.remedy.known)
         if p.skipped:
             m.maintenance_skips += 1
             done.append(f"skipped:{p.skipped}")
@@ -469,7 +485,7 @@ class Engine:
                 self._spawn(self._would_radius(name))
             if dplan is not None and dplan.device:
                 await self.remedy.quarantine(name, obj or {}, node, verdict, dplan, done)
-            if verdict.kind == HEALTHY and not p.skipped:
+            if verdict.kind == HEALTHY and not p.skipped and devices_ok:
                 await self.remedy.release(name, obj, done)
             self._drain(name, node, verdict, obs, dplan, done)
             self._last[name] = verdict
@@ -490,7 +506,7 @@ class Engine:
         for wanted, step, what in (
                 (dplan is not None and dplan.device,
                  lambda: self.remedy.quarantine(name, obj or {}, node, verdict, dplan, done), "device quarantine"),
-                (verdict.kind == HEALTHY and not p.skipped, lambda: self.remedy.release(name, obj, done),
+                (verdict.kind == HEALTHY and not p.skipped and devices_ok, lambda: self.remedy.release(name, obj, done),
                  "device release")):
             if not wanted:
                 continue

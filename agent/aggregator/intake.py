@@ -121,6 +121,7 @@ def read_digest(digest: Iterable[Any], where: str, cut: Cut = _no_cut) -> tuple[
 
 
 _L_CHECK, _L_ENTITY, _L_MESSAGE = wire.LIMITS["check"], wire.LIMITS["entity"], wire.LIMITS["message"]
+_L_VALUE = wire.LIMITS["value"]
 
 
 def _known(read: Callable[[int], str], numbers: Iterable[int]) -> dict[int, str]:
@@ -160,8 +161,11 @@ def read_event(e: Any, cursor: Cursor, cut: Cut = _no_cut) -> IncomingEvent | Re
         entity = _text("entity", entity, cut)
     if len(message) > _L_MESSAGE:
         message = _text("message", message, cut)
+    value = e.value
+    if len(value) > _L_VALUE:
+        value = _text("value", value, cut)
     return IncomingEvent(seq, kind, check, entity, status, severity, message,
-                         bus_id(e.bus_id, cut) if e.bus_id else "")
+                         bus_id=bus_id(e.bus_id, cut) if e.bus_id else "", value=value)
 
 
 def bus_id(text: str, cut: Cut = _no_cut) -> str:

@@ -53,6 +53,11 @@ AGGREGATOR_LEADER = Gauge("vigil_aggregator_leader", "1 while this replica holds
 AGGREGATOR_MAINTENANCE_SKIPS = Counter("vigil_aggregator_maintenance_skips_total", "Decisions not acted on because "
                                        "the node is annotated vigil.dev/maintenance.", ())
 AGGREGATOR_NODES = Gauge("vigil_aggregator_nodes", "Nodes known to this replica, by verdict.", ("verdict",))
+AGGREGATOR_VALIDATIONS = Counter("vigil_aggregator_validations_total", "Validations the agents ran (or could not) "
+                                 "for this aggregator, by result (pass, fail, unknown, unavailable) and trigger "
+                                 "(startup, release, manual, periodic).", ("result", "trigger"))
+AGGREGATOR_VALIDATIONS_RUNNING = Gauge("vigil_aggregator_validations_running", "Validations requested and awaiting "
+                                       "their result.", ())
 AGGREGATOR_STREAMS = Gauge("vigil_aggregator_streams", "Agent streams open now.", ())
 AGGREGATOR_STREAMS_REFUSED = Counter("vigil_aggregator_streams_refused_total", "Agent streams refused, by reason.",
                                      ("reason",))
@@ -107,6 +112,8 @@ class AggregatorMetrics:
     nodes: Callable[[], dict[str, int]] = lambda: {}
     limiter: Any = None  # ratelimit.PriorityLimiter, when --kube-qps is on
     node_cache: Any = None  # nodecache.NodeCache, when on
+    validations: dict[tuple[str, str], int] = field(default_factory=dict)  # (result, trigger): validation.py
+    validations_running: Callable[[], int] = lambda: 0
 
     def bump(self, d: dict, key: object, n: int = 1) -> None:
         d[key] = d.get(key, 0) + n
@@ -141,6 +148,10 @@ class AggregatorMetrics:
         ms.declare(AGGREGATOR_JOB_SIGNATURES)
         for kind, n in sorted(self.signatures.items()):
             ms.add(AGGREGATOR_JOB_SIGNATURES, {"kind": kind}, n)
+        ms.declare(AGGREGATOR_VALIDATIONS)
+        for (result, trigger), n in sorted(self.validations.items()):
+            ms.add(AGGREGATOR_VALIDATIONS, {"result": result, "trigger": trigger}, n)
+        ms.add(AGGREGATOR_VALIDATIONS_RUNNING, {}, self.validations_running())
         ms.add(AGGREGATOR_BREAKER_OPEN, {}, 1 if self.breaker_open else 0)
         ms.add(AGGREGATOR_LEADER, {}, 1 if self.leader else 0)
         ms.declare(AGGREGATOR_NODES)

@@ -12,8 +12,9 @@ Node from here instead of a GET per reconcile.
   own writes are fed in at once (`seen`, from kube.Kube.node_seen), so a reconcile right after a write never reads
   the Node from before it, and the watch event of that write, not newer, changes nothing.
 - A change someone else made to what Vigil judges (its condition, its taint, cordon, record, the maintenance
-  annotation) calls `on_change(names)` on the engine's loop: the engine reconciles those nodes (level-triggered:
-  a person who removes Vigil's taint from an unhealthy node sees it come back).
+  annotation; the startup taint and a person's validation request, validation.py) calls `on_change(names)` on
+  the engine's loop: the engine reconciles those nodes (level-triggered: a person who removes Vigil's taint from
+  an unhealthy node sees it come back).
 - Until the first list is done `synced` is False and the engine GETs as before; a Node absent from the cache is
   GET too (a Node created a moment ago), so the cache can make a read cheaper, never wrong for long: a stale copy
   costs one 409 on the write, then a fresh read (kube.read_modify_write).
@@ -27,6 +28,7 @@ from typing import Any, Callable
 from agent.base.backoff import delay as backoff_delay
 from .kube import Gone, Kube
 from .policy import CONDITION, observe
+from .validation import view
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +105,7 @@ class NodeCache:
                 if a is not None and b is not None and b <= a:
                     return None
             self._nodes[name] = new
-        if notify and (old is None or observe(old) != observe(new)):
+        if notify and (old is None or observe(old) != observe(new) or view(old) != view(new)):
             return name
         return None
 

@@ -165,6 +165,7 @@ class HealthService(pbg.HealthServicer):
             raise _End(grpc.StatusCode.UNAVAILABLE, "this replica lost the Lease")
         node, epoch = hello.node, hello.epoch
         stream = StreamHandle(node, epoch, hello.handles_rejections)
+        stream.handles_validation, stream.agent_version = bool(first.hello.handles_validation), hello.version
         stream.on_end = lambda code, details: watch.end_soon(getattr(grpc.StatusCode, code), details)
         engine.metrics.streams += 1
         try:
@@ -188,6 +189,26 @@ class HealthService(pbg.HealthServicer):
         if stream.handles_rejections:
             welcome.rejected.extend(pb.Rejection(seq=s, reason=r) for s, r in engine.rejections(node, epoch))
         await context.write(pb.AggregatorMessage(welcome=welcome))
+        # From here the engine may write too (a ValidateRequest): one write at a time on a call, so acks and
+        # requests take turns on a lock (uncontended, as it almost always is, it costs no yield).
+        lock, sending = asyncio.Lock(), set()
+
+        async def write(m: Any) -> None:
+            async with lock:
+                await context.write(m)
+
+        async def write_quietly(m: Any) -> None:
+            try:
+                await write(m)
+            except Exception as e:  # noqa: BLE001 - the call ended meanwhile: the request times out (unknown)
+                log.info("node %s: a message to the agent was not sent: %s", printable(node), e)
+
+        def send(m: Any) -> None:
+            task = asyncio.get_running_loop().create_task(write_quietly(m))
+            sending.add(task)
+            task.add_done_callback(sending.discard)
+        stream.send = send
+        engine.validation.connected(node, stream)
         idle = engine.cfg.idle_seconds
         watch.arm(idle, "", f"nothing received for {idle:g}s (no heartbeat)")  # not a refusal: the agent left
         loop = watch.loop
@@ -207,7 +228,7 @@ class HealthService(pbg.HealthServicer):
                     res = engine.batch(node, epoch, msg.batch.boot_id, msg.batch.events, stream)
                     ack = pb.Ack(seq=res.ack)
                     ack.rejected.extend(pb.Rejection(seq=r.seq, reason=r.reason) for r in res.rejected)
-                    await context.write(pb.AggregatorMessage(ack=ack))
+                    await write(pb.AggregatorMessage(ack=ack))
                     if res.stop is not None:
                         raise _End(grpc.StatusCode.INVALID_ARGUMENT, f"Batch refused at {res.stop.reason}; nothing "
                                    f"from seq {res.stop.seq} on was applied")

@@ -48,6 +48,7 @@ class IncomingEvent:
     severity: str
     message: str = ""
     bus_id: str = ""
+    value: str = ""  # the finding's value as JSON ("" when none): a validation summary names its request here
 
 
 @dataclass

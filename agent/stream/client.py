@@ -208,6 +208,9 @@ class StreamClient:
         self._drops_seen: tuple[int, float | None] | None = None  # info drops counted so far, when the last came
         self.episodes = EventEpisodes(self._send_episode, s.episode_update_seconds, s.episode_window_seconds,
                                       s.episode_max_keys, clock=clock)
+        # Set (agent/stream/validation.py StreamValidation) to run the aggregator's ValidateRequests: the Hello then
+        # says handles_validation. None: the aggregator never asks this agent.
+        self.validation: Any = None
 
     @property
     def spool(self) -> Spool:
@@ -317,6 +320,8 @@ class StreamClient:
             ms.add(SPOOL_FAULTS, {"reason": reason}, health.faults[reason])
             ms.add(SPOOL_RECOVERIES, {"reason": reason}, health.recoveries[reason])
         ms.merge(self.episodes.metrics())
+        if self.validation is not None:
+            ms.merge(self.validation.metrics())  # vigil_probe_* of the latest validation the aggregator asked for
         return ms
 
     def exposition(self) -> bytes:
@@ -610,7 +615,8 @@ class StreamClient:
             rows, as_of = keeper.digest(generation)
             await call.write(pb.AgentMessage(hello=pb.Hello(
                 node=self.node, boot_id=self.boot_id, spool_epoch=epoch, agent_version=self.version,
-                digest=self._digest(rows, wire.MAX_MESSAGE_BYTES), digest_seq=as_of, handles_rejections=True)))
+                digest=self._digest(rows, wire.MAX_MESSAGE_BYTES), digest_seq=as_of, handles_rejections=True,
+                handles_validation=self.validation is not None)))
             first = await asyncio.wait_for(call.read(), self.settings.ack_timeout_seconds)
             if first is grpc_eof() or not first.HasField("welcome"):
                 await _raise_status(call)
@@ -658,6 +664,9 @@ class StreamClient:
             msg = await call.read()
             if msg is grpc_eof():
                 return
+            if msg.HasField("validate") and self.validation is not None:
+                self.validation.handle(msg.validate)  # starts a thread: the reader goes on at once
+                continue
             if msg.HasField("ack") and msg.ack.rejected:
                 self._rejected([(r.seq, r.reason) for r in msg.ack.rejected])
             if msg.HasField("ack") and msg.ack.seq > state.acked:

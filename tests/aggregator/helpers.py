@@ -181,9 +181,9 @@ class RawAgent:
     def send(self, **body):
         self._q.put(pb.AgentMessage(**body))
 
-    def hello(self, node, digest=(), boot="b1", epoch="e1", digest_seq=0, rejections=False):
+    def hello(self, node, digest=(), boot="b1", epoch="e1", digest_seq=0, rejections=False, validation=False):
         self.send(hello=pb.Hello(node=node, boot_id=boot, spool_epoch=epoch, agent_version="test", digest=list(digest),
-                                 digest_seq=digest_seq, handles_rejections=rejections))
+                                 digest_seq=digest_seq, handles_rejections=rejections, handles_validation=validation))
         return self.read().welcome
 
     def batch(self, events, boot="b1"):

@@ -49,12 +49,14 @@ class AgentMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., batch: _Optional[_Union[Batch, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
 
 class AggregatorMessage(_message.Message):
-    __slots__ = ("welcome", "ack")
+    __slots__ = ("welcome", "ack", "validate")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     ack: Ack
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ...) -> None: ...
+    validate: ValidateRequest
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., validate: _Optional[_Union[ValidateRequest, _Mapping]] = ...) -> None: ...
 
 class Problem(_message.Message):
     __slots__ = ("check", "entity", "severity", "status", "message", "bus_id")
@@ -73,7 +75,7 @@ class Problem(_message.Message):
     def __init__(self, check: _Optional[str] = ..., entity: _Optional[str] = ..., severity: _Optional[_Union[Severity, str]] = ..., status: _Optional[_Union[Status, str]] = ..., message: _Optional[str] = ..., bus_id: _Optional[str] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("node", "boot_id", "spool_epoch", "agent_version", "digest", "digest_seq", "handles_rejections")
+    __slots__ = ("node", "boot_id", "spool_epoch", "agent_version", "digest", "digest_seq", "handles_rejections", "handles_validation")
     NODE_FIELD_NUMBER: _ClassVar[int]
     BOOT_ID_FIELD_NUMBER: _ClassVar[int]
     SPOOL_EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +83,7 @@ class Hello(_message.Message):
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     DIGEST_SEQ_FIELD_NUMBER: _ClassVar[int]
     HANDLES_REJECTIONS_FIELD_NUMBER: _ClassVar[int]
+    HANDLES_VALIDATION_FIELD_NUMBER: _ClassVar[int]
     node: str
     boot_id: str
     spool_epoch: str
@@ -88,7 +91,8 @@ class Hello(_message.Message):
     digest: _containers.RepeatedCompositeFieldContainer[Problem]
     digest_seq: int
     handles_rejections: bool
-    def __init__(self, node: _Optional[str] = ..., boot_id: _Optional[str] = ..., spool_epoch: _Optional[str] = ..., agent_version: _Optional[str] = ..., digest: _Optional[_Iterable[_Union[Problem, _Mapping]]] = ..., digest_seq: _Optional[int] = ..., handles_rejections: _Optional[bool] = ...) -> None: ...
+    handles_validation: bool
+    def __init__(self, node: _Optional[str] = ..., boot_id: _Optional[str] = ..., spool_epoch: _Optional[str] = ..., agent_version: _Optional[str] = ..., digest: _Optional[_Iterable[_Union[Problem, _Mapping]]] = ..., digest_seq: _Optional[int] = ..., handles_rejections: _Optional[bool] = ..., handles_validation: _Optional[bool] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("seq", "kind", "check", "component", "entity", "status", "severity", "message", "action", "observed_at_unix_ms", "value", "threshold", "occurrences", "first_seen_unix_ms", "last_seen_unix_ms", "bus_id")
@@ -173,3 +177,17 @@ class Rejection(_message.Message):
     seq: int
     reason: str
     def __init__(self, seq: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ValidateRequest(_message.Message):
+    __slots__ = ("request_id", "probes", "level", "quarantined", "timeout_seconds")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PROBES_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINED_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    probes: _containers.RepeatedScalarFieldContainer[str]
+    level: str
+    quarantined: bool
+    timeout_seconds: int
+    def __init__(self, request_id: _Optional[str] = ..., probes: _Optional[_Iterable[str]] = ..., level: _Optional[str] = ..., quarantined: _Optional[bool] = ..., timeout_seconds: _Optional[int] = ...) -> None: ...
