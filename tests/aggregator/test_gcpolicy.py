@@ -16,16 +16,16 @@ class Recorder:
                             collect=lambda: self.calls.append("collect"), clock=lambda: self.now, **kw)
 
 
-def test_streams_connecting_are_frozen_in_growing_steps_not_every_tick():
+def test_streams_connecting_are_frozen_every_step_not_every_tick():
     r = Recorder()
     p = r.policy(step=256)
     for n in range(0, 10001, 50):  # 10,000 agents connecting, 50 a tick
         r.streams = n
         p.tick()
     assert r.calls == ["freeze"] * p.freezes
-    # a quarter more each time (at least 256): 256, 512, 768, 1024, 1280, 1600, ... about 16 up to 10,000
-    assert 10 <= p.freezes <= 20
-    assert p.frozen_at >= 0.8 * 10000
+    # at the first tick 256 or more past the last freeze: 300, 600, ... (ticks of 50): 33 freezes to 10,000
+    assert p.freezes == 33
+    assert p.frozen_at >= 10000 - 256
     before = len(r.calls)
     for _ in range(100):  # steady: nothing more
         p.tick()
