@@ -1,12 +1,12 @@
 """The agent's cost as the node's hardware grows (issue 15): CPU per collection cycle, RSS, /metrics size and scrape
-latency, from 8 to 64 GPU partitions and 8 to 32 RDMA ports.
+latency, from 8 to 64 GPU partitions, 8 to 32 RDMA ports and 50 to 500 containers.
 
-    .venv/bin/python bench/agent_cost_bench.py                 # sizes 8/8, 16/16, 32/24, 64/32; about 3 minutes
+    .venv/bin/python bench/agent_cost_bench.py                 # sizes 8/8/50 ... 64/32/500; about 3 minutes
     .venv/bin/python bench/agent_cost_bench.py --seconds 60    # longer soak per size (steadier CPU figures)
 
 Each size is a fixture node built by bench/scale_fixtures.py from real captures (an MI300X node in CPX mode shows
 64 GPUs); the real agent serves it (`python -m agent.cli --snapshot DIR`, every collector that a snapshot can run:
-gpu and rdma) at --interval seconds per cycle, and is scraped every 15 s like Prometheus would. Reported per size:
+gpu, rdma, and containers: the kubelet's PodResources answer, pods of a worker holding a GPU and a sidecar) at --interval seconds per cycle, and is scraped every 15 s like Prometheus would. Reported per size:
   cpu %      the agent process's CPU time / wall time over the soak (100 = one core)
   ms/cycle   CPU time per collection cycle (cpu seconds / cycles in the soak)
   rss        VmRSS at the end of the soak
@@ -88,7 +88,8 @@ def measure(node_dir: Path, args: argparse.Namespace) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", default="8x8,16x16,32x24,64x32", help="GPUSxPORTS,... (default 8x8,16x16,32x24,64x32)")
+    p.add_argument("--sizes", default="8x8x50,16x16x100,32x24x250,64x32x500",
+                   help="GPUSxPORTS[xCONTAINERS],... (default 8x8x50,16x16x100,32x24x250,64x32x500)")
     p.add_argument("--seconds", type=float, default=30.0, help="soak per size")
     p.add_argument("--interval", type=float, default=10.0, help="the agent's collection interval (its default)")
     p.add_argument("--scrapes", type=int, default=200)
@@ -98,15 +99,17 @@ def main() -> int:
     rows = []
     tmp = Path(tempfile.mkdtemp(prefix="vigil-scale-fixtures-"))
     for size in args.sizes.split(","):
-        gpus, ports = (int(x) for x in size.split("x"))
-        row = {"gpus": gpus, "rdma_ports": ports, **measure(build(tmp / size, gpus, ports), args)}
+        gpus, ports, containers = ([int(x) for x in size.split("x")] + [0])[:3]
+        row = {"gpus": gpus, "rdma_ports": ports, "containers": containers,
+               **measure(build(tmp / size, gpus, ports, containers=containers), args)}
         rows.append(row)
         print(json.dumps(row), flush=True)
     print(f"load average after: {os.getloadavg()}")
-    print("| GPUs | RDMA ports | cpu % | CPU ms/cycle | RSS MiB | /metrics bytes | series | scrape p50 ms | p99 ms |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| GPUs | RDMA ports | containers | cpu % | CPU ms/cycle | RSS MiB | /metrics bytes | series | scrape p50 ms "
+          "| p99 ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['gpus']} | {r['rdma_ports']} | {r['cpu_pct']} | {r['ms_per_cycle']} | {r['rss_mib']} | "
+        print(f"| {r['gpus']} | {r['rdma_ports']} | {r['containers']} | {r['cpu_pct']} | {r['ms_per_cycle']} | {r['rss_mib']} | "
               f"{r['metrics_bytes']} | {r['series']} | {r['scrape_p50_ms']} | {r['scrape_p99_ms']} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")

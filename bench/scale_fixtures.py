@@ -1,6 +1,6 @@
-"""Large fixture nodes for the agent's cost curves (issue 15): N GPU partitions and P RDMA ports.
+"""Large fixture nodes for the agent's cost curves (issue 15): N GPU partitions, P RDMA ports, C containers.
 
-    .venv/bin/python bench/scale_fixtures.py OUT --gpus 64 --rdma-ports 32
+    .venv/bin/python bench/scale_fixtures.py OUT --gpus 64 --rdma-ports 32 --containers 500
 
 Built from real captures in fixtures/nodes, never invented from nothing:
 - GPUs: the busy ROCm 7.1 MI300X node (mi300x-rocm71-busy, 8 GPUs). An MI300X in CPX mode shows each of its 8
@@ -9,6 +9,10 @@ Built from real captures in fixtures/nodes, never invented from nothing:
   (bdf ...:00.k, as amdgpu numbers CPX partitions) and a uuid made unique. xgmi.json is left out (its link
   matrix is per physical GPU; DESIGN section 3 allows any subset of the commands).
 - RDMA: the healthy 8-port node (rdma-8port-healthy): the mlx5_k device directories are copied to mlx5_8..P-1.
+- Containers: what a snapshot replays of them, the kubelet's PodResources List answer
+  (containers/pod-resources.json, as `agent snapshot` captures it and tests/deploy/test_deploy_dashboard.py
+  writes it): pods of two containers (a worker and a sidecar, as training pods run); the first workers hold one
+  GPU each by its PCI address (amd.com/gpu, as AMD's device plugin names them), the rest hold none.
 node.json names the expected counts, so a missing one would be `unknown`, as on a real node.
 """
 from __future__ import annotations
@@ -53,7 +57,19 @@ def _grow(entries: list, gpus: int) -> list:
     return out
 
 
-def build(out: Path, gpus: int, ports: int, name: str | None = None) -> Path:
+def pod_resources(containers: int, bdfs: list[str]) -> dict:
+    pods = []
+    for k in range(0, containers, 2):
+        worker: dict = {"name": "worker"}
+        gpu = k // 2
+        if gpu < len(bdfs):
+            worker["devices"] = [{"resourceName": "amd.com/gpu", "deviceIds": [bdfs[gpu]]}]
+        members = [worker] + ([{"name": "sidecar"}] if k + 1 < containers else [])
+        pods.append({"name": f"job-{k // 2:04d}", "namespace": "ml", "containers": members})
+    return {"podResources": pods}
+
+
+def build(out: Path, gpus: int, ports: int, name: str | None = None, containers: int = 0) -> Path:
     if out.exists():
         shutil.rmtree(out)
     expect: dict = {}
@@ -68,6 +84,11 @@ def build(out: Path, gpus: int, ports: int, name: str | None = None) -> Path:
             data["gpu_data"] = _grow(data["gpu_data"], gpus)
             (smi / f"{cmd}.json").write_text(json.dumps(data, indent=4) + "\n")
         expect["gpus"] = gpus
+    if containers:
+        bdfs = [e["bus"]["bdf"] if isinstance(e.get("bus"), dict) else e.get("bdf", "")
+                for e in json.loads((out / "amd-smi" / "list.json").read_text())] if gpus else []
+        (out / "containers").mkdir(parents=True)
+        (out / "containers" / "pod-resources.json").write_text(json.dumps(pod_resources(containers, bdfs)) + "\n")
     if ports:
         ib = out / "sys" / "class" / "infiniband"
         ib.mkdir(parents=True)
@@ -85,8 +106,9 @@ def main() -> int:
     p.add_argument("out", type=Path)
     p.add_argument("--gpus", type=int, default=64)
     p.add_argument("--rdma-ports", type=int, default=32)
+    p.add_argument("--containers", type=int, default=0)
     a = p.parse_args()
-    print(build(a.out, a.gpus, a.rdma_ports))
+    print(build(a.out, a.gpus, a.rdma_ports, containers=a.containers))
     return 0
 
 

@@ -10,7 +10,8 @@ import pytest
 from agent.cli import main as cli_main  # noqa: F401  (the CLI must import cleanly)
 from agent.base.collector import Context, RunMode
 from agent.base.config import load
-from agent.run.loop import build_collectors, collector_schemas, exposition, run_all_once
+from agent.base import tools
+from agent.run.loop import Agent, build_collectors, collector_schemas, exposition, run_all_once
 from agent.base.roots import Roots, merge_expectations, read_node_file
 from agent.run.runner import CollectorRunner
 from tests.support import AGENT, FIXTURES
@@ -64,3 +65,26 @@ def test_once_json_golden(node, update_golden):
     assert code == {"healthy": 0, "unhealthy": 1, "unknown": 2}[doc["status"]]
     check(FIXTURES / node / "golden" / "once.json", json.dumps({"exit": code, **doc}, indent=2) + "\n",
           update_golden)
+
+
+@pytest.mark.parametrize("node", NODES)
+def test_served_metrics_are_the_exposition_of_the_latest_results(node):
+    """The agent renders each result once and joins the parts (issue 15: re-rendering everything at every
+    publish was most of its CPU on a large node); /metrics must still be byte for byte what exposition() of the
+    latest results gives, after every publish and after a collector publishes again."""
+    roots = Roots.from_snapshot(FIXTURES / node)
+    nf = read_node_file(roots.snapshot / "node.json")
+    config = load(None, collector_schemas())
+    ctx = Context(roots, nf.node or node, merge_expectations(config.agent.expect, nf.expect), mode=RunMode(once=True))
+    collectors = build_collectors(config, ctx)
+    results = run_all_once([CollectorRunner(c) for c in collectors])
+    agent = Agent(collectors, ctx.node)
+    try:
+        for i, r in enumerate(results):
+            agent._publish(r)
+            assert agent.metrics() == exposition(results[:i + 1], ctx.node, tools.stuck_counts())
+        agent._publish(results[0])  # keeps its place
+        assert agent.metrics() == exposition(results, ctx.node, tools.stuck_counts())
+    finally:
+        for c in collectors:
+            c.close()

@@ -31,6 +31,7 @@ log = logging.getLogger("vigil-aggregator")
 
 DAY = 86400.0
 WEEK = 7 * DAY  # the longest delay or window that is still a decision, not a typo
+SWITCH_INTERVAL = 0.0005  # seconds: sys.setswitchinterval for serve (see cmd_serve)
 seconds = number_flag(0, WEEK, above=True)  # finite and > 0 (argparse names the flag on a bad one)
 
 
@@ -299,6 +300,7 @@ def validation_config(args: argparse.Namespace):  # noqa: ANN201
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .app import Replica, ReplicaOptions
+    from .gcpolicy import FreezePolicy
     from .devices import DeviceConfig
     from .drain import DrainConfig
     from .engine import AggregatorConfig
@@ -336,11 +338,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, replica.request_stop)
         await replica.start()
         # Latency: a full collection walks every object (tens of ms with 1,000 streams). Freeze what start-up made
-        # and collect the young generation less often; measured in bench/aggregator.md.
+        # and collect the young generation less often, and freeze what the streams make as they come
+        # (gcpolicy.py: a 930 ms collection at 10,000 streams); measured in bench/aggregator.md.
         gc.collect()
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)
+        # The cordon path's API requests run in threads beside the loop, and at fleet size the loop (gRPC, 10,000
+        # streams) holds the GIL most of the time: each of a request's GIL hand-offs (send, receive, parse) waited
+        # up to the default 5 ms switch interval, several times per request, twice per cordon (Lease, Node).
+        # Measured with bench/fleet_bench.py at 10,000 agents: bench/aggregator.md.
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        stop = asyncio.Event()
+        freezer = asyncio.create_task(FreezePolicy(lambda: replica.metrics.streams).run(stop))
         await replica.serve_forever()
+        stop.set()
+        await freezer
         await replica.stop()
 
     asyncio.run(main())

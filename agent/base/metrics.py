@@ -152,3 +152,36 @@ def render(metrics: MetricSet) -> bytes:
     """The Prometheus text exposition (0.0.4) of a MetricSet."""
     fams = sorted(metrics.families.values(), key=lambda f: f.name)
     return generate_latest(_Families(fams))  # type: ignore[arg-type]
+
+
+Parts = dict[str, tuple[Spec, bytes, bytes]]  # family name -> (its spec, "# HELP"/"# TYPE" lines, sample lines)
+
+
+def render_parts(metrics: MetricSet) -> Parts:
+    """Each family of a MetricSet rendered on its own, split into its header and its sample lines, so that an
+    exposition can be assembled from parts rendered at different times (`assemble`). The same code renders
+    them (render's), so the bytes are the same: a family's text does not depend on the families beside it."""
+    out: Parts = {}
+    for fam in metrics.families.values():
+        text = generate_latest(_Families([fam]))  # type: ignore[arg-type]
+        cut = text.index(b"\n", text.index(b"\n") + 1) + 1  # HELP and TYPE: one line each (help's \n escaped)
+        out[fam.name] = (fam.spec, text[:cut], text[cut:])
+    return out
+
+
+def assemble(parts: Iterable[Parts]) -> bytes:
+    """The exposition of the MetricSets whose parts these are, merged in this order: what render() of their
+    merge gives, without rendering anything again (families by name; a family's samples in merge order)."""
+    specs: dict[str, Spec] = {}
+    heads: dict[str, bytes] = {}
+    bodies: dict[str, list[bytes]] = {}
+    for p in parts:
+        for name, (spec, head, body) in p.items():
+            if name not in heads:
+                specs[name], heads[name] = spec, head
+                bodies[name] = []
+            elif specs[name] != spec:  # as MetricSet.merge refuses it
+                raise ValueError(f"metric {name} declared twice, differently: {specs[name]} and {spec}")
+            if body:
+                bodies[name].append(body)
+    return b"".join(heads[n] + b"".join(bodies[n]) for n in sorted(heads))

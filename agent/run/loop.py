@@ -14,7 +14,7 @@ from agent.base.config import Config
 from agent.base.errors import error_text
 from agent.base.findings import UNHEALTHY, UNKNOWN, Finding, unknown
 from agent.base import tools
-from agent.base.metrics import Gauge, MetricSet, render
+from agent.base.metrics import Gauge, MetricSet, Parts, assemble, render, render_parts
 from .runner import CollectorRunner, Result
 from .supervise import Supervisor
 
@@ -64,13 +64,19 @@ def core_metrics(results: Iterable[Result], node: str, stuck: dict[str, int] | N
             ms.add(TOOL_STUCK_PROCESSES, {"tool": tool}, n)
     ms.declare(CHECK_STATUS)
     for r in results:
-        ms.add(COLLECTOR_SUCCESS, {"collector": r.collector}, 1 if r.success else 0)
-        ms.add(COLLECTOR_DURATION_SECONDS, {"collector": r.collector}, round(r.duration, 6))
-        for f in r.output.findings:
-            if f.is_event:
-                continue
-            ms.add(CHECK_STATUS, {"check": f.check, "entity": f.entity, "severity": f.severity},
-                   CHECK_STATUS_VALUE[f.status])
+        _result_core(ms, r)
+    return ms
+
+
+def _result_core(ms: MetricSet, r: Result) -> MetricSet:
+    """The agent's own series about one collector's result (success, duration, its checks' status)."""
+    ms.add(COLLECTOR_SUCCESS, {"collector": r.collector}, 1 if r.success else 0)
+    ms.add(COLLECTOR_DURATION_SECONDS, {"collector": r.collector}, round(r.duration, 6))
+    for f in r.output.findings:
+        if f.is_event:
+            continue
+        ms.add(CHECK_STATUS, {"check": f.check, "entity": f.entity, "severity": f.severity},
+               CHECK_STATUS_VALUE[f.status])
     return ms
 
 
@@ -86,15 +92,20 @@ def renderable(result: Result, component: str, node: str) -> Result:
     """`result` when its metrics render; else the same findings without its metrics, plus an unknown finding
     saying why: a value no exposition can carry costs that collector's series, never the process or the
     other collectors' series."""
+    return rendered(result, component, node)[0]
+
+
+def rendered(result: Result, component: str, node: str) -> tuple[Result, Parts]:
+    """renderable's result, and its metrics rendered (per family: assemble() joins them without rendering
+    them again)."""
     try:
-        render(result.output.metrics)
+        return result, render_parts(result.output.metrics)
     except Exception as e:  # noqa: BLE001 - whatever broke rendering, it must not leave this collector
         log.exception("collector %s: its metrics do not render", result.collector)
         finding = unknown(f"{component}.metrics", component, node,
                           f"{result.collector} metrics could not be rendered: {error_text(e)}")
         return Result(result.collector, Output(findings=[*result.output.findings, finding],
-                                               absent=result.output.absent), False, result.duration)
-    return result
+                                               absent=result.output.absent), False, result.duration), {}
 
 
 def run_all_once(runners: list[CollectorRunner]) -> list[Result]:
@@ -129,6 +140,7 @@ class Agent:
         self._components = {c.name: c.component for c in collectors}
         self.supervisor = supervisor or Supervisor(clock)
         self._latest: dict[str, Result] = {}
+        self._parts: dict[str, tuple[Parts, Parts]] = {}  # collector -> (the agent's series about it, its own)
         self._lock = threading.Lock()
         self._exposition = exposition([], node)
         self._stop = threading.Event()
@@ -157,18 +169,27 @@ class Agent:
     def _publish(self, result: Result) -> None:
         # Rendering runs after the runner's wrapper returned: it gets its own, so one collector's bad label
         # or value costs its own series (an unknown finding), not the loop thread or the agent's start.
-        result = renderable(result, self._components.get(result.collector, "agent"), self.node)
+        # Each result is rendered once, when it comes (its metrics and the agent's series about it); the
+        # exposition is then joined from the parts: re-rendering every collector's series at every publish
+        # was most of the agent's CPU on a large node (issue 15). Same bytes as exposition().
+        result, own = rendered(result, self._components.get(result.collector, "agent"), self.node)
         with self._lock:
             previous = self._latest.get(result.collector)
+            previous_parts = self._parts.get(result.collector)
             self._latest[result.collector] = result
             self._heartbeats[result.collector] = self.clock()
             try:
-                body = exposition(list(self._latest.values()), self.node, tools.stuck_counts())
+                self._parts[result.collector] = (render_parts(_result_core(MetricSet(), result)), own)
+                head = render_parts(core_metrics([], self.node, tools.stuck_counts()))
+                parts = list(self._parts.values())
+                body = assemble([head, *(core for core, _ in parts), *(mine for _, mine in parts)])
             except Exception:  # /metrics keeps the last good exposition; the loop dies and is restarted
                 if previous is None:
                     del self._latest[result.collector]
+                    self._parts.pop(result.collector, None)
                 else:
                     self._latest[result.collector] = previous
+                    self._parts[result.collector] = previous_parts
                 raise
             self._exposition = body
         for obs in self.observers:
