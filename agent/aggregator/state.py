@@ -32,6 +32,10 @@ class Problem:
     severity: str
     message: str = ""
     bus_id: str = ""  # the PCI bus address of the entity's GPU (intake.bus_id), "" when none or unknown
+    # "namespace/pod" of the pods the agent's PodResources says hold the entity's GPU (intake.holders): a claim
+    # to check against the API before anything is done to them (drain.py). Not part of equality: a pod starting
+    # on a sick GPU is no change of the node's health.
+    holders: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def fatal(self) -> bool:
@@ -48,6 +52,7 @@ class IncomingEvent:
     severity: str
     message: str = ""
     bus_id: str = ""
+    holders: tuple[str, ...] = ()
 
 
 @dataclass
@@ -172,7 +177,7 @@ def apply_batch(node: NodeState, boot_id: str, epoch: str, events: Iterable[Inco
         else:
             old = node.problems.get(key)
             node.problems[key] = Problem(e.check, e.entity, e.status, e.severity, e.message,
-                                         e.bus_id or (old.bus_id if old is not None else ""))
+                                         e.bus_id or (old.bus_id if old is not None else ""), e.holders)
         node._settle(now, f"{node.name}/{boot_id}/{epoch}/{e.seq}")
     node.applied[epoch] = high
     node.last_seen = now
