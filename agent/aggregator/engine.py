@@ -534,7 +534,8 @@ class Engine:
             return
         if dplan is not None and dplan.device:
             targets = [(t.driver, t.pool, t.device) for _, ts in dplan.targets for t in ts]
-            self.drain.start(name, f"{node.trigger}/devices", f"{verdict.reason} on a device", targets)
+            holders = [h for p, _ in dplan.targets for h in p.holders]  # PodResources, for pods without claims
+            self.drain.start(name, f"{node.trigger}/devices", f"{verdict.reason} on a device", targets, holders)
         elif obs.tainted or "quarantine" in done or "would-quarantine" in done:
             from .devices import device_scoped
 
@@ -542,8 +543,9 @@ class Engine:
             fatal = [f for f in node.fatal_problems() if not ignore(f)]
             if any(not device_scoped(f.check, f.entity, self.cfg.devices) for f in fatal):
                 self.drain.start(name, f"{node.trigger}/node", f"{verdict.reason}, node-wide", None)
-            else:  # a device's fault, but no DRA device to attribute pods to: `device` evicts none, and says so
-                self.drain.start(name, f"{node.trigger}/node", f"{verdict.reason} on a device", [])
+            else:  # a device's fault, no DRA device: `device` evicts the pods the agent's PodResources names, if any
+                self.drain.start(name, f"{node.trigger}/node", f"{verdict.reason} on a device", [],
+                                 [h for f in fatal for h in f.holders])
 
     @staticmethod
     def _why(verdict: Verdict) -> str:
