@@ -643,7 +643,8 @@ class Engine:
                     f"{verdict.message}{self.remedy.notes.get(name, '')}{note[0]}")
             # the pods are read after the write, in the background: the names never delay a quarantine
             # (no annotation where the Node refused Vigil's record: its annotations are full)
-            self._spawn(self._node_radius(o, name, episode, verdict.reason, wall, text, annotate=not note[0]))
+            self._spawn(self._node_radius(o, name, episode, verdict.reason, wall, text, annotate=not note[0],
+                                          holders=[h for p in node.fatal_problems() for h in p.holders]))
 
         pend = _Pending(landed, report)
         self._expect(name, "quarantine", pend)
@@ -673,12 +674,12 @@ class Engine:
         task.add_done_callback(self._reports.discard)
 
     async def _node_radius(self, o: dict[str, Any], name: str, episode: str, reason: str, wall: float,
-                           text: str, annotate: bool = True) -> None:
+                           text: str, annotate: bool = True, holders: list[str] | None = None) -> None:
         """The blast radius of a node quarantine (blast.py): its GPU pods and their owners, in the annotation
         first (whoever reads the Event finds it), then in the Event."""
         from .blast import annotation_value
 
-        radius = await self.blast.node(name)
+        radius = await self.blast.node(name, holders or ())  # holders: the pods on the sick GPU (PodResources)
         if annotate:
             await self.blast.annotate(name, annotation_value("node", reason, now_iso(wall), [], radius))
         pods = radius.text()
