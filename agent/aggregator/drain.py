@@ -48,6 +48,7 @@ ANNOTATION = "vigil.dev/v1.drain"
 MAX_NAMED = 50  # pods named in one Event (the rest counted); the annotation keeps up to MAX_RECORDED
 MAX_RECORDED = 200
 DRA_CLAIM, POD_RESOURCES, NODE_WIDE = "DRA claim", "PodResources", "node-wide"  # how a pod was attributed
+UNATTRIBUTABLE = "unattributable"
 
 
 @dataclass(frozen=True)
@@ -178,9 +179,12 @@ class Report:
                          f"{self.node}: " + ", ".join(self.refused[:8]))
         return "; ".join(parts)
 
-    def text(self, states: Iterable[str] | None = None) -> str:
-        rows = [a for a in self.affected if states is None or a["state"] in states]
-        shown = "; ".join(f"{a['pod']} ({a['owner']}){': ' + a['why'] if a['why'] else ''}" for a in rows[:MAX_NAMED])
+    def text(self, states: Iterable[str] | None = None, unattributable: bool | None = None) -> str:
+        """The rows in `states`; `unattributable` True: only those (named without the shared why), False: none."""
+        rows = [a for a in self.affected if (states is None or a["state"] in states)
+                and (unattributable is None or a["why"].startswith(UNATTRIBUTABLE) == unattributable)]
+        shown = "; ".join(f"{a['pod']} ({a['owner']}){': ' + a['why'] if a['why'] and not unattributable else ''}"
+                          for a in rows[:MAX_NAMED])
         more = f"; and {len(rows) - MAX_NAMED} more" if len(rows) > MAX_NAMED else ""
         return (shown + more) or "none"
 
@@ -207,9 +211,11 @@ class Drain:
         if not self.cfg.enabled or self.e.kube is None or self.e._loop is None:
             return
         holders = tuple(sorted(set(holders)))
+        job = self.jobs.get(node)
         if holders:  # a later report naming other holders (the agent's first had none yet) is drained too
             episode = f"{episode}/holders:{','.join(holders)}"
-        job = self.jobs.get(node)
+        elif job is not None and job[0].startswith(f"{episode}/holders:"):
+            return  # a report without the names (an agent restarting) after a drain by them: nothing new
         if job is not None and (job[0] == episode or not job[1].done()):
             return
         task = self.e._loop.create_task(self._run(node, reason, targets, holders))
@@ -284,10 +290,9 @@ class Drain:
                     continue  # the agent named the sick GPU's pods, and not this one: a healthy GPU's
                 else:
                     report.unattributed.append(key)
-                    report.record(pod, policy, "kept", "unattributable: the sick GPU maps to no DRA device and the "
-                                  "node's agent named no pod holding it (PodResources): its pods are unknown"
-                                  if not targets else "unattributable: no DRA claim (a device-plugin pod), and the "
-                                  "node's agent named no pod holding the sick GPU (PodResources)")
+                    report.record(pod, policy, "kept", f"{UNATTRIBUTABLE} (no DRA device, no holder named by the "
+                                  "agent's PodResources)" if not targets else f"{UNATTRIBUTABLE} (no DRA claim, no "
+                                  "holder named by the agent's PodResources)")
                     continue
             chosen.append(pod)
         return report, chosen
@@ -346,7 +351,10 @@ class Drain:
         text = (f"Vigil's drain of {node} ({reason}): evicted {report.text(('evicted', 'gone'))}"
                 + (f". Not evicted by the deadline ({self.cfg.deadline:g}s): {report.text(('not-evicted',))}"
                    if left else "")
-                + (f". Kept: {report.text(('kept',))}" if any(a['state'] == 'kept' for a in report.affected) else "")
+                + (f". Kept: {report.text(('kept',), False)}" if any(
+                    a['state'] == 'kept' and not a['why'].startswith(UNATTRIBUTABLE) for a in report.affected) else "")
+                + (f". Kept, {UNATTRIBUTABLE} (no DRA claim, and the node's agent named no holder of the sick GPU "
+                   f"from PodResources): {report.text(('kept',), True)}" if report.unattributed else "")
                 + (f" ({how})" if how else ""))
         # the record first: whoever reads the end Event finds the annotation it refers to
         await self._annotate(node, report)

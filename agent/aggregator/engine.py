@@ -286,8 +286,11 @@ class Engine:
         if node is None:
             return
         now = self.clock()
+        held = st.fatal_holders(node.problems) if self.cfg.drain.enabled else None
         st.heartbeat(node, epoch, problems, digest_seq, now)
         self._touch(node, now)
+        if held is not None and held != st.fatal_holders(node.problems):
+            self._enqueue(node_name)  # the pods on a sick GPU named late (drain.py): a device drain may act now
 
     def batch(self, node_name: str, epoch: str, boot_id: str, events: Any,
               stream: StreamHandle | None = None) -> BatchResult:
@@ -306,6 +309,7 @@ class Engine:
         cursor.last = max(cursor.last, node.applied.get(epoch, 0))
         got = intake.read_batch(events, cursor, aware, self._cut)
         boot, _ = wire.bounded("boot_id", boot_id)
+        held = st.fatal_holders(node.problems) if self.cfg.drain.enabled else None
         res = st.apply_batch(node, boot, epoch, got.events, now)
         refused = got.rejected + ([got.stop] if got.stop is not None else [])
         for r in refused:
@@ -336,6 +340,8 @@ class Engine:
                 hook(node_name, boot, epoch, res.new)
         if res.changed:
             self._touch(node, now)
+        if held is not None and held != st.fatal_holders(node.problems):
+            self._enqueue(node_name)  # as in heartbeat: new holders of a sick GPU
         return BatchResult(res.ack, got.rejected, got.stop)
 
     def _touch(self, node: st.NodeState, now: float) -> None:

@@ -34,7 +34,8 @@ class Problem:
     bus_id: str = ""  # the PCI bus address of the entity's GPU (intake.bus_id), "" when none or unknown
     # "namespace/pod" of the pods the agent's PodResources says hold the entity's GPU (intake.holders): a claim
     # to check against the API before anything is done to them (drain.py). Not part of equality: a pod starting
-    # on a sick GPU is no change of the node's health.
+    # on a sick GPU is no change of the node's health (the engine reconciles on a fatal problem's new holders
+    # when a drain is configured: fatal_holders).
     holders: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -141,6 +142,11 @@ def heartbeat(node: NodeState, epoch: str, digest: Iterable[Problem], digest_seq
     before = dict(node.problems)
     _digest(node, epoch, digest, digest_seq, now, f"digest/{node.boot_id}/{epoch}/{digest_seq}")
     return before != node.problems
+
+
+def fatal_holders(problems: dict[Key, Problem]) -> dict[Key, tuple[str, ...]]:
+    """The holders of the fatal problems: news for a device drain (drain.py), though no change of health."""
+    return {k: p.holders for k, p in problems.items() if p.holders and p.fatal}
 
 
 def _digest(node: NodeState, epoch: str, digest: Iterable[Problem], digest_seq: int, now: float, trigger: str) -> None:
