@@ -11,6 +11,7 @@ End to end over real gRPC on loopback (a hand-driven agent stream) against the p
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -207,3 +208,74 @@ def test_the_wire_and_intake_bound_the_holders():
     many = [f"ml/p{i}" for i in range(30)]
     cut = []
     assert intake.holders(many, cut.append) == tuple(many[:wire.MAX_HOLDERS]) and cut == ["holders"]
+
+
+UUID = "GPU-ad9cc515-dcd1-b74b-a284-9bafdf16ab36"  # the H100 of fixtures/nodes/h100-row-remap-pending
+
+
+def test_a_real_agent_names_the_pod_on_its_bad_gpu_from_podresources(setup, tmp_path, monkeypatch):
+    """A real agent process (GPU source reading a fake nvidia-smi on PATH that prints the h100-row-remap-pending
+    fixture, an uncorrectable ECC error on gpu0; containers source reading a fake kubelet PodResources gRPC server
+    on a unix socket, tests/containers/helpers.py) streams to a real aggregator: the fatal state event itself names
+    the pod the device plugin gave that GPU, and `--drain ml=device` evicts it and only it."""
+    import stat
+    import subprocess
+    import sys
+
+    from tests.containers.helpers import PodResources
+    from tests.support import ROOT
+
+    from .helpers import stop
+
+    seen = []
+    real = intake.read_event
+
+    def recording(e, cursor, cut=intake._no_cut):  # what the aggregator read off the wire, event by event
+        got = real(e, cursor, cut)
+        if isinstance(got, intake.IncomingEvent):
+            seen.append(got)
+        return got
+    monkeypatch.setattr(intake, "read_event", recording)
+    fk, r, a = setup()
+    a.close()  # the hand-driven stream only made the node known; the real agent streams now
+    fk.add_pod("ml", "train-0", node_name=NODE, owner=("PyTorchJob", "bert"), containers=GPU)
+    fk.add_pod("ml", "other", node_name=NODE, owner=("Job", "other"), containers=GPU)
+    pr = PodResources(str(tmp_path / "kubelet.sock"))
+    pr.set({("ml", "train-0"): {"main": [("nvidia.com/gpu", [UUID])]},
+            ("ml", "other"): {"main": [("nvidia.com/gpu", ["GPU-00000000-0000-4000-8000-000000000001"])]}})
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tool = bin_dir / "nvidia-smi"
+    xml = ROOT / "fixtures" / "nodes" / "h100-row-remap-pending" / "nvidia-smi" / "q.xml"
+    tool.write_text(f'#!/bin/sh\ncat "{xml}"\n')
+    tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
+    (tmp_path / "sys").mkdir()
+    cfg = tmp_path / "agent.yaml"
+    # raise_after 2: the fault is sent from the GPU source's second cycle, after the containers source's first
+    cfg.write_text(json.dumps({
+        "gpu": {"backend": "nvidia-smi", "interval_seconds": 1},
+        "containers": {"socket": str(tmp_path / "no-containerd.sock"),
+                       "pod_resources_socket": str(tmp_path / "kubelet.sock"), "interval_seconds": 1},
+        "stream": {"raise_after": 2}}))
+    token = tmp_path / f"token-{NODE}"
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    log = open(tmp_path / "agent.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "--config", str(cfg), "--sysfs", str(tmp_path / "sys"),
+         "--node-name", NODE, "--only", "gpu,containers", "--listen", "127.0.0.1:0",
+         "--aggregator", f"127.0.0.1:{r.port}", "--spool", str(tmp_path / "spool.db"), "--token-file", str(token)],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_for(lambda: fk.get("pods", "train-0", "ml") is None, 40, what="the pod on the bad GPU evicted")
+        fatal = [e for e in seen if e.check == "gpu.ecc.uncorrectable" and e.status == "unhealthy"]
+        assert fatal and fatal[0].entity == "gpu0" and fatal[0].holders == ("ml/train-0",), \
+            (fatal, (tmp_path / "agent.log").read_text()[-2000:])
+        assert fatal[0].bus_id == "0000:00:06.0"
+        wait_for(lambda: events(fk, "VigilDrainFinished"), 20, what="the end Event")
+        assert "ml/train-0 (PyTorchJob bert)" in events(fk, "VigilDrainFinished")[0]["message"]
+        assert fk.get("pods", "other", "ml") is not None and not evictions(fk, "ml", "other")
+        assert not [e for e in seen if e.check != "gpu.ecc.uncorrectable" and e.holders and e.entity != "gpu0"]
+    finally:
+        stop(proc)
+        log.close()
+        pr.stop()
