@@ -8,7 +8,7 @@ it. Pure selection here (which policy applies, which pods, who owns them) and on
 - Attribution (device), first that applies:
   1. DRA: the ResourceClaims the pod names (spec.resourceClaims, status.resourceClaimStatuses) whose
      status.allocation.devices.results name the sick device (driver, pool, device). A pod with claims is judged by
-     them alone.
+     them alone, when the sick GPU maps to a DRA device (else its claims cannot say, and 2. applies).
   2. PodResources: a pod without claims (a device-plugin pod: nvidia.com/gpu, amd.com/gpu) that the node's agent
      named as holding the sick GPU (Event.holders / Problem.holders, from the kubelet's PodResources on the node).
      The name is a claim, checked against the API: only a pod the API lists on that node (spec.nodeName), not
@@ -275,10 +275,10 @@ class Drain:
                 report.via[key] = NODE_WIDE
             elif policy == DEVICE:
                 names = claim_names(pod)
-                if names:  # DRA first: a pod with claims is judged by them
+                if names and targets:  # DRA first: a pod with claims is judged by them (when the GPU is a device)
                     holds = False
                     for n in names:
-                        claim = await self._claim(meta.get("namespace", ""), n) if targets else None
+                        claim = await self._claim(meta.get("namespace", ""), n)
                         if claim is not None and claim_holds(claim, targets):
                             holds = True
                     if not holds:
