@@ -279,3 +279,17 @@ def test_a_real_agent_names_the_pod_on_its_bad_gpu_from_podresources(setup, tmp_
         stop(proc)
         log.close()
         pr.stop()
+
+
+def test_claim_pods_on_a_gpu_that_maps_to_no_dra_device_go_by_the_holders(setup):
+    """Device quarantine off (the GPU maps to no DRA device): a pod's claims cannot say whether it holds the sick
+    GPU, so the agent's PodResources names decide, as for a device-plugin pod."""
+    fk, r, a = setup(slices=False)
+    fk.add_resource_slice(NODE, NV, nvidia_gpus())  # a DRA driver publishes, but Vigil taints no device here
+    dra_pod(fk, "ml", "dra-3", NODE, "gpu-3", owner=("Job", "dra"))
+    dra_pod(fk, "ml", "dra-5", NODE, "gpu-5", owner=("Job", "dra5"))
+    a.batch([ev(1, holders=["ml/dra-3"])])
+    wait_for(lambda: fk.get("pods", "dra-3", "ml") is None, 20, what="dra-3 evicted")
+    wait_for(lambda: events(fk, "VigilDrainFinished"), 10, what="the end Event")
+    assert fk.get("pods", "dra-5", "ml") is not None and not evictions(fk, "ml", "dra-5")
+    assert "attribution: PodResources" in events(fk, "VigilDrainFinished")[0]["message"]
