@@ -174,7 +174,7 @@ def kind_from_proto(number: int) -> str:
     return _from(_KIND_FROM, "kind", number)
 
 
-__all__ = ["BadEnum", "IDENTITY", "INFO", "KINDS", "LIMITS", "MAX_BATCH_EVENTS", "MAX_DIGEST", "MAX_HOLDERS", "MAX_MESSAGE_BYTES",
-           "MAX_SEQ", "MIN_SEQ", "ON_UNKNOWN", "REJECT", "SEQ_AHEAD", "SEVERITIES", "STATE", "STATUSES", "bounded",
+__all__ = ["BadEnum", "IDENTITY", "INFO", "KINDS", "LIMITS", "MAX_BATCH_EVENTS", "MAX_DIGEST", "MAX_HOLDERS",
+           "MAX_MESSAGE_BYTES", "MAX_SEQ", "MIN_SEQ", "ON_UNKNOWN", "REJECT", "SEQ_AHEAD", "SEVERITIES", "STATE", "STATUSES", "bounded",
            "event_message", "kind_from_proto", "kind_to_proto", "problem_message", "severity_from_proto",
            "severity_to_proto", "status_from_proto", "status_to_proto"]

@@ -263,4 +263,5 @@ class Blast:
             log.warning("node %s: removing %s: %s", node, ANNOTATION, ex)
 
 
-__all__ = ["ANNOTATION", "Blast", "Radius", "annotation_value", "checked", "is_ours", "merged", "node_radius", "without_annotation"]
+__all__ = ["ANNOTATION", "Blast", "Radius", "annotation_value", "checked", "is_ours", "merged", "node_radius",
+           "without_annotation"]

@@ -192,7 +192,8 @@ class Report:
         return json.dumps({"reason": self.reason, "pods": self.affected[:MAX_RECORDED],
                            "more": max(0, len(self.affected) - MAX_RECORDED),
                            "unattributed": self.unattributed[:MAX_RECORDED],
-                           **({"refused": self.refused[:MAX_RECORDED]} if self.refused else {})}, sort_keys=True, separators=(",", ":"))
+                           **({"refused": self.refused[:MAX_RECORDED]} if self.refused else {})},
+                          sort_keys=True, separators=(",", ":"))
 
 
 class Drain:

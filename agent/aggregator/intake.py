@@ -254,5 +254,5 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
-__all__ = ["BatchIn", "bus_id", "Cursor", "holders", "HelloIn", "Invalid", "Rejection", "printable", "read_batch", "read_digest",
-           "read_event", "read_hello", "read_seq"]
+__all__ = ["BatchIn", "bus_id", "Cursor", "holders", "HelloIn", "Invalid", "Rejection", "printable", "read_batch",
+           "read_digest", "read_event", "read_hello", "read_seq"]
