@@ -252,6 +252,7 @@ class Engine:
         node = self.nodes.get(node_name)
         if node is None:
             node = self.nodes[node_name] = st.NodeState(node_name)
+        held = st.fatal_holders(node.problems) if self.cfg.drain.enabled else None
         st.hello(node, boot_id, epoch, problems, digest_seq, now)
         applied = node.applied.get(epoch, 0)
         if stream is not None:
@@ -261,6 +262,8 @@ class Engine:
             self._streams[(node_name, epoch)] = stream
             stream.cursor = intake.Cursor(applied, digest_seq)
         self._touch(node, now)
+        if held is not None and held != st.fatal_holders(node.problems):
+            self._enqueue(node_name)  # as in heartbeat: new holders of a sick GPU
         return applied
 
     def close_stream(self, stream: StreamHandle) -> None:

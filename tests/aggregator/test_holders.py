@@ -293,3 +293,20 @@ def test_claim_pods_on_a_gpu_that_maps_to_no_dra_device_go_by_the_holders(setup)
     wait_for(lambda: events(fk, "VigilDrainFinished"), 10, what="the end Event")
     assert fk.get("pods", "dra-5", "ml") is not None and not evictions(fk, "ml", "dra-5")
     assert "attribution: PodResources" in events(fk, "VigilDrainFinished")[0]["message"]
+
+
+def test_holders_in_a_reconnecting_agents_hello_are_drained(setup, tmp_path):
+    fk, r, a = setup()
+    plugin_pods(fk)
+    a.batch([ev(1)])
+    wait_for(lambda: events(fk, "VigilDrainFinished"), 20, what="the first drain (nothing attributable)")
+    a.close()
+    b = RawAgent(r.port, (tmp_path / f"token-{NODE}").read_text(), timeout=60)
+    try:
+        b.hello(NODE, digest=[pb.Problem(check="gpu.ecc.uncorrectable", entity="gpu3", status=pb.STATUS_UNHEALTHY,
+                                         severity=pb.SEVERITY_FATAL, message="2 uncorrectable ECC errors",
+                                         holders=["ml/infer-7f9c-x3"])], digest_seq=1)
+        wait_for(lambda: fk.get("pods", "infer-7f9c-x3", "ml") is None, 20, what="the Hello's holder evicted")
+        assert fk.get("pods", "train-3", "ml") is not None
+    finally:
+        b.close()
