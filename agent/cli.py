@@ -267,6 +267,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                f"another exporter on that port): free it or choose another with --listen") from None
         raise (UsageError if args.listen else ConfigError)(f"{listen_key}: {e}") from None
     if stream is not None:
+        from agent.run.holders import gpu_holders
+
+        stream.holders = lambda: gpu_holders(ctx.facts)  # the pods on a sick GPU, for a device drain (issue 14)
         agent.observers.append(stream.observe)  # before start(): the first cycle is reported too
         stream.open_spool()  # before the first cycle: hysteresis continues from the spool's states
     agent.start()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from typing import Any
+from typing import Any, Iterable
 
 from agent._proto.vigil.v1 import health_pb2 as pb
 
@@ -41,7 +41,9 @@ LIMITS: dict[str, int] = {
     "check": 256, "component": 64, "entity": 512,
     "message": 4096, "action": 1024, "value": 1024, "threshold": 1024,
     "bus_id": 64,  # a PCI address is 12 characters; the aggregator drops (the field only) one it cannot parse
+    "holder": 317,  # "namespace/pod": a namespace is a DNS label (63), a pod name a DNS subdomain (253)
 }
+MAX_HOLDERS = 16  # Event.holders / Problem.holders kept (a GPU is held by one pod, a time-sliced one by a few)
 IDENTITY = frozenset({"boot_id", "spool_epoch", "check", "entity"})  # keys: shortened with a hash of the whole
 MIN_SEQ, MAX_SEQ = 1, 2**63 - 1  # the spool's counter starts at 1 and is an SQLite INTEGER (signed 64-bit)
 # How far an event's seq may run ahead of the highest seq the agent has declared (its digest_seq) or had applied.
@@ -126,7 +128,8 @@ def _b(field: str, text: str) -> str:
 def event_message(seq: int, kind: str, check: str, component: str, entity: str, status: str, severity: str,
                   message: str, action: str | None = None, value: Any = None, threshold: Any = None,
                   observed_at: float | None = None, occurrences: int = 0, first_seen: float | None = None,
-                  last_seen: float | None = None, bus_id: str | None = None) -> Any:
+                  last_seen: float | None = None, bus_id: str | None = None,
+                  holders: Iterable[str] = ()) -> Any:
     """A vigil.v1.Event. kind: STATE or INFO; value and threshold travel as JSON ("" when None); observed_at:
     wall-clock seconds, now when None. Every string within LIMITS, shortened as the aggregator would shorten it
     on arrival: what the agent spools is what gets applied, and no event outgrows a message. occurrences,
@@ -141,16 +144,21 @@ def event_message(seq: int, kind: str, check: str, component: str, entity: str, 
         observed_at_unix_ms=int((observed_at if observed_at is not None else time.time()) * 1000),
         value="" if value is None else _b("value", json.dumps(value, default=str)),
         threshold="" if threshold is None else _b("threshold", json.dumps(threshold, default=str)),
-        bus_id=_b("bus_id", bus_id or ""),
+        bus_id=_b("bus_id", bus_id or ""), holders=_holders(holders),
     )
 
 
+def _holders(names: Iterable[str]) -> list[str]:
+    """At most MAX_HOLDERS names, each within LIMITS (an over-long one ends in "...": the aggregator drops it)."""
+    return [_b("holder", n) for n in list(dict.fromkeys(names))[:MAX_HOLDERS]]
+
+
 def problem_message(check: str, entity: str, status: str, severity: str, message: str,
-                    bus_id: str | None = None) -> Any:
+                    bus_id: str | None = None, holders: Iterable[str] = ()) -> Any:
     """A vigil.v1.Problem: one entry of a Hello's or Heartbeat's digest (strings bounded as in event_message)."""
     return pb.Problem(check=_b("check", check), entity=_b("entity", entity), status=status_to_proto(status),
                       severity=severity_to_proto(severity), message=_b("message", message),
-                      bus_id=_b("bus_id", bus_id or ""))
+                      bus_id=_b("bus_id", bus_id or ""), holders=_holders(holders))
 
 
 # -- aggregator side: numbers -> strings -----------------------------------------------------------------------
@@ -166,7 +174,7 @@ def kind_from_proto(number: int) -> str:
     return _from(_KIND_FROM, "kind", number)
 
 
-__all__ = ["BadEnum", "IDENTITY", "INFO", "KINDS", "LIMITS", "MAX_BATCH_EVENTS", "MAX_DIGEST", "MAX_MESSAGE_BYTES",
-           "MAX_SEQ", "MIN_SEQ", "ON_UNKNOWN", "REJECT", "SEQ_AHEAD", "SEVERITIES", "STATE", "STATUSES", "bounded",
+__all__ = ["BadEnum", "IDENTITY", "INFO", "KINDS", "LIMITS", "MAX_BATCH_EVENTS", "MAX_DIGEST", "MAX_HOLDERS",
+           "MAX_MESSAGE_BYTES", "MAX_SEQ", "MIN_SEQ", "ON_UNKNOWN", "REJECT", "SEQ_AHEAD", "SEVERITIES", "STATE", "STATUSES", "bounded",
            "event_message", "kind_from_proto", "kind_to_proto", "problem_message", "severity_from_proto",
            "severity_to_proto", "status_from_proto", "status_to_proto"]

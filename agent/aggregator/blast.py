@@ -4,8 +4,12 @@ After Vigil cordons a node or taints a device, and only after (the read must nev
 pods are listed and the affected ones named in the Event and in a node annotation (`vigil.dev/v1.quarantine`):
 - node scope: every GPU pod of the node that has not finished (its GPUs are all out of service);
 - device scope: the pods whose DRA ResourceClaims hold a tainted device (drain.py's claim_holds), each Event
-  naming the pods of its device; GPU pods without claims (device-plugin pods) cannot be attributed and are
-  counted as such.
+  naming the pods of its device; GPU pods without claims (device-plugin pods) are attributed by the node agent's
+  PodResources (Event.holders) when it named the device's holders: a named pod counts only when the API lists it
+  as a running GPU pod of that node (a name that is not is refused, and the Event says so); without names such
+  pods are counted as unattributable. The Event says which attribution it used.
+- node scope on a device's fault: besides every GPU pod, the pods the agent named as holding the sick GPU
+  (checked the same way) are named as on it.
 Owners are drain.owner_text's (Job, JobSet, PyTorchJob, Deployment...). At most MAX_NAMED pods are named in one
 Event ("and K more"), MAX_RECORDED in the annotation. A pods list that fails costs the names only: the Event says
 "pods unknown: <why>". The requests are of ratelimit's EVENT class (reports: they wait behind quarantines).
@@ -56,6 +60,9 @@ class Radius:
     pods: list[tuple[str, str]] = field(default_factory=list)
     unknown: str = ""  # set: the pods could not be read
     unattributed: int = 0  # device scope: GPU pods without DRA claims (device-plugin pods), not attributable
+    via: set[str] = field(default_factory=set)  # the attributions used: "DRA claim", "PodResources"
+    refused: list[str] = field(default_factory=list)  # holders the agent named that are no GPU pod of the node
+    on_device: list[str] = field(default_factory=list)  # node scope: the pods on the sick GPU (PodResources)
 
     def text(self) -> str:
         """'Pods affected: ns/a (Job x); ns/b (Deployment y); and 3 more', within MAX_TEXT characters."""
@@ -74,20 +81,46 @@ class Radius:
                 used += len(shown[-1]) + 2
             more = len(self.pods) - len(shown)
             out = f"Pods affected ({len(self.pods)}): " + "; ".join(shown) + (f"; and {more} more" if more else "")
+        if self.on_device:
+            out += f". On the sick GPU per the node's PodResources: {', '.join(self.on_device[:MAX_NAMED])[:200]}"
+        if self.via:
+            out += f" (attribution: {', '.join(sorted(self.via))})"
         if self.unattributed:
             out += (f". {self.unattributed} other GPU pod(s) on the node hold GPUs without a DRA claim (device "
-                    f"plugin): Vigil cannot tell whether they use the sick device")
+                    f"plugin) and the node's agent named no holder: unattributable, Vigil cannot tell whether "
+                    f"they use the sick device")
+        if self.refused:
+            out += (f". Refused {len(self.refused)} pod name(s) the node's agent gave that are no running GPU pod "
+                    f"of the node: {', '.join(self.refused[:4])[:160]}")
         return out
 
     def record(self) -> dict[str, Any]:
         if self.unknown:
             return {"pods": None, "podsUnknown": self.unknown[:1024]}
         return {"pods": [{"pod": p, "owner": o} for p, o in self.pods[:MAX_RECORDED]],
-                "more": max(0, len(self.pods) - MAX_RECORDED), "unattributed": self.unattributed}
+                "more": max(0, len(self.pods) - MAX_RECORDED), "unattributed": self.unattributed,
+                **({"attribution": sorted(self.via)} if self.via else {}),
+                **({"onDevice": self.on_device[:MAX_RECORDED]} if self.on_device else {}),
+                **({"refused": self.refused[:MAX_RECORDED]} if self.refused else {})}
 
 
-def node_radius(pods: Iterable[dict[str, Any]]) -> Radius:
-    return Radius([(pod_key(p), owner_text(p)) for p in pods if live_gpu_pod(p)])
+def checked(node: str, pods: Iterable[dict[str, Any]], holders: Iterable[str]) -> tuple[set[str], list[str]]:
+    """(the names the agent gave that are running GPU pods the API lists on `node`, the others): the agent's word
+    is a claim, never the reason to name a pod of another node."""
+    live = {pod_key(p) for p in pods if live_gpu_pod(p) and _d(_d(p).get("spec")).get("nodeName") == node}
+    names = sorted(set(holders))
+    return {n for n in names if n in live}, [n for n in names if n not in live]
+
+
+def node_radius(pods: Iterable[dict[str, Any]], node: str = "", holders: Iterable[str] = ()) -> Radius:
+    pods = list(pods)
+    out = Radius([(pod_key(p), owner_text(p)) for p in pods if live_gpu_pod(p)])
+    if holders:
+        good, out.refused = checked(node, pods, holders)
+        out.on_device = sorted(good)
+        if good:
+            out.via.add("PodResources")
+    return out
 
 
 def merged(radii: list[Radius]) -> Radius:
@@ -98,6 +131,8 @@ def merged(radii: list[Radius]) -> Radius:
             return Radius(unknown=r.unknown)
         out.unattributed = max(out.unattributed, r.unattributed)
         out.pods += [p for p in r.pods if p not in out.pods]
+        out.via |= r.via
+        out.refused += [n for n in r.refused if n not in out.refused]
     return out
 
 
@@ -141,23 +176,33 @@ class Blast:
             log.warning("node %s: listing its pods for the Event: %s", node, ex)
             return None, str(ex)[:300] or type(ex).__name__
 
-    async def node(self, node: str) -> Radius:
+    async def node(self, node: str, holders: Iterable[str] = ()) -> Radius:
         pods, why = await self.pods(node)
-        return Radius(unknown=why) if pods is None else node_radius(pods)
+        return Radius(unknown=why) if pods is None else node_radius(pods, node, holders)
 
-    async def devices(self, node: str, targets: list[Device]) -> dict[Device, Radius]:
-        """Per tainted device, the pods whose claims hold it."""
+    async def devices(self, node: str, targets: list[Device],
+                      holders: dict[Device, tuple[str, ...]] | None = None) -> dict[Device, Radius]:
+        """Per tainted device, the pods whose claims hold it, or (pods without claims) that the node's agent
+        named as holding its GPU (`holders`, per device), checked against the listed pods."""
         pods, why = await self.pods(node)
         if pods is None:
             return {t: Radius(unknown=why) for t in targets}
         out = {t: Radius() for t in targets}
-        unattributed = 0
+        named: dict[Device, set[str]] = {}
+        for t in targets:
+            named[t], out[t].refused = checked(node, pods, (holders or {}).get(t, ()))
+        unattributed = {t: 0 for t in targets}
         for pod in pods:
             if not live_gpu_pod(pod):
                 continue
             names = claim_names(pod)
-            if not names:
-                unattributed += 1
+            if not names:  # a device-plugin pod: the agent's PodResources, when it named the device's holders
+                for t in targets:
+                    if pod_key(pod) in named[t]:
+                        out[t].pods.append((pod_key(pod), owner_text(pod)))
+                        out[t].via.add("PodResources")
+                    elif not named[t] and not out[t].refused:
+                        unattributed[t] += 1
                 continue
             ns = _d(pod.get("metadata")).get("namespace") or ""
             claims = []
@@ -166,7 +211,8 @@ class Blast:
                     c = await self._claim(ns, n)
                 except Exception as ex:  # noqa: BLE001 - this pod's attribution is unknown, the others' are not
                     log.warning("node %s: reading ResourceClaim %s/%s for the Event: %s", node, ns, n, ex)
-                    unattributed += 1
+                    for t in targets:
+                        unattributed[t] += 1
                     claims = []
                     break
                 if c is not None:
@@ -174,8 +220,9 @@ class Blast:
             for t in targets:
                 if any(claim_holds(c, [t]) for c in claims):
                     out[t].pods.append((pod_key(pod), owner_text(pod)))
-        for r in out.values():
-            r.unattributed = unattributed
+                    out[t].via.add("DRA claim")
+        for t, r in out.items():
+            r.unattributed = unattributed[t]
         return out
 
     async def _claim(self, ns: str, name: str) -> dict[str, Any] | None:
@@ -216,4 +263,5 @@ class Blast:
             log.warning("node %s: removing %s: %s", node, ANNOTATION, ex)
 
 
-__all__ = ["ANNOTATION", "Blast", "Radius", "annotation_value", "is_ours", "merged", "node_radius", "without_annotation"]
+__all__ = ["ANNOTATION", "Blast", "Radius", "annotation_value", "checked", "is_ours", "merged", "node_radius",
+           "without_annotation"]

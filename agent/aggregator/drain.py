@@ -5,11 +5,18 @@ it. Pure selection here (which policy applies, which pods, who owns them) and on
 - Policies: none (the default), device (the pods that hold the sick device), all (every GPU pod of the node).
   `--drain KEY=POLICY`, repeatable: KEY a namespace, `*` (every other namespace), or `selector:k=v[,k=v]` (pods
   whose labels match; selectors first, in the order given, then the namespace, then `*`).
-- Attribution (device): the DRA ResourceClaims the pod names (spec.resourceClaims, status.resourceClaimStatuses)
-  whose status.allocation.devices.results name the sick device (driver, pool, device). Device-plugin clusters have
-  no attribution the aggregator can read (the kubelet's PodResources is node-local): such pods are not evicted
-  under `device`, and the report says so. A node-wide fault makes every GPU of the node sick: `device` then means
-  every GPU pod.
+- Attribution (device), first that applies:
+  1. DRA: the ResourceClaims the pod names (spec.resourceClaims, status.resourceClaimStatuses) whose
+     status.allocation.devices.results name the sick device (driver, pool, device). A pod with claims is judged by
+     them alone, when the sick GPU maps to a DRA device (else its claims cannot say, and 2. applies).
+  2. PodResources: a pod without claims (a device-plugin pod: nvidia.com/gpu, amd.com/gpu) that the node's agent
+     named as holding the sick GPU (Event.holders / Problem.holders, from the kubelet's PodResources on the node).
+     The name is a claim, checked against the API: only a pod the API lists on that node (spec.nodeName), not
+     finished, holding GPUs, is evicted or named; a name that is not such a pod is refused and reported, never
+     acted on. When the agent named holders, a device-plugin pod it did not name is on a healthy GPU.
+  3. Neither (an older agent, no PodResources on the node, nobody on the GPU): such pods are not evicted under
+     `device`, and the report says they are unattributable.
+  A node-wide fault makes every GPU of the node sick: `device` then means every GPU pod.
 - Never evicted: the agent (its ServiceAccount), DaemonSet pods, mirror (static) pods, pods that tolerate Vigil's
   taint explicitly (a toleration naming vigil.dev/unhealthy), pods already finished.
 - Eviction through the Eviction API, so PodDisruptionBudgets hold: a 429 is waited on (retried every
@@ -40,6 +47,8 @@ TAINT_KEY = "vigil.dev/unhealthy"
 ANNOTATION = "vigil.dev/v1.drain"
 MAX_NAMED = 50  # pods named in one Event (the rest counted); the annotation keeps up to MAX_RECORDED
 MAX_RECORDED = 200
+DRA_CLAIM, POD_RESOURCES, NODE_WIDE = "DRA claim", "PodResources", "node-wide"  # how a pod was attributed
+UNATTRIBUTABLE = "unattributable"
 
 
 @dataclass(frozen=True)
@@ -145,24 +154,46 @@ class Report:
 
     node: str
     reason: str
-    affected: list[dict[str, str]] = field(default_factory=list)  # {pod, owner, policy, state, why}
+    affected: list[dict[str, str]] = field(default_factory=list)  # {pod, owner, policy, state, why, via}
     unattributed: list[str] = field(default_factory=list)  # pods under `device` Vigil could not attribute
+    refused: list[str] = field(default_factory=list)  # holders the agent named that are no GPU pod of the node
+    via: dict[str, str] = field(default_factory=dict)  # pod -> how it was attributed (DRA_CLAIM, POD_RESOURCES...)
 
     def record(self, pod: dict[str, Any], policy: str, state: str, why: str = "") -> None:
         meta = _d(pod.get("metadata"))
-        self.affected.append({"pod": f"{meta.get('namespace')}/{meta.get('name')}", "owner": owner_text(pod),
-                              "policy": policy, "state": state, "why": why})
+        key = f"{meta.get('namespace')}/{meta.get('name')}"
+        row = {"pod": key, "owner": owner_text(pod), "policy": policy, "state": state, "why": why}
+        if key in self.via:
+            row["via"] = self.via[key]
+        self.affected.append(row)
 
-    def text(self, states: Iterable[str] | None = None) -> str:
-        rows = [a for a in self.affected if states is None or a["state"] in states]
-        shown = "; ".join(f"{a['pod']} ({a['owner']}){': ' + a['why'] if a['why'] else ''}" for a in rows[:MAX_NAMED])
+    def attribution(self) -> str:
+        """How the pods were chosen, for the Events: 'attribution: DRA claim, PodResources (...)', and the names
+        the agent gave that the API refuted."""
+        used = sorted(set(self.via.values()))
+        parts = ["attribution: " + ", ".join(
+            f"{POD_RESOURCES} (named by the node's agent, checked against the API)" if u == POD_RESOURCES else u
+            for u in used)] if used else []
+        if self.refused:
+            parts.append(f"refused {len(self.refused)} pod name(s) the agent gave that are no running GPU pod of "
+                         f"{self.node}: " + ", ".join(self.refused[:8]))
+        return "; ".join(parts)
+
+    def text(self, states: Iterable[str] | None = None, unattributable: bool | None = None) -> str:
+        """The rows in `states`; `unattributable` True: only those (named without the shared why), False: none."""
+        rows = [a for a in self.affected if (states is None or a["state"] in states)
+                and (unattributable is None or a["why"].startswith(UNATTRIBUTABLE) == unattributable)]
+        shown = "; ".join(f"{a['pod']} ({a['owner']}){': ' + a['why'] if a['why'] and not unattributable else ''}"
+                          for a in rows[:MAX_NAMED])
         more = f"; and {len(rows) - MAX_NAMED} more" if len(rows) > MAX_NAMED else ""
         return (shown + more) or "none"
 
     def annotation(self) -> str:
         return json.dumps({"reason": self.reason, "pods": self.affected[:MAX_RECORDED],
                            "more": max(0, len(self.affected) - MAX_RECORDED),
-                           "unattributed": self.unattributed[:MAX_RECORDED]}, sort_keys=True, separators=(",", ":"))
+                           "unattributed": self.unattributed[:MAX_RECORDED],
+                           **({"refused": self.refused[:MAX_RECORDED]} if self.refused else {})},
+                          sort_keys=True, separators=(",", ":"))
 
 
 class Drain:
@@ -174,14 +205,21 @@ class Drain:
         self.jobs: dict[str, tuple[str, asyncio.Task]] = {}  # node -> (episode, task)
         self.reports: list[Report] = []  # finished, for tests and the demo
 
-    def start(self, node: str, episode: str, reason: str, targets: list[tuple[str, str, str]] | None) -> None:
-        """`targets`: the sick devices (driver, pool, device); None for a node-wide fault (every GPU is sick)."""
+    def start(self, node: str, episode: str, reason: str, targets: list[tuple[str, str, str]] | None,
+              holders: Iterable[str] = ()) -> None:
+        """`targets`: the sick devices (driver, pool, device); None for a node-wide fault (every GPU is sick).
+        `holders`: "namespace/pod" the node's agent says hold the sick GPUs (PodResources), checked before use."""
         if not self.cfg.enabled or self.e.kube is None or self.e._loop is None:
             return
+        holders = tuple(sorted(set(holders)))
         job = self.jobs.get(node)
+        if holders:  # a later report naming other holders (the agent's first had none yet) is drained too
+            episode = f"{episode}/holders:{','.join(holders)}"
+        elif job is not None and job[0].startswith(f"{episode}/holders:"):
+            return  # a report without the names (an agent restarting) after a drain by them: nothing new
         if job is not None and (job[0] == episode or not job[1].done()):
             return
-        task = self.e._loop.create_task(self._run(node, reason, targets))
+        task = self.e._loop.create_task(self._run(node, reason, targets, holders))
         self.jobs[node] = (episode, task)
 
     def stop_all(self) -> None:
@@ -206,61 +244,87 @@ class Drain:
         except NotFound:
             return None
 
-    async def select(self, node: str, reason: str, targets: list[tuple[str, str, str]] | None) \
-            -> tuple[Report, list[dict[str, Any]]]:
+    async def select(self, node: str, reason: str, targets: list[tuple[str, str, str]] | None,
+                     holders: Iterable[str] = ()) -> tuple[Report, list[dict[str, Any]]]:
         report = Report(node, reason)
         chosen = []
-        for pod in await self._pods(node):
+        named = set(holders)
+        pods = await self._pods(node)
+        if targets is not None and named:
+            # the agent's word is a claim: only a GPU pod the API has on this node, not finished, is taken
+            listed = {f"{_d(p.get('metadata')).get('namespace')}/{_d(p.get('metadata')).get('name')}": p
+                      for p in pods if _d(p.get("spec")).get("nodeName") == node}
+            for n in sorted(named):
+                p = listed.get(n)
+                if p is None or not gpu_pod(p) or _d(p.get("status")).get("phase") in ("Succeeded", "Failed"):
+                    report.refused.append(n)
+            if report.refused:
+                log.warning("node %s: drain: the agent named pod(s) %s as holding the sick GPU, but the API has no "
+                            "such running GPU pod on the node: not evicted", node, ", ".join(report.refused[:8]))
+            named -= set(report.refused)
+        for pod in pods:
             policy = policy_for(pod, self.cfg)
-            if policy == NONE or not gpu_pod(pod):
+            if policy == NONE or not gpu_pod(pod) or _d(pod.get("spec")).get("nodeName") != node:
                 continue
+            meta = _d(pod.get("metadata"))
+            key = f"{meta.get('namespace')}/{meta.get('name')}"
             why = protected(pod, self.cfg)
             if why:
                 report.record(pod, policy, "kept", why)
                 continue
-            if policy == DEVICE and targets is not None:
-                if not targets:
-                    report.record(pod, policy, "kept", "the sick GPU maps to no DRA device: its pods are unknown")
-                    continue
+            if targets is None:
+                report.via[key] = NODE_WIDE
+            elif policy == DEVICE:
                 names = claim_names(pod)
-                if not names:
-                    meta = pod.get("metadata") or {}
-                    report.unattributed.append(f"{meta.get('namespace')}/{meta.get('name')}")
-                    report.record(pod, policy, "kept", "no DRA claim to attribute its GPUs (device-plugin pod)")
+                if names and targets:  # DRA first: a pod with claims is judged by them (when the GPU is a device)
+                    holds = False
+                    for n in names:
+                        claim = await self._claim(meta.get("namespace", ""), n)
+                        if claim is not None and claim_holds(claim, targets):
+                            holds = True
+                    if not holds:
+                        continue  # a pod on a healthy device: not affected
+                    report.via[key] = DRA_CLAIM
+                elif key in named:
+                    report.via[key] = POD_RESOURCES
+                elif named or report.refused:
+                    continue  # the agent named the sick GPU's pods, and not this one: a healthy GPU's
+                else:
+                    report.unattributed.append(key)
+                    report.record(pod, policy, "kept", f"{UNATTRIBUTABLE} (no DRA device, no holder named by the "
+                                  "agent's PodResources)" if not targets else f"{UNATTRIBUTABLE} (no DRA claim, no "
+                                  "holder named by the agent's PodResources)")
                     continue
-                holds = False
-                for n in names:
-                    claim = await self._claim((pod.get("metadata") or {}).get("namespace", ""), n)
-                    if claim is not None and claim_holds(claim, targets):
-                        holds = True
-                if not holds:
-                    continue  # a pod on a healthy device: not affected
             chosen.append(pod)
         return report, chosen
 
-    async def _run(self, node: str, reason: str, targets: list[tuple[str, str, str]] | None) -> None:
+    async def _run(self, node: str, reason: str, targets: list[tuple[str, str, str]] | None,
+                   holders: tuple[str, ...] = ()) -> None:
         e, m = self.e, self.e.metrics
         try:
-            report, pods = await self.select(node, reason, targets)
+            report, pods = await self.select(node, reason, targets, holders)
         except Exception as ex:  # noqa: BLE001 - nothing evicted: reported, the quarantine stands
             log.warning("node %s: drain: reading its pods: %s", node, ex)
             m.bump(m.actions, ("drain", "error"))
             return
-        if not pods and not report.affected:
+        if not pods and not report.affected and not report.refused:
             return
         if e.cfg.dry_run:
             for p in pods:
                 report.record(p, policy_for(p, self.cfg), "would-evict")
                 m.bump(m.actions, ("evict", "dry_run"))
-            log.info("dry-run: node %s: would evict %s", node, report.text(("would-evict",)))
+            log.info("dry-run: node %s: would evict %s%s", node, report.text(("would-evict",)),
+                     f" ({report.attribution()})" if report.attribution() else "")
             self.reports.append(report)
             return
         deadline = e.clock() + self.cfg.deadline
         pending = {(p["metadata"]["namespace"], p["metadata"]["name"]): p for p in pods}
         blocked: dict[tuple[str, str], str] = {}
-        await e._event({"metadata": {"name": node}}, "drain-start", f"{reason}/{len(pods)}", "VigilDrainStarted",
-                       f"Vigil evicts {len(pods)} pod(s) from {node} ({reason}), PodDisruptionBudgets permitting: "
-                       f"{_names(pods)}", "Warning")
+        how = report.attribution()
+        if pods:
+            await e._event({"metadata": {"name": node}}, "drain-start", f"{reason}/{len(pods)}", "VigilDrainStarted",
+                           f"Vigil evicts {len(pods)} pod(s) from {node} ({reason}), PodDisruptionBudgets "
+                           f"permitting: {_names(pods)}" + (f"; {how}" if how else ""), "Warning")
         while pending:
             for key, pod in list(pending.items()):
                 e._check_leader()
@@ -288,7 +352,11 @@ class Drain:
         text = (f"Vigil's drain of {node} ({reason}): evicted {report.text(('evicted', 'gone'))}"
                 + (f". Not evicted by the deadline ({self.cfg.deadline:g}s): {report.text(('not-evicted',))}"
                    if left else "")
-                + (f". Kept: {report.text(('kept',))}" if any(a['state'] == 'kept' for a in report.affected) else ""))
+                + (f". Kept: {report.text(('kept',), False)}" if any(
+                    a['state'] == 'kept' and not a['why'].startswith(UNATTRIBUTABLE) for a in report.affected) else "")
+                + (f". Kept, {UNATTRIBUTABLE} (no DRA claim, and the node's agent named no holder of the sick GPU "
+                   f"from PodResources): {report.text(('kept',), True)}" if report.unattributed else "")
+                + (f" ({how})" if how else ""))
         # the record first: whoever reads the end Event finds the annotation it refers to
         await self._annotate(node, report)
         await e._event({"metadata": {"name": node}}, "drain-end", f"{reason}/{len(done)}/{len(left)}",

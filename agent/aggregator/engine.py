@@ -260,6 +260,7 @@ class Engine:
         node = self.nodes.get(node_name)
         if node is None:
             node = self.nodes[node_name] = st.NodeState(node_name)
+        held = st.fatal_holders(node.problems) if self.cfg.drain.enabled else None
         self.validation.hello(node_name, st.hello(node, boot_id, epoch, problems, digest_seq, now))
         applied = node.applied.get(epoch, 0)
         if stream is not None:
@@ -269,6 +270,8 @@ class Engine:
             self._streams[(node_name, epoch)] = stream
             stream.cursor = intake.Cursor(applied, digest_seq)
         self._touch(node, now)
+        if held is not None and held != st.fatal_holders(node.problems):
+            self._enqueue(node_name)  # as in heartbeat: new holders of a sick GPU
         return applied
 
     def close_stream(self, stream: StreamHandle) -> None:
@@ -295,8 +298,11 @@ class Engine:
         if node is None:
             return
         now = self.clock()
+        held = st.fatal_holders(node.problems) if self.cfg.drain.enabled else None
         st.heartbeat(node, epoch, problems, digest_seq, now)
         self._touch(node, now)
+        if held is not None and held != st.fatal_holders(node.problems):
+            self._enqueue(node_name)  # the pods on a sick GPU named late (drain.py): a device drain may act now
 
     def batch(self, node_name: str, epoch: str, boot_id: str, events: Any,
               stream: StreamHandle | None = None) -> BatchResult:
@@ -315,6 +321,7 @@ class Engine:
         cursor.last = max(cursor.last, node.applied.get(epoch, 0))
         got = intake.read_batch(events, cursor, aware, self._cut)
         boot, _ = wire.bounded("boot_id", boot_id)
+        held = st.fatal_holders(node.problems) if self.cfg.drain.enabled else None
         res = st.apply_batch(node, boot, epoch, got.events, now)
         refused = got.rejected + ([got.stop] if got.stop is not None else [])
         for r in refused:
@@ -348,6 +355,8 @@ class Engine:
                 hook(node_name, boot, epoch, res.new)
         if res.changed:
             self._touch(node, now)
+        if held is not None and held != st.fatal_holders(node.problems):
+            self._enqueue(node_name)  # as in heartbeat: new holders of a sick GPU
         return BatchResult(res.ack, got.rejected, got.stop)
 
     def _touch(self, node: st.NodeState, now: float) -> None:
@@ -550,7 +559,8 @@ class Engine:
             return
         if dplan is not None and dplan.device:
             targets = [(t.driver, t.pool, t.device) for _, ts in dplan.targets for t in ts]
-            self.drain.start(name, f"{node.trigger}/devices", f"{verdict.reason} on a device", targets)
+            holders = [h for p, _ in dplan.targets for h in p.holders]  # PodResources, for pods without claims
+            self.drain.start(name, f"{node.trigger}/devices", f"{verdict.reason} on a device", targets, holders)
         elif obs.tainted or "quarantine" in done or "would-quarantine" in done:
             from .devices import device_scoped
 
@@ -558,8 +568,9 @@ class Engine:
             fatal = [f for f in node.fatal_problems() if not ignore(f)]
             if any(not device_scoped(f.check, f.entity, self.cfg.devices) for f in fatal):
                 self.drain.start(name, f"{node.trigger}/node", f"{verdict.reason}, node-wide", None)
-            else:  # a device's fault, but no DRA device to attribute pods to: `device` evicts none, and says so
-                self.drain.start(name, f"{node.trigger}/node", f"{verdict.reason} on a device", [])
+            else:  # a device's fault, no DRA device: `device` evicts the pods the agent's PodResources names, if any
+                self.drain.start(name, f"{node.trigger}/node", f"{verdict.reason} on a device", [],
+                                 [h for f in fatal for h in f.holders])
 
     @staticmethod
     def _why(verdict: Verdict) -> str:
@@ -657,7 +668,8 @@ class Engine:
                     f"{verdict.message}{self.remedy.notes.get(name, '')}{note[0]}")
             # the pods are read after the write, in the background: the names never delay a quarantine
             # (no annotation where the Node refused Vigil's record: its annotations are full)
-            self._spawn(self._node_radius(o, name, episode, verdict.reason, wall, text, annotate=not note[0]))
+            self._spawn(self._node_radius(o, name, episode, verdict.reason, wall, text, annotate=not note[0],
+                                          holders=[h for p in node.fatal_problems() for h in p.holders]))
 
         pend = _Pending(landed, report)
         self._expect(name, "quarantine", pend)
@@ -687,12 +699,12 @@ class Engine:
         task.add_done_callback(self._reports.discard)
 
     async def _node_radius(self, o: dict[str, Any], name: str, episode: str, reason: str, wall: float,
-                           text: str, annotate: bool = True) -> None:
+                           text: str, annotate: bool = True, holders: list[str] | None = None) -> None:
         """The blast radius of a node quarantine (blast.py): its GPU pods and their owners, in the annotation
         first (whoever reads the Event finds it), then in the Event."""
         from .blast import annotation_value
 
-        radius = await self.blast.node(name)
+        radius = await self.blast.node(name, holders or ())  # holders: the pods on the sick GPU (PodResources)
         if annotate:
             await self.blast.annotate(name, annotation_value("node", reason, now_iso(wall), [], radius))
         pods = radius.text()

@@ -18,6 +18,7 @@ bounded here, before it touches a node's state. Pure: no I/O, no clock.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -112,7 +113,8 @@ def read_digest(digest: Iterable[Any], where: str, cut: Cut = _no_cut) -> tuple[
         if status == OK:
             continue
         out.append(Problem(_text("check", p.check, cut), _text("entity", p.entity, cut), status, severity,
-                           _text("message", p.message, cut), bus_id(p.bus_id, cut) if p.bus_id else ""))
+                           _text("message", p.message, cut), bus_id(p.bus_id, cut) if p.bus_id else "",
+                           holders(p.holders, cut) if p.holders else ()))
     dropped = max(0, len(out) - wire.MAX_DIGEST)
     if dropped:
         out.sort(key=lambda q: not q.fatal)  # stable: fatal first, each group in the agent's order
@@ -165,7 +167,8 @@ def read_event(e: Any, cursor: Cursor, cut: Cut = _no_cut) -> IncomingEvent | Re
     if len(value) > _L_VALUE:
         value = _text("value", value, cut)
     return IncomingEvent(seq, kind, check, entity, status, severity, message,
-                         bus_id=bus_id(e.bus_id, cut) if e.bus_id else "", value=value)
+                         bus_id=bus_id(e.bus_id, cut) if e.bus_id else "", value=value,
+                         holders=holders(e.holders, cut) if e.holders else ())
 
 
 def bus_id(text: str, cut: Cut = _no_cut) -> str:
@@ -177,6 +180,27 @@ def bus_id(text: str, cut: Cut = _no_cut) -> str:
         cut("bus_id")
         return ""
     return out
+
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def holders(names: Iterable[str], cut: Cut = _no_cut) -> tuple[str, ...]:
+    """Event.holders / Problem.holders: the first MAX_HOLDERS names that are "namespace/pod" as Kubernetes spells
+    them (a DNS label, a DNS subdomain). A malformed one (a "..." the agent's bound left, a slash too many, upper
+    case) costs that name alone, counted as a cut field: those pods are then not attributed, never guessed."""
+    out: list[str] = []
+    for n in list(names)[:wire.MAX_HOLDERS]:
+        ns, sep, pod = n.partition("/") if len(n) <= wire.LIMITS["holder"] else ("", "", "")
+        if sep and _DNS_LABEL.fullmatch(ns) and len(pod) <= 253 and all(
+                _DNS_LABEL.fullmatch(part) for part in pod.split(".")):
+            if n not in out:
+                out.append(n)
+        else:
+            cut("holder")
+    if len(names) > wire.MAX_HOLDERS:
+        cut("holders")
+    return tuple(out)
 
 
 def _bad_seq(seq: int, cursor: Cursor) -> Rejection:
@@ -235,5 +259,5 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
-__all__ = ["BatchIn", "bus_id", "Cursor", "HelloIn", "Invalid", "Rejection", "printable", "read_batch", "read_digest",
-           "read_event", "read_hello", "read_seq"]
+__all__ = ["BatchIn", "bus_id", "Cursor", "holders", "HelloIn", "Invalid", "Rejection", "printable", "read_batch",
+           "read_digest", "read_event", "read_hello", "read_seq"]

@@ -169,7 +169,7 @@ class Remedy:
 
         e = self.e
         targets = [(t.driver, t.pool, t.device) for _, t, _ in made]
-        radii = await e.blast.devices(name, targets)
+        radii = await e.blast.devices(name, targets, {(t.driver, t.pool, t.device): p.holders for _, t, p in made})
         every = merged([radii[x] for x in targets])
         await e.blast.annotate(name, annotation_value("device", ", ".join(sorted({p.check for _, _, p in made})),
                                                       since, [t.key for _, t, _ in made], every))
@@ -183,7 +183,8 @@ class Remedy:
 
     async def _would(self, name: str, plan: DevicePlan) -> None:
         targets = [(t.driver, t.pool, t.device) for _, ts in plan.targets for t in ts]
-        radii = await self.e.blast.devices(name, targets)
+        radii = await self.e.blast.devices(name, targets, {(t.driver, t.pool, t.device): p.holders
+                                                           for p, ts in plan.targets for t in ts})
         for key in targets:
             log.info("dry-run: node %s: tainting device %s would affect: %s", name, "/".join(key), radii[key].text())
 

@@ -32,6 +32,11 @@ class Problem:
     severity: str
     message: str = ""
     bus_id: str = ""  # the PCI bus address of the entity's GPU (intake.bus_id), "" when none or unknown
+    # "namespace/pod" of the pods the agent's PodResources says hold the entity's GPU (intake.holders): a claim
+    # to check against the API before anything is done to them (drain.py). Not part of equality: a pod starting
+    # on a sick GPU is no change of the node's health (the engine reconciles on a fatal problem's new holders
+    # when a drain is configured: fatal_holders).
+    holders: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def fatal(self) -> bool:
@@ -49,6 +54,7 @@ class IncomingEvent:
     message: str = ""
     bus_id: str = ""
     value: str = ""  # the finding's value as JSON ("" when none): a validation summary names its request here
+    holders: tuple[str, ...] = ()
 
 
 @dataclass
@@ -139,6 +145,11 @@ def heartbeat(node: NodeState, epoch: str, digest: Iterable[Problem], digest_seq
     return before != node.problems
 
 
+def fatal_holders(problems: dict[Key, Problem]) -> dict[Key, tuple[str, ...]]:
+    """The holders of the fatal problems: news for a device drain (drain.py), though no change of health."""
+    return {k: p.holders for k, p in problems.items() if p.holders and p.fatal}
+
+
 def _digest(node: NodeState, epoch: str, digest: Iterable[Problem], digest_seq: int, now: float, trigger: str) -> None:
     before = node.problems
     node.problems = {(p.check, p.entity): p for p in digest if p.status != OK}
@@ -173,7 +184,7 @@ def apply_batch(node: NodeState, boot_id: str, epoch: str, events: Iterable[Inco
         else:
             old = node.problems.get(key)
             node.problems[key] = Problem(e.check, e.entity, e.status, e.severity, e.message,
-                                         e.bus_id or (old.bus_id if old is not None else ""))
+                                         e.bus_id or (old.bus_id if old is not None else ""), e.holders)
         node._settle(now, f"{node.name}/{boot_id}/{epoch}/{e.seq}")
     node.applied[epoch] = high
     node.last_seen = now

@@ -197,6 +197,8 @@ class StreamClient:
         # entity -> the PCI bus id its GPU findings carried (this process's: a digest sent before the GPU source's
         # first cycle after a restart has none, and the aggregator keeps the one it learnt)
         self._bus_ids: dict[str, str] = {}
+        # GPU entity -> "namespace/pod" holding it (agent/run/holders.py, set by cli.py); None: not known here
+        self.holders: Callable[[], dict[str, tuple[str, ...]]] | None = None
         self._c = _Counters()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
@@ -252,6 +254,14 @@ class StreamClient:
                   status=f.status, severity=f.severity, action=f.action, value=f.value, occurrences=occurrences,
                   first_seen=first_seen, last_seen=last_seen)
 
+    def _holders(self) -> dict[str, tuple[str, ...]]:
+        """The pods holding each GPU now ({} when unknown): a failure costs the names, never the event."""
+        try:
+            return self.holders() if self.holders is not None else {}
+        except Exception:  # noqa: BLE001 - a half-published fact; the next event or heartbeat has them
+            log.debug("reading the GPUs' holders", exc_info=True)
+            return {}
+
     def _write(self, collector: str, stable: list[Finding], gone: list[tuple[str, str]] | None) -> None:
         findings = list(stable)
         if gone:  # None: a failed result clears nothing
@@ -267,7 +277,8 @@ class StreamClient:
             self._bus_ids[f.entity] = f.bus_id
         return finding_row(collector, f), lambda seq: event_payload(
             seq, wire.STATE, f.check, f.component, f.entity, f.status, f.severity, f.message, f.action, f.value,
-            f.threshold, bus_id=f.bus_id or self._bus_ids.get(f.entity))
+            f.threshold, bus_id=f.bus_id or self._bus_ids.get(f.entity),
+            holders=_held(self._holders(), f.entity) if f.status != OK else ())
 
     def _sync_spool(self, spool: Spool) -> None:
         """Keeper hook (under the lock): bring a spool up to what hysteresis holds now, and report ok whatever it
@@ -563,7 +574,7 @@ class StreamClient:
     def _digest(self, rows: list[StateRow], max_bytes: int) -> list[Any]:
         """The digest as Problems, fatal first when it must be trimmed to fit one message (the verdict needs only
         the fatal ones; a real node has a few dozen problems at most). Counts what was left out."""
-        problems = _problems(rows, dict(self._bus_ids))
+        problems = _problems(rows, dict(self._bus_ids), self._holders())
         budget = max_bytes - MESSAGE_MARGIN
         size = sum(p.ByteSize() + 8 for p in problems)
         before = self._c.digest_trimmed
@@ -806,6 +817,13 @@ def _by_boot(batch: list[SpoolEvent]) -> list[tuple[str, list[SpoolEvent]]]:
     return out
 
 
-def _problems(rows: list[StateRow], bus: dict[str, str] | None = None) -> list[Any]:
-    bus = bus or {}
-    return [wire.problem_message(r.check, r.entity, r.status, r.severity, r.message, bus.get(r.entity)) for r in rows]
+def _problems(rows: list[StateRow], bus: dict[str, str] | None = None,
+              holders: dict[str, tuple[str, ...]] | None = None) -> list[Any]:
+    bus, holders = bus or {}, holders or {}
+    return [wire.problem_message(r.check, r.entity, r.status, r.severity, r.message, bus.get(r.entity),
+                                 _held(holders, r.entity)) for r in rows]
+
+
+def _held(table: dict[str, tuple[str, ...]], entity: str) -> tuple[str, ...]:
+    """A finding's holders: its entity's entry, else its GPU's ("gpu3/1" -> "gpu3"); () for a non-GPU entity."""
+    return table.get(entity) or table.get(entity.split("/", 1)[0]) or ()

@@ -24,41 +24,41 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15vigil/v1/health.proto\x12\x08vigil.v1\"\x84\x01\n\x0c\x41gentMessage\x12 \n\x05hello\x18\x01 \x01(\x0b\x32\x0f.vigil.v1.HelloH\x00\x12 \n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x0f.vigil.v1.BatchH\x00\x12(\n\theartbeat\x18\x03 \x01(\x0b\x32\x13.vigil.v1.HeartbeatH\x00\x42\x06\n\x04\x62ody\"\x8e\x01\n\x11\x41ggregatorMessage\x12$\n\x07welcome\x18\x01 \x01(\x0b\x32\x11.vigil.v1.WelcomeH\x00\x12\x1c\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\r.vigil.v1.AckH\x00\x12-\n\x08validate\x18\x03 \x01(\x0b\x32\x19.vigil.v1.ValidateRequestH\x00\x42\x06\n\x04\x62ody\"\x91\x01\n\x07Problem\x12\r\n\x05\x63heck\x18\x01 \x01(\t\x12\x0e\n\x06\x65ntity\x18\x02 \x01(\t\x12$\n\x08severity\x18\x03 \x01(\x0e\x32\x12.vigil.v1.Severity\x12 \n\x06status\x18\x04 \x01(\x0e\x32\x10.vigil.v1.Status\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x0e\n\x06\x62us_id\x18\x06 \x01(\t\"\xc1\x01\n\x05Hello\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x62oot_id\x18\x02 \x01(\t\x12\x13\n\x0bspool_epoch\x18\x03 \x01(\t\x12\x15\n\ragent_version\x18\x04 \x01(\t\x12!\n\x06\x64igest\x18\x05 \x03(\x0b\x32\x11.vigil.v1.Problem\x12\x12\n\ndigest_seq\x18\x06 \x01(\x04\x12\x1a\n\x12handles_rejections\x18\x07 \x01(\x08\x12\x1a\n\x12handles_validation\x18\x08 \x01(\x08\"\xe8\x02\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x1c\n\x04kind\x18\x02 \x01(\x0e\x32\x0e.vigil.v1.Kind\x12\r\n\x05\x63heck\x18\x03 \x01(\t\x12\x11\n\tcomponent\x18\x04 \x01(\t\x12\x0e\n\x06\x65ntity\x18\x05 \x01(\t\x12 \n\x06status\x18\x06 \x01(\x0e\x32\x10.vigil.v1.Status\x12$\n\x08severity\x18\x07 \x01(\x0e\x32\x12.vigil.v1.Severity\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\t \x01(\t\x12\x1b\n\x13observed_at_unix_ms\x18\n \x01(\x03\x12\r\n\x05value\x18\x0b \x01(\t\x12\x11\n\tthreshold\x18\x0c \x01(\t\x12\x13\n\x0boccurrences\x18\r \x01(\x04\x12\x1a\n\x12\x66irst_seen_unix_ms\x18\x0e \x01(\x03\x12\x19\n\x11last_seen_unix_ms\x18\x0f \x01(\x03\x12\x0e\n\x06\x62us_id\x18\x10 \x01(\t\"9\n\x05\x42\x61tch\x12\x0f\n\x07\x62oot_id\x18\x01 \x01(\t\x12\x1f\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x0f.vigil.v1.Event\"B\n\tHeartbeat\x12!\n\x06\x64igest\x18\x01 \x03(\x0b\x32\x11.vigil.v1.Problem\x12\x12\n\ndigest_seq\x18\x02 \x01(\x04\"\xa9\x01\n\x07Welcome\x12\x13\n\x0b\x61pplied_seq\x18\x01 \x01(\x04\x12\x19\n\x11heartbeat_seconds\x18\x02 \x01(\r\x12\x12\n\naggregator\x18\x03 \x01(\t\x12%\n\x08rejected\x18\x04 \x03(\x0b\x32\x13.vigil.v1.Rejection\x12\x19\n\x11max_message_bytes\x18\x05 \x01(\r\x12\x18\n\x10max_batch_events\x18\x06 \x01(\r\"9\n\x03\x41\x63k\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12%\n\x08rejected\x18\x02 \x03(\x0b\x32\x13.vigil.v1.Rejection\"(\n\tRejection\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\"r\n\x0fValidateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06probes\x18\x02 \x03(\t\x12\r\n\x05level\x18\x03 \x01(\t\x12\x13\n\x0bquarantined\x18\x04 \x01(\x08\x12\x17\n\x0ftimeout_seconds\x18\x05 \x01(\r*Y\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\r\n\tSTATUS_OK\x10\x01\x12\x14\n\x10STATUS_UNHEALTHY\x10\x02\x12\x12\n\x0eSTATUS_UNKNOWN\x10\x03*a\n\x08Severity\x12\x18\n\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x12\n\x0eSEVERITY_FATAL\x10\x01\x12\x14\n\x10SEVERITY_WARNING\x10\x02\x12\x11\n\rSEVERITY_INFO\x10\x03*;\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0e\n\nKIND_STATE\x10\x01\x12\r\n\tKIND_INFO\x10\x02\x32K\n\x06Health\x12\x41\n\x06Stream\x12\x16.vigil.v1.AgentMessage\x1a\x1b.vigil.v1.AggregatorMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15vigil/v1/health.proto\x12\x08vigil.v1\"\x84\x01\n\x0c\x41gentMessage\x12 \n\x05hello\x18\x01 \x01(\x0b\x32\x0f.vigil.v1.HelloH\x00\x12 \n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x0f.vigil.v1.BatchH\x00\x12(\n\theartbeat\x18\x03 \x01(\x0b\x32\x13.vigil.v1.HeartbeatH\x00\x42\x06\n\x04\x62ody\"\x8e\x01\n\x11\x41ggregatorMessage\x12$\n\x07welcome\x18\x01 \x01(\x0b\x32\x11.vigil.v1.WelcomeH\x00\x12\x1c\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\r.vigil.v1.AckH\x00\x12-\n\x08validate\x18\x03 \x01(\x0b\x32\x19.vigil.v1.ValidateRequestH\x00\x42\x06\n\x04\x62ody\"\xa2\x01\n\x07Problem\x12\r\n\x05\x63heck\x18\x01 \x01(\t\x12\x0e\n\x06\x65ntity\x18\x02 \x01(\t\x12$\n\x08severity\x18\x03 \x01(\x0e\x32\x12.vigil.v1.Severity\x12 \n\x06status\x18\x04 \x01(\x0e\x32\x10.vigil.v1.Status\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x0e\n\x06\x62us_id\x18\x06 \x01(\t\x12\x0f\n\x07holders\x18\x07 \x03(\t\"\xc1\x01\n\x05Hello\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x62oot_id\x18\x02 \x01(\t\x12\x13\n\x0bspool_epoch\x18\x03 \x01(\t\x12\x15\n\ragent_version\x18\x04 \x01(\t\x12!\n\x06\x64igest\x18\x05 \x03(\x0b\x32\x11.vigil.v1.Problem\x12\x12\n\ndigest_seq\x18\x06 \x01(\x04\x12\x1a\n\x12handles_rejections\x18\x07 \x01(\x08\x12\x1a\n\x12handles_validation\x18\x08 \x01(\x08\"\xf9\x02\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x1c\n\x04kind\x18\x02 \x01(\x0e\x32\x0e.vigil.v1.Kind\x12\r\n\x05\x63heck\x18\x03 \x01(\t\x12\x11\n\tcomponent\x18\x04 \x01(\t\x12\x0e\n\x06\x65ntity\x18\x05 \x01(\t\x12 \n\x06status\x18\x06 \x01(\x0e\x32\x10.vigil.v1.Status\x12$\n\x08severity\x18\x07 \x01(\x0e\x32\x12.vigil.v1.Severity\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\t \x01(\t\x12\x1b\n\x13observed_at_unix_ms\x18\n \x01(\x03\x12\r\n\x05value\x18\x0b \x01(\t\x12\x11\n\tthreshold\x18\x0c \x01(\t\x12\x13\n\x0boccurrences\x18\r \x01(\x04\x12\x1a\n\x12\x66irst_seen_unix_ms\x18\x0e \x01(\x03\x12\x19\n\x11last_seen_unix_ms\x18\x0f \x01(\x03\x12\x0e\n\x06\x62us_id\x18\x10 \x01(\t\x12\x0f\n\x07holders\x18\x11 \x03(\t\"9\n\x05\x42\x61tch\x12\x0f\n\x07\x62oot_id\x18\x01 \x01(\t\x12\x1f\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x0f.vigil.v1.Event\"B\n\tHeartbeat\x12!\n\x06\x64igest\x18\x01 \x03(\x0b\x32\x11.vigil.v1.Problem\x12\x12\n\ndigest_seq\x18\x02 \x01(\x04\"\xa9\x01\n\x07Welcome\x12\x13\n\x0b\x61pplied_seq\x18\x01 \x01(\x04\x12\x19\n\x11heartbeat_seconds\x18\x02 \x01(\r\x12\x12\n\naggregator\x18\x03 \x01(\t\x12%\n\x08rejected\x18\x04 \x03(\x0b\x32\x13.vigil.v1.Rejection\x12\x19\n\x11max_message_bytes\x18\x05 \x01(\r\x12\x18\n\x10max_batch_events\x18\x06 \x01(\r\"9\n\x03\x41\x63k\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12%\n\x08rejected\x18\x02 \x03(\x0b\x32\x13.vigil.v1.Rejection\"(\n\tRejection\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\"r\n\x0fValidateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06probes\x18\x02 \x03(\t\x12\r\n\x05level\x18\x03 \x01(\t\x12\x13\n\x0bquarantined\x18\x04 \x01(\x08\x12\x17\n\x0ftimeout_seconds\x18\x05 \x01(\r*Y\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\r\n\tSTATUS_OK\x10\x01\x12\x14\n\x10STATUS_UNHEALTHY\x10\x02\x12\x12\n\x0eSTATUS_UNKNOWN\x10\x03*a\n\x08Severity\x12\x18\n\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x12\n\x0eSEVERITY_FATAL\x10\x01\x12\x14\n\x10SEVERITY_WARNING\x10\x02\x12\x11\n\rSEVERITY_INFO\x10\x03*;\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0e\n\nKIND_STATE\x10\x01\x12\r\n\tKIND_INFO\x10\x02\x32K\n\x06Health\x12\x41\n\x06Stream\x12\x16.vigil.v1.AgentMessage\x1a\x1b.vigil.v1.AggregatorMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vigil.v1.health_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STATUS']._serialized_start=1538
-  _globals['_STATUS']._serialized_end=1627
-  _globals['_SEVERITY']._serialized_start=1629
-  _globals['_SEVERITY']._serialized_end=1726
-  _globals['_KIND']._serialized_start=1728
-  _globals['_KIND']._serialized_end=1787
+  _globals['_STATUS']._serialized_start=1572
+  _globals['_STATUS']._serialized_end=1661
+  _globals['_SEVERITY']._serialized_start=1663
+  _globals['_SEVERITY']._serialized_end=1760
+  _globals['_KIND']._serialized_start=1762
+  _globals['_KIND']._serialized_end=1821
   _globals['_AGENTMESSAGE']._serialized_start=36
   _globals['_AGENTMESSAGE']._serialized_end=168
   _globals['_AGGREGATORMESSAGE']._serialized_start=171
   _globals['_AGGREGATORMESSAGE']._serialized_end=313
   _globals['_PROBLEM']._serialized_start=316
-  _globals['_PROBLEM']._serialized_end=461
-  _globals['_HELLO']._serialized_start=464
-  _globals['_HELLO']._serialized_end=657
-  _globals['_EVENT']._serialized_start=660
-  _globals['_EVENT']._serialized_end=1020
-  _globals['_BATCH']._serialized_start=1022
-  _globals['_BATCH']._serialized_end=1079
-  _globals['_HEARTBEAT']._serialized_start=1081
-  _globals['_HEARTBEAT']._serialized_end=1147
-  _globals['_WELCOME']._serialized_start=1150
-  _globals['_WELCOME']._serialized_end=1319
-  _globals['_ACK']._serialized_start=1321
-  _globals['_ACK']._serialized_end=1378
-  _globals['_REJECTION']._serialized_start=1380
-  _globals['_REJECTION']._serialized_end=1420
-  _globals['_VALIDATEREQUEST']._serialized_start=1422
-  _globals['_VALIDATEREQUEST']._serialized_end=1536
-  _globals['_HEALTH']._serialized_start=1789
-  _globals['_HEALTH']._serialized_end=1864
+  _globals['_PROBLEM']._serialized_end=478
+  _globals['_HELLO']._serialized_start=481
+  _globals['_HELLO']._serialized_end=674
+  _globals['_EVENT']._serialized_start=677
+  _globals['_EVENT']._serialized_end=1054
+  _globals['_BATCH']._serialized_start=1056
+  _globals['_BATCH']._serialized_end=1113
+  _globals['_HEARTBEAT']._serialized_start=1115
+  _globals['_HEARTBEAT']._serialized_end=1181
+  _globals['_WELCOME']._serialized_start=1184
+  _globals['_WELCOME']._serialized_end=1353
+  _globals['_ACK']._serialized_start=1355
+  _globals['_ACK']._serialized_end=1412
+  _globals['_REJECTION']._serialized_start=1414
+  _globals['_REJECTION']._serialized_end=1454
+  _globals['_VALIDATEREQUEST']._serialized_start=1456
+  _globals['_VALIDATEREQUEST']._serialized_end=1570
+  _globals['_HEALTH']._serialized_start=1823
+  _globals['_HEALTH']._serialized_end=1898
 # @@protoc_insertion_point(module_scope)

@@ -59,20 +59,22 @@ class AggregatorMessage(_message.Message):
     def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., validate: _Optional[_Union[ValidateRequest, _Mapping]] = ...) -> None: ...
 
 class Problem(_message.Message):
-    __slots__ = ("check", "entity", "severity", "status", "message", "bus_id")
+    __slots__ = ("check", "entity", "severity", "status", "message", "bus_id", "holders")
     CHECK_FIELD_NUMBER: _ClassVar[int]
     ENTITY_FIELD_NUMBER: _ClassVar[int]
     SEVERITY_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     BUS_ID_FIELD_NUMBER: _ClassVar[int]
+    HOLDERS_FIELD_NUMBER: _ClassVar[int]
     check: str
     entity: str
     severity: Severity
     status: Status
     message: str
     bus_id: str
-    def __init__(self, check: _Optional[str] = ..., entity: _Optional[str] = ..., severity: _Optional[_Union[Severity, str]] = ..., status: _Optional[_Union[Status, str]] = ..., message: _Optional[str] = ..., bus_id: _Optional[str] = ...) -> None: ...
+    holders: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, check: _Optional[str] = ..., entity: _Optional[str] = ..., severity: _Optional[_Union[Severity, str]] = ..., status: _Optional[_Union[Status, str]] = ..., message: _Optional[str] = ..., bus_id: _Optional[str] = ..., holders: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("node", "boot_id", "spool_epoch", "agent_version", "digest", "digest_seq", "handles_rejections", "handles_validation")
@@ -95,7 +97,7 @@ class Hello(_message.Message):
     def __init__(self, node: _Optional[str] = ..., boot_id: _Optional[str] = ..., spool_epoch: _Optional[str] = ..., agent_version: _Optional[str] = ..., digest: _Optional[_Iterable[_Union[Problem, _Mapping]]] = ..., digest_seq: _Optional[int] = ..., handles_rejections: _Optional[bool] = ..., handles_validation: _Optional[bool] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("seq", "kind", "check", "component", "entity", "status", "severity", "message", "action", "observed_at_unix_ms", "value", "threshold", "occurrences", "first_seen_unix_ms", "last_seen_unix_ms", "bus_id")
+    __slots__ = ("seq", "kind", "check", "component", "entity", "status", "severity", "message", "action", "observed_at_unix_ms", "value", "threshold", "occurrences", "first_seen_unix_ms", "last_seen_unix_ms", "bus_id", "holders")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     CHECK_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +114,7 @@ class Event(_message.Message):
     FIRST_SEEN_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     BUS_ID_FIELD_NUMBER: _ClassVar[int]
+    HOLDERS_FIELD_NUMBER: _ClassVar[int]
     seq: int
     kind: Kind
     check: str
@@ -128,7 +131,8 @@ class Event(_message.Message):
     first_seen_unix_ms: int
     last_seen_unix_ms: int
     bus_id: str
-    def __init__(self, seq: _Optional[int] = ..., kind: _Optional[_Union[Kind, str]] = ..., check: _Optional[str] = ..., component: _Optional[str] = ..., entity: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., severity: _Optional[_Union[Severity, str]] = ..., message: _Optional[str] = ..., action: _Optional[str] = ..., observed_at_unix_ms: _Optional[int] = ..., value: _Optional[str] = ..., threshold: _Optional[str] = ..., occurrences: _Optional[int] = ..., first_seen_unix_ms: _Optional[int] = ..., last_seen_unix_ms: _Optional[int] = ..., bus_id: _Optional[str] = ...) -> None: ...
+    holders: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, seq: _Optional[int] = ..., kind: _Optional[_Union[Kind, str]] = ..., check: _Optional[str] = ..., component: _Optional[str] = ..., entity: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., severity: _Optional[_Union[Severity, str]] = ..., message: _Optional[str] = ..., action: _Optional[str] = ..., observed_at_unix_ms: _Optional[int] = ..., value: _Optional[str] = ..., threshold: _Optional[str] = ..., occurrences: _Optional[int] = ..., first_seen_unix_ms: _Optional[int] = ..., last_seen_unix_ms: _Optional[int] = ..., bus_id: _Optional[str] = ..., holders: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Batch(_message.Message):
     __slots__ = ("boot_id", "events")
