@@ -281,3 +281,12 @@ def test_free_gpus_without_a_kfd_topology_refuse_rather_than_test_everything(tmp
     val = v.validate(s, ["rvs"], node="n1", facts=amd_facts(), holdings=held, sysfs=str(tmp_path / "empty"))
     assert val.exit_code() == 2 and not (tmp_path / "seen.conf").exists()
     assert "KFD gpu_ids are unknown" in by(val.findings, "probe.rvs.run")["n1"].message
+
+
+def test_the_aggregators_deadline_caps_rvs_too():
+    """A request's timeout_seconds caps every probe's deadline, rvs's 15-minute one included."""
+    from agent.probes.settings import ProbeSettings
+    from agent.stream.validation import capped
+    s = capped(ProbeSettings(), 30)
+    assert s.rvs.quick_timeout_seconds == 30 and s.rvs.full_timeout_seconds == 30
+    assert ProbeSettings().rvs.quick_timeout_seconds == 900  # the original is untouched
