@@ -110,7 +110,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-ca", metavar="FILE", default=None,
                    help="with --aggregator: connect over TLS, trusting this CA bundle")
     p.add_argument("--probe", metavar="NAMES", default=None,
-                   help="validate: comma-separated probes (dcgm, nccl, perftest, builtin); default: "
+                   help="validate: comma-separated probes (dcgm, rvs, nccl, perftest, builtin); default: "
                         "every installed one")
     p.add_argument("--level", choices=["quick", "full"], default="quick",
                    help="validate: quick (minutes) or full (up to an hour and more: see README)")
@@ -338,7 +338,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     node = args.node_name or config.node_name
     try:
         v = validate(config.section("probes"), wanted, args.level, force=args.force, node=node,
-                     sysfs=args.sysfs or "/sys")
+                     sysfs=args.sysfs or "/sys", procfs=args.procfs or "/proc")
     except ValueError as e:
         raise UsageError(f"--probe: {e}") from None
     left = tools.shutdown()

@@ -36,6 +36,8 @@ _NVLINK4 = ("NVLink 4 (H100/H200 HGX, 900 GB/s per GPU); nccl-tests all_reduce_p
             "8-GPU HGX H100 nodes is commonly 360-480 GB/s at 1-8 GiB")
 _NVLINK5 = "NVLink 5 (HGX B200, 1.8 TB/s per GPU)"
 _XGMI = "AMD Infinity Fabric (MI300X/MI325X platform, 7 links of 64 GB/s per GPU each way = 448 GB/s)"
+_PCIE5 = ("PCIe 5.0 x16 (MI300X/MI325X OAM host link): 64 GB/s per direction (32 GT/s x 16 lanes, "
+          "128b/130b)")
 
 # metric -> model key -> Floor
 DEFAULT_FLOORS: dict[str, dict[str, Floor]] = {
@@ -59,6 +61,14 @@ DEFAULT_FLOORS: dict[str, dict[str, Floor]] = {
         "b200": Floor(550.0, "GB/s", _NVLINK5 + "; floor 550 GB/s"),
         "mi300x": Floor(200.0, "GB/s", _XGMI + "; floor 200 GB/s"),
         "mi325x": Floor(200.0, "GB/s", _XGMI + "; floor 200 GB/s"),
+    },
+    "pcie_gbps": {  # rvs pebb host<->device copy, per GPU and direction, the best CPU node
+        "mi300x": Floor(64.0 * 0.6, "GB/s", _PCIE5 + "; floor 60% (AMD's published rvs pebb sample reaches 57.7)"),
+        "mi325x": Floor(64.0 * 0.6, "GB/s", _PCIE5 + "; floor 60%"),
+    },
+    "xgmi_p2p_gbps": {  # rvs pbqt unidirectional peer copy, per GPU pair
+        "mi300x": Floor(64.0 * 0.6, "GB/s", _XGMI + "; one link per GPU pair; floor 60% of 64 GB/s"),
+        "mi325x": Floor(64.0 * 0.6, "GB/s", _XGMI + "; one link per GPU pair; floor 60% of 64 GB/s"),
     },
 }
 

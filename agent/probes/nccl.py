@@ -31,16 +31,25 @@ MAX_ROWS = 10_000
 class Nccl(Probe):
     name = "nccl"
     tools = ("all_reduce_perf",)  # nccl-tests and rccl-tests both build this name
+    gpu_subset = True  # on the free GPUs only, through the runtimes' visible-device variables
     what = "all_reduce_perf 1-8 GiB on every GPU: about 1 minute (quick), every GPU and NVLink/XGMI saturated"
 
     def commands(self, binary: str, ctx: ProbeContext) -> list[tuple[list[str], dict[str, str]]]:
         s = ctx.settings.nccl
-        n = len(ctx.gpu_names) or sum((count_gpus(Path(ctx.sysfs)) or {}).values())
+        env: dict[str, str] = {}
+        if ctx.gpus is not None:
+            # CUDA numbers GPUs in PCI order with CUDA_DEVICE_ORDER=PCI_BUS_ID (as NVML does); HIP reads
+            # HIP_VISIBLE_DEVICES first (ROCR_VISIBLE_DEVICES would filter beneath it and renumber: not set).
+            ids = ",".join(str(i) for i in ctx.gpus)
+            env = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ids, "HIP_VISIBLE_DEVICES": ids}
+            n = len(ctx.gpus)
+        else:
+            n = len(ctx.gpu_names) or sum((count_gpus(Path(ctx.sysfs)) or {}).values())
         if not n:
             raise Unrunnable("no GPU found to run all_reduce_perf on (none on the PCI bus)")
         iters = s.iterations * (5 if ctx.level == "full" else 1)
         return [([binary, "-b", s.min_bytes, "-e", s.max_bytes, "-f", "2", "-g", str(n), "-n", str(iters), "-c", "1"],
-                 {})]
+                 env)]
 
     def parse(self, done: tools.Completed, ctx: ProbeContext) -> Parsed:
         return parse(done.stdout, done.returncode, ctx.node, done.last_line(), ctx.settings.floors)

@@ -38,6 +38,7 @@ class ProbeContext:
     level: str = "quick"
     gpus: list[int] | None = None  # GPU indices (NVML / PCI order) it may use; None: every GPU
     gpu_names: dict[int, str] = field(default_factory=dict)  # index -> model name, when known (facts)
+    gpu_buses: dict[int, str] = field(default_factory=dict)  # index -> PCI address, when known (facts)
     sysfs: str = "/sys"  # for the RDMA ports perftest probes
     test_options: dict[str, Any] = field(default_factory=dict)  # hidden test-only knobs (builtin: corrupt)
 

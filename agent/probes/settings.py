@@ -91,15 +91,46 @@ class BuiltinSettings(ToolProbeSettings):
 
 
 @dataclass
+class RvsSettings(ToolProbeSettings):
+    """AMD ROCm Validation Suite (`rvs`, found on PATH or at /opt/rocm/bin/rvs). Vigil writes the module conf;
+    the modules per level are gst (GEMM), babel (memory), pebb (PCIe), pbqt (XGMI peers), iet (power)."""
+
+    quick_timeout_seconds: float = 900.0
+    full_timeout_seconds: float = 3600.0
+    quick_modules: list[str] = field(default_factory=lambda: ["gst", "babel", "pebb"])
+    full_modules: list[str] = field(default_factory=lambda: ["gst", "babel", "pebb", "pbqt", "iet"])
+    gst_duration_ms: int = 15000  # per GEMM run (full: 4x), AMD's gst_single.conf value
+    pebb_duration_ms: int = 10000  # per direction (full: 3x)
+    pbqt_duration_ms: int = 30000
+    iet_duration_ms: int = 120000
+    iet_target_watts: float = 0.0  # 0: AMD's per-model target (MI300X 750 W, MI325X 1000 W)
+
+    def check(self, prefix: str) -> None:
+        from .rvs import MODULES
+        for key in ("quick_modules", "full_modules"):
+            for m in getattr(self, key):
+                if m not in MODULES:
+                    raise ConfigError(f"{prefix}.{key}: unknown rvs module {m!r} (known: {', '.join(MODULES)})")
+        for key in ("gst_duration_ms", "pebb_duration_ms", "pbqt_duration_ms", "iet_duration_ms"):
+            in_range(f"{prefix}.{key}", getattr(self, key), 1000, 3_600_000)
+        in_range(f"{prefix}.iet_target_watts", self.iet_target_watts, 0, 5000)
+
+
+@dataclass
 class ProbeSettings:
     state_dir: str = "/var/lib/vigil"
     podresources_socket: str = "/var/lib/kubelet/pod-resources/kubelet.sock"
-    podresources_timeout_seconds: float = 5.0
+    podresources_timeout_seconds: float = 5.0  # also containerd's
+    # Which containers hold a GPU when PodResources cannot say (or beside it): their OCI specs, from containerd
+    # ("" to not ask containerd)
+    containerd_socket: str = "/run/containerd/containerd.sock"
+    containerd_namespaces: list[str] = field(default_factory=lambda: ["k8s.io"])
     max_output_bytes: int = 16 * 1024 * 1024
     dcgm: DcgmSettings = field(default_factory=DcgmSettings)
     nccl: NcclSettings = field(default_factory=NcclSettings)
     perftest: PerftestSettings = field(default_factory=PerftestSettings)
     builtin: BuiltinSettings = field(default_factory=BuiltinSettings)
+    rvs: RvsSettings = field(default_factory=RvsSettings)
     floors: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def check(self, prefix: str) -> None:

@@ -39,7 +39,8 @@ def registry() -> dict[str, Probe]:
     from .builtin.parent import Builtin
     from .nccl import Nccl
     from .perftest import Perftest
-    probes: list[Probe] = [Dcgm(), Nccl(), Perftest(), Builtin()]
+    from .rvs import Rvs
+    probes: list[Probe] = [Dcgm(), Rvs(), Nccl(), Perftest(), Builtin()]
     return {p.name: p for p in probes}
 
 
@@ -57,10 +58,25 @@ class Holdings:
     rdma_pods: tuple[str, ...] = ()  # pods holding RDMA devices
     why: str = ""
     unmapped: bool = False  # a held GPU whose id gave no join key: which GPU it is is unknown
+    key_pods: dict[str, tuple[str, ...]] = field(default_factory=dict)  # join key -> holders, for messages
+    source: str = "PodResources"  # where it was read: PodResources, container specs (containerd), or both
 
     @property
     def any_gpu(self) -> bool:
         return bool(self.gpu_keys) or bool(self.gpu_pods)
+
+    def holders_of(self, keys: Iterable[str]) -> list[str]:
+        return sorted({p for k in keys for p in self.key_pods.get(k, ())})
+
+
+def merge(a: Holdings, b: Holdings) -> Holdings:
+    """Both sources read: a device either says is held is held."""
+    pods: dict[str, tuple[str, ...]] = dict(a.key_pods)
+    for k, v in b.key_pods.items():
+        pods[k] = tuple(sorted(set(pods.get(k, ())) | set(v)))
+    return Holdings(True, a.gpu_keys | b.gpu_keys, tuple(sorted(set(a.gpu_pods) | set(b.gpu_pods))),
+                    tuple(sorted(set(a.rdma_pods) | set(b.rdma_pods))), unmapped=a.unmapped or b.unmapped,
+                    key_pods=pods, source=f"{a.source} and {b.source}")
 
 
 _GPU_RESOURCES = ("nvidia.com/", "amd.com/")
@@ -74,6 +90,7 @@ def holdings_from(allocations: Iterable[Any]) -> Holdings:
     keys: set[str] = set()
     gpu_pods: set[str] = set()
     rdma_pods: set[str] = set()
+    key_pods: dict[str, set[str]] = {}
     unmapped = False
     for a in allocations:
         pod = f"{a.ref.namespace}/{a.ref.pod}"
@@ -86,10 +103,95 @@ def holdings_from(allocations: Iterable[Any]) -> Holdings:
                      for k in keys_for_id(text, nvidia_index=resource.startswith("nvidia.com/"))]
             unmapped = unmapped or not found
             keys.update(found)
-    return Holdings(True, frozenset(keys), tuple(sorted(gpu_pods)), tuple(sorted(rdma_pods)), unmapped=unmapped)
+            for k in found:
+                key_pods.setdefault(k, set()).add(pod)
+    return Holdings(True, frozenset(keys), tuple(sorted(gpu_pods)), tuple(sorted(rdma_pods)), unmapped=unmapped,
+                    key_pods={k: tuple(sorted(v)) for k, v in key_pods.items()})
 
 
-def read_holdings(settings: ProbeSettings) -> Holdings:
+# Device nodes that let a container drive GPUs without naming one: with no per-GPU node beside them, which
+# GPU the container uses is unknown.
+_GPU_CONTROL = ("/dev/kfd", "/dev/nvidiactl", "/dev/nvidia-uvm")
+_LIVE = ("created", "running", "paused")
+
+
+def holdings_from_containers(listing: Any, resolver: Any) -> Holdings:
+    """Holdings from containerd's containers (runtime.list_once's listing: namespace -> (containers, task
+    states)) and their OCI specs, as the containers source's spec fallback reads them: linux.devices GPU nodes
+    (/dev/nvidiaN, /dev/dri/renderDN) and NVIDIA_VISIBLE_DEVICES, for every container with a live task,
+    Kubernetes' or not. A GPU node sysfs cannot map, NVIDIA_VISIBLE_DEVICES=all, or a GPU control node
+    without a GPU node means a GPU is held and which is unknown (the probes then stay off the GPUs).
+    Privileged containers are skipped, as the containers source skips them (they see every device)."""
+    from agent.sources.containers.attribution import keys_for_id
+    keys: set[str] = set()
+    gpu_pods: set[str] = set()
+    rdma_pods: set[str] = set()
+    key_pods: dict[str, set[str]] = {}
+    unmapped = False
+    for ns, (containers, states) in listing.items():
+        for c in containers:
+            state = states.get(c.id)
+            if state is None or state.status not in _LIVE or c.spec.privileged:
+                continue
+            ref = c.ref
+            who = f"{ref.namespace}/{ref.pod}" if ref else f"container {ns}/{c.id}"
+            found: list[str] = []
+            gpu = False
+            for path in c.spec.device_paths:
+                hit = resolver.path_keys(path)
+                if hit is None:
+                    continue
+                if hit[0] == "rdma":
+                    rdma_pods.add(who)
+                    continue
+                gpu = True
+                unmapped = unmapped or not hit[1]
+                found += hit[1]
+            for v in c.spec.visible_gpus:
+                if v.strip().lower() in ("void", "none", ""):
+                    continue
+                gpu = True
+                ids = keys_for_id(v, nvidia_index=True)
+                unmapped = unmapped or not ids
+                found += ids
+            if not gpu and any(p in _GPU_CONTROL for p in c.spec.device_paths):
+                gpu, unmapped = True, True
+            if gpu:
+                gpu_pods.add(who)
+                keys.update(found)
+                for k in found:
+                    key_pods.setdefault(k, set()).add(who)
+    return Holdings(True, frozenset(keys), tuple(sorted(gpu_pods)), tuple(sorted(rdma_pods)), unmapped=unmapped,
+                    key_pods={k: tuple(sorted(v)) for k, v in key_pods.items()}, source="container specs (containerd)")
+
+
+def read_holdings(settings: ProbeSettings, sysfs: str = "/sys", procfs: str = "/proc") -> Holdings:
+    """Holdings from the kubelet's PodResources and containerd's container specs, merged when both answer;
+    one of them when only one does; unknown (never "nothing held") when neither can be read."""
+    pr = read_podresources(settings)
+    ct = read_containers(settings, sysfs, procfs)
+    if pr.known and ct.known:
+        return merge(pr, ct)
+    if pr.known or ct.known:
+        return pr if pr.known else ct
+    return Holdings(False, why=f"{pr.why}; {ct.why}")
+
+
+def read_containers(settings: ProbeSettings, sysfs: str = "/sys", procfs: str = "/proc") -> Holdings:
+    sock = settings.containerd_socket
+    if not sock or not os.path.exists(sock):
+        return Holdings(False, why=f"no containerd socket at {sock}" if sock else "containerd not configured")
+    try:
+        from pathlib import Path
+        from agent.sources.containers.attribution import DeviceResolver
+        from agent.sources.containers.runtime import list_once
+        listing = list_once(sock, list(settings.containerd_namespaces), settings.podresources_timeout_seconds)
+        return holdings_from_containers(listing, DeviceResolver(Path(sysfs), Path(procfs)))
+    except Exception as e:  # noqa: BLE001 - grpc errors, a dead containerd: attribution unknown
+        return Holdings(False, why=f"containerd at {sock}: {error_text(e)}")
+
+
+def read_podresources(settings: ProbeSettings) -> Holdings:
     """Holdings from the kubelet's PodResources socket; unknown (never "nothing held") when it cannot be read."""
     sock = settings.podresources_socket
     if not os.path.exists(sock):
@@ -139,7 +241,7 @@ class Validation:
 
 def validate(settings: ProbeSettings, names: list[str] | None = None, level: str = "quick", force: bool = False,
              facts: Any = None, quarantined: bool = False, node: str = "", holdings: Holdings | None = None,
-             sysfs: str = "/sys", test_options: dict | None = None) -> Validation:
+             sysfs: str = "/sys", test_options: dict | None = None, procfs: str = "/proc") -> Validation:
     """Run the probes `names` (None: every enabled probe whose tool is installed) at `level`. Raises
     ValueError for an unknown probe name or level (a usage error); everything else is in the findings."""
     if level not in LEVELS:
@@ -156,14 +258,16 @@ def validate(settings: ProbeSettings, names: list[str] | None = None, level: str
     base = ProbeContext(node, settings, level, sysfs=sysfs, test_options=dict(test_options or {}))
     gpus = list(getattr(facts, "gpus", None) or [])
     base.gpu_names = {g.index: g.model for g in gpus if getattr(g, "model", None) and not getattr(g, "partition", "")}
+    base.gpu_buses = {g.index: g.pci_bus_id for g in gpus if getattr(g, "pci_bus_id", None)
+                      and not getattr(g, "partition", "")}
     explicit = names is not None
     results: list[ProbeResult] = []
     if force:
         held, how = None, "not checked (--force)"
     else:
-        held = holdings if holdings is not None else read_holdings(settings)
-        how = ("read from PodResources: " + (f"GPUs held by {', '.join(held.gpu_pods[:5])}" if held.any_gpu
-                                             else "no GPU held")) if held.known else \
+        held = holdings if holdings is not None else read_holdings(settings, sysfs, procfs)
+        how = (f"read from {held.source}: " + (f"GPUs held by {', '.join(held.gpu_pods[:5])}" if held.any_gpu
+                                               else "no GPU held")) if held.known else \
             f"unknown ({held.why})" + ("; the node is quarantined" if quarantined else "")
     try:
         with NodeLock(settings.state_dir):
@@ -179,6 +283,8 @@ def validate(settings: ProbeSettings, names: list[str] | None = None, level: str
                         ctx_result = probe.run(ctx)
                     except Exception as e:  # noqa: BLE001 - an adapter's bug costs its probe (unknown), not the rest
                         ctx_result = refused(probe.name, node, f"internal error: {error_text(e)}")
+                    if ctx.gpus is not None and ctx_result.status != "unavailable":
+                        ctx_result = _with_untested(ctx_result, ctx, held, gpus)
                 if ctx_result.status == "unavailable" and explicit:
                     ctx_result = ProbeResult(probe.name, "unknown", [unknown(
                         f"probe.{probe.name}.run", COMPONENT, node, f"not run: {ctx_result.absent}")],
@@ -192,6 +298,25 @@ def validate(settings: ProbeSettings, names: list[str] | None = None, level: str
         why = "; ".join(f"{n}: {a}" for n, a in v.absent.items()) or "no probe is enabled"
         v.extra_findings.append(unknown("probe.coverage", COMPONENT, node, f"nothing was validated ({why})"))
     return v
+
+
+def _with_untested(result: ProbeResult, ctx: ProbeContext, held: Holdings | None, gpus: list[Any]) -> ProbeResult:
+    """A probe run on the free GPUs only: each held GPU is unknown for it (not tested, never a pass)."""
+    from agent.sources.containers.attribution import gpu_keys
+    extra = []
+    for g in gpus:
+        if getattr(g, "partition", "") or g.index in (ctx.gpus or []):
+            continue
+        who = held.holders_of(gpu_keys(g)) if held else []
+        extra.append(unknown(f"probe.{result.name}", COMPONENT, f"gpu{g.index}", "not tested: held by "
+                             + (", ".join(who[:3]) if who else "a pod") + " (validate it once the GPU is free)"))
+    if not extra:
+        return result
+    # A probe told to leave those GPUs alone says nothing about them; a result for one anyway is not trusted.
+    untested = {f.entity for f in extra}
+    findings = [f for f in result.findings if f.entity not in untested] + extra
+    status = result.status if result.status in ("fail", "unknown") else "unknown"
+    return ProbeResult(result.name, status, findings, result.duration, result.command, result.absent)
 
 
 def _context_for(probe: Probe, base: ProbeContext, held: Holdings | None, quarantined: bool,
@@ -216,6 +341,6 @@ def _context_for(probe: Probe, base: ProbeContext, held: Holdings | None, quaran
     free = [g.index for g in whole if not set(gpu_keys(g)) & held.gpu_keys]
     if not free:
         return f"every GPU is held by a pod ({', '.join(held.gpu_pods[:5])})"
-    ctx = ProbeContext(base.node, base.settings, base.level, sorted(free), base.gpu_names, base.sysfs,
-                       base.test_options)
+    ctx = ProbeContext(base.node, base.settings, base.level, sorted(free), base.gpu_names, base.gpu_buses,
+                       base.sysfs, base.test_options)
     return ctx

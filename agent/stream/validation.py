@@ -67,8 +67,9 @@ def read_request(req: Any, known: list[str]) -> dict[str, Any]:
 
 def capped(settings: Any, timeout: float) -> Any:
     """The probe settings with every probe's deadline at most `timeout` seconds (a copy)."""
+    from agent.probes.validate import names
     s = copy.deepcopy(settings)
-    for name in ("dcgm", "nccl", "perftest", "builtin"):
+    for name in names():  # every probe the registry knows: one left out would keep its own, longer deadline
         a = s.adapter(name)
         a.quick_timeout_seconds = min(a.quick_timeout_seconds, timeout)
         a.full_timeout_seconds = min(a.full_timeout_seconds, timeout)

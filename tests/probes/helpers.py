@@ -29,7 +29,8 @@ def replay(bindir: Path, name: str, fixture: Path, exit_code: int = 0, args_log:
 
 
 def settings(tmp: Path, **adapters) -> ProbeSettings:
-    s = ProbeSettings(state_dir=str(tmp / "state"), podresources_socket=str(tmp / "no-kubelet.sock"))
+    s = ProbeSettings(state_dir=str(tmp / "state"), podresources_socket=str(tmp / "no-kubelet.sock"),
+                      containerd_socket=str(tmp / "no-containerd.sock"))
     for name, kw in adapters.items():
         for k, v in kw.items():
             setattr(getattr(s, name), k, v)

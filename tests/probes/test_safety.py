@@ -76,8 +76,12 @@ def test_a_held_gpu_is_left_out_when_the_gpus_are_known(dcgmi, kubelet):
     s.podresources_socket = kubelet.socket
     kubelet.set({("ml", "train-0"): {"main": [("nvidia.com/gpu", [UUID1])]}})
     val = v.validate(s, ["dcgm"], node="n1", facts=gpus())
-    assert val.exit_code() == 0
     assert log.read_text().split() == ["diag", "-r", "2", "-j", "-i", "0"]
+    by = {f.entity: f for f in val.findings if f.check == "probe.dcgm"}
+    assert by["gpu0"].status == "ok"
+    # the held GPU was not tested: unknown, never a pass (the fake's 8-GPU report is not trusted for it)
+    assert by["gpu1"].status == "unknown" and "not tested: held by ml/train-0" in by["gpu1"].message
+    assert val.exit_code() == 2 and val.results[0].status == "unknown"
 
 
 def test_a_held_gpu_refuses_the_probe_when_the_gpus_are_not_known(dcgmi, kubelet):
