@@ -189,7 +189,8 @@ def test_a_recovered_node_is_released_only_after_a_validation_passes(fake, quara
         wait_for(lambda: P.TAINT_KEY not in taints(fake, "gpu-1"), what="released")
         assert not fake.get("nodes", "gpu-1")["spec"].get("unschedulable")
         wait_for(lambda: cond(fake, "gpu-1")["status"] == "True", what="condition True")
-        assert record(fake, "gpu-1")["result"] == "pass" and record(fake, "gpu-1")["trigger"] == "release"
+        wait_for(lambda: (record(fake, "gpu-1") or {}).get("result") == "pass", what="the validation record")
+        assert record(fake, "gpu-1")["trigger"] == "release"
         wait_for(lambda: any(e[0] == "VigilUncordoned" for e in events(fake, "gpu-1")), what="release Event")
     finally:
         raw.close()
@@ -488,6 +489,8 @@ def test_an_old_agent_keeps_a_recovered_node_quarantined_and_says_why(fake, quar
         wait_for(lambda: P.TAINT_KEY in taints(fake, "gpu-1"), what="quarantined")
         raw.send(heartbeat=pb.Heartbeat(digest=[], digest_seq=0))
         wait_for(lambda: cond(fake, "gpu-1")["reason"] == "ValidationUnavailable", what="condition")
+        # the annotation is a separate write after the condition's
+        wait_for(lambda: record(fake, "gpu-1") is not None, what="the validation record")
         assert record(fake, "gpu-1")["result"] == "unavailable" and record(fake, "gpu-1")["trigger"] == "release"
         time.sleep(1.0)
         assert P.TAINT_KEY in taints(fake, "gpu-1") and fake.get("nodes", "gpu-1")["spec"].get("unschedulable")
@@ -532,3 +535,13 @@ def test_an_unreadable_request_annotation_is_answered_unknown_and_removed(fake, 
     finally:
         raw.close()
         rep.stop()
+
+
+def test_the_aggregator_knows_every_probe_the_agent_has():
+    """The aggregator cannot import the agent's probes (layout rule), so it keeps their names itself; a probe
+    added to the agent and not here would be refused by `--validation-probes` and `vigil-aggregator validate`
+    (rvs was, at first)."""
+    from agent.aggregator.validation import PROBE_NAMES
+    from agent.probes.validate import registry
+
+    assert set(PROBE_NAMES) == set(registry())
