@@ -155,41 +155,46 @@ class LeaderElector:
         The first attempt uses the Lease as last seen (the holder is the ledger's only writer); every attempt
         checks leadership first. The loop runs in the executor, so `change` must be pure (it is: policy.admit,
         policy.unhold)."""
-        ns, name = self.namespace, self.name
         out: list[T] = []
+
+        def modify(lease: dict[str, Any]) -> dict[str, Any] | None:
+            ann = (lease.get("metadata") or {}).get("annotations") or {}
+            result, new = change(Ledger.from_json(ann.get(LEDGER)))
+            out[:] = [result]
+            if new is None:
+                return None
+            meta = dict(lease.get("metadata") or {})
+            meta["annotations"] = dict(ann, **{LEDGER: new.to_json()})
+            return dict(lease, metadata=meta)
+
         async with self._lock:
-            seen = [self._lease]
-
-            def read() -> dict[str, Any]:
-                if not self.is_leader():
-                    raise NotLeader(self.identity)
-                lease = seen.pop() if seen else None
-                if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.identity:
-                    lease = self.kube.get_lease(ns, name)
-                    if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.identity:
-                        raise _LeaseLost()
-                return lease
-
-            def modify(lease: dict[str, Any]) -> dict[str, Any] | None:
-                ann = (lease.get("metadata") or {}).get("annotations") or {}
-                result, new = change(Ledger.from_json(ann.get(LEDGER)))
-                out[:] = [result]
-                if new is None:
-                    return None
-                meta = dict(lease.get("metadata") or {})
-                meta["annotations"] = dict(ann, **{LEDGER: new.to_json()})
-                return dict(lease, metadata=meta)
-
-            try:
-                _, lease = await self._run(lambda: read_modify_write(
-                    read, modify, lambda body: self.kube.replace_lease(ns, name, body), attempts=attempts,
-                    what="ledger"))
-            except _LeaseLost:
-                self._lose("the Lease is gone or held by another")
-                raise NotLeader(self.identity) from None
-            self._lease = lease
+            self._lease = await self._as_holder(modify, attempts, "ledger")
             return out[0]
 
+    async def _as_holder(self, modify: Callable[[dict[str, Any]], dict[str, Any] | None], attempts: int,
+                         what: str) -> dict[str, Any] | None:
+        """One read-modify-write of the Lease as its holder (the caller holds self._lock): the Lease as last seen
+        first, then a GET; leadership checked at every attempt; a Lease gone or held by another is NotLeader."""
+        ns, name = self.namespace, self.name
+        seen = [self._lease]
+
+        def read() -> dict[str, Any]:
+            if not self.is_leader():
+                raise NotLeader(self.identity)
+            lease = seen.pop() if seen else None
+            if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.identity:
+                lease = self.kube.get_lease(ns, name)
+                if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.identity:
+                    raise _LeaseLost()
+            return lease
+
+        try:
+            _, lease = await self._run(lambda: read_modify_write(
+                read, modify, lambda body: self.kube.replace_lease(ns, name, body), attempts=attempts, what=what))
+        except _LeaseLost:
+            self._lose("the Lease is gone or held by another")
+            raise NotLeader(self.identity) from None
+        return lease
 
     # -- other state the holder keeps on the Lease (job signatures: remedy.Signatures) ------------------------------
     def annotation(self, key: str) -> str | None:
@@ -199,36 +204,18 @@ class LeaderElector:
     async def put_annotation(self, key: str, value: str | None, attempts: int = 8) -> None:
         """Set (None: remove) one annotation of the Lease as the holder, like update_ledger: read-modify-write with
         the resourceVersion, the Lease as last seen first, leadership checked at every attempt."""
-        ns, name = self.namespace, self.name
+        def modify(lease: dict[str, Any]) -> dict[str, Any] | None:
+            ann = dict((lease.get("metadata") or {}).get("annotations") or {})
+            if ann.get(key) == value:
+                return None
+            if value is None:
+                ann.pop(key, None)
+            else:
+                ann[key] = value
+            return dict(lease, metadata=dict(lease.get("metadata") or {}, annotations=ann))
+
         async with self._lock:
-            seen = [self._lease]
-
-            def read() -> dict[str, Any]:
-                if not self.is_leader():
-                    raise NotLeader(self.identity)
-                lease = seen.pop() if seen else None
-                if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.identity:
-                    lease = self.kube.get_lease(ns, name)
-                    if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.identity:
-                        raise _LeaseLost()
-                return lease
-
-            def modify(lease: dict[str, Any]) -> dict[str, Any] | None:
-                ann = dict((lease.get("metadata") or {}).get("annotations") or {})
-                if ann.get(key) == value:
-                    return None
-                if value is None:
-                    ann.pop(key, None)
-                else:
-                    ann[key] = value
-                return dict(lease, metadata=dict(lease.get("metadata") or {}, annotations=ann))
-            try:
-                _, lease = await self._run(lambda: read_modify_write(
-                    read, modify, lambda body: self.kube.replace_lease(ns, name, body), attempts=attempts,
-                    what=f"lease annotation {key}"))
-            except _LeaseLost:
-                self._lose("the Lease is gone or held by another")
-                raise NotLeader(self.identity) from None
+            lease = await self._as_holder(modify, attempts, f"lease annotation {key}")
             if lease is not None:
                 self._lease = lease
 
