@@ -242,3 +242,17 @@ def seen_calls(fk) -> set[tuple[str, str, str]]:
 
 def declared(*features) -> set[tuple[str, str, str]]:
     return {c[:3] for f in features for c in f.API_CALLS}
+
+
+def events_with_reason(fk, reason):
+    """The Events (namespace default, where Vigil writes them) with this reason."""
+    return [e for e in fk.list("events", "default") if e["reason"] == reason]
+
+
+def close_setups(made):
+    """Teardown of the (fake API, replica, raw agent) triples a setup fixture made."""
+    for fk, r, a in made:
+        a.close()
+        r.stop()
+        fk.close()
+

@@ -23,7 +23,7 @@ from agent.aggregator.devices import DeviceConfig
 from agent.aggregator.policy import BudgetConfig, PolicyConfig
 from agent.fakekube import FakeKube
 
-from .helpers import CORE_CALLS, RawAgent, agent_pod, declared, seen_calls, stream_replica, wait_for
+from .helpers import CORE_CALLS, RawAgent, agent_pod, close_setups, declared, seen_calls, stream_replica, wait_for
 
 NV = "gpu.nvidia.com"
 AMD = "gpu.amd.com"
@@ -106,10 +106,7 @@ def setup(tmp_path):
         made.append((fk, r, a))
         return fk, r, a
     yield make
-    for fk, r, a in made:
-        a.close()
-        r.stop()
-        fk.close()
+    close_setups(made)
 
 
 def test_one_bad_gpu_of_eight_keeps_seven_allocatable_and_is_released_after_healthy_delay(setup):

@@ -20,7 +20,8 @@ from agent.aggregator.drain import DrainConfig
 from agent.aggregator.policy import PolicyConfig
 from agent.fakekube import FakeKube
 
-from .helpers import CORE_CALLS, RawAgent, agent_pod, declared, seen_calls, stream_replica, wait_for
+from .helpers import (CORE_CALLS, RawAgent, agent_pod, close_setups, declared, events_with_reason, seen_calls,
+                      stream_replica, wait_for)
 from .test_devices import NV, nvidia_gpus, tainted_devices
 
 GPU = [{"name": "main", "image": "registry.example/train:1", "resources": {"limits": {"nvidia.com/gpu": "1"}}}]
@@ -62,14 +63,10 @@ def setup(tmp_path):
         made.append((fk, r, a))
         return fk, r, a
     yield make
-    for fk, r, a in made:
-        a.close()
-        r.stop()
-        fk.close()
+    close_setups(made)
 
 
-def events(fk, reason):
-    return [e for e in fk.list("events", "default") if e["reason"] == reason]
+events = events_with_reason
 
 
 def test_the_pods_on_the_bad_gpu_are_evicted_and_a_pdb_delays_one(setup):

@@ -26,7 +26,7 @@ from agent.aggregator.drain import DrainConfig
 from agent.aggregator.policy import PolicyConfig
 from agent.fakekube import FakeKube
 
-from .helpers import RawAgent, agent_pod, stream_replica, wait_for
+from .helpers import RawAgent, agent_pod, close_setups, events_with_reason, stream_replica, wait_for
 from .test_devices import NV, nvidia_gpus, tainted_devices
 from .test_drain import GPU, dra_pod
 
@@ -55,14 +55,10 @@ def setup(tmp_path):
         made.append((fk, r, a))
         return fk, r, a
     yield make
-    for fk, r, a in made:
-        a.close()
-        r.stop()
-        fk.close()
+    close_setups(made)
 
 
-def events(fk, reason):
-    return [e for e in fk.list("events", "default") if e["reason"] == reason]
+events = events_with_reason
 
 
 def evictions(fk, ns, name):
