@@ -18,7 +18,7 @@ NODES = {"node-a": "mi300x-rocm71-healthy", "node-b": "mi300x-rocm62-healthy", "
 
 def cond(fk, node):
     obj = fk.get("nodes", node)
-    return next((c for c in obj["status"]["conditions"] if c["type"] == "VigilHealthy"), None)
+    return next((c for c in obj["status"].get("conditions") or [] if c["type"] == "VigilHealthy"), None)
 
 
 def ours(fk, node):

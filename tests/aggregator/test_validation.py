@@ -31,7 +31,8 @@ def record(fk, node):
 
 
 def cond(fk, node):
-    return next((c for c in fk.get("nodes", node)["status"]["conditions"] if c["type"] == P.CONDITION), None)
+    """The Vigil condition, or {} before the aggregator has written it (waits then read "not yet", not a crash)."""
+    return next((c for c in fk.get("nodes", node)["status"].get("conditions") or [] if c["type"] == P.CONDITION), {})
 
 
 def events(fk, node):
@@ -112,9 +113,9 @@ def test_an_old_agent_leaves_the_taint_and_says_validation_is_unavailable(fake, 
         r = record(fake, "gpu-1")
         assert r["result"] == "unavailable" and "handles_validation" in r["message"]
         assert STARTUP_TAINT in taints(fake, "gpu-1")
-        wait_for(lambda: cond(fake, "gpu-1") and cond(fake, "gpu-1")["reason"] == "ValidationUnavailable",
+        wait_for(lambda: cond(fake, "gpu-1").get("reason") == "ValidationUnavailable",
                  what="condition")
-        assert cond(fake, "gpu-1")["status"] == "False"
+        assert cond(fake, "gpu-1").get("status") == "False"
         wait_for(lambda: any(e[0] == "VigilValidationUnavailable" and e[1] == "Warning"
                              for e in events(fake, "gpu-1")), what="Warning Event")
     finally:
@@ -167,7 +168,7 @@ def quarantine_then_recover(fake, raw):
     raw.send(heartbeat=pb.Heartbeat(digest=[], digest_seq=0))  # the fault cleared
     req = read_validate(raw)
     assert req.quarantined
-    wait_for(lambda: cond(fake, "gpu-1")["reason"] == "ValidationPending", what="pending condition")
+    wait_for(lambda: cond(fake, "gpu-1").get("reason") == "ValidationPending", what="pending condition")
     assert P.TAINT_KEY in taints(fake, "gpu-1") and fake.get("nodes", "gpu-1")["spec"].get("unschedulable")
     return req
 
@@ -188,7 +189,7 @@ def test_a_recovered_node_is_released_only_after_a_validation_passes(fake, quara
         answer(raw, req, 1)
         wait_for(lambda: P.TAINT_KEY not in taints(fake, "gpu-1"), what="released")
         assert not fake.get("nodes", "gpu-1")["spec"].get("unschedulable")
-        wait_for(lambda: cond(fake, "gpu-1")["status"] == "True", what="condition True")
+        wait_for(lambda: cond(fake, "gpu-1").get("status") == "True", what="condition True")
         wait_for(lambda: (record(fake, "gpu-1") or {}).get("result") == "pass", what="the validation record")
         assert record(fake, "gpu-1")["trigger"] == "release"
         wait_for(lambda: any(e[0] == "VigilUncordoned" for e in events(fake, "gpu-1")), what="release Event")
@@ -207,7 +208,7 @@ def test_a_failed_validation_keeps_the_node_quarantined_and_escalates(fake, quar
         wait_for(lambda: record(fake, "gpu-1"), what="the result annotation")
         r = record(fake, "gpu-1")
         assert r["result"] == "fail" and "Diagnostic Memory failed" in r["message"]
-        wait_for(lambda: cond(fake, "gpu-1")["reason"] == "ValidationFailed", what="condition")
+        wait_for(lambda: cond(fake, "gpu-1").get("reason") == "ValidationFailed", what="condition")
         c = cond(fake, "gpu-1")
         assert c["status"] == "False" and req.request_id in c["message"]
         warned = [e for e in events(fake, "gpu-1") if e[0] == "VigilValidationFailed"]
@@ -352,7 +353,7 @@ def test_a_real_agent_validates_with_dcgmi_and_the_taint_follows(fake, joined, t
         else:
             assert "Temperature" in r["message"]
             assert STARTUP_TAINT in taints(fake, "gpu-1")
-            wait_for(lambda: cond(fake, "gpu-1") and cond(fake, "gpu-1")["reason"] == "ValidationFailed",
+            wait_for(lambda: cond(fake, "gpu-1").get("reason") == "ValidationFailed",
                      what="condition")
     finally:
         stop(proc)
@@ -488,7 +489,7 @@ def test_an_old_agent_keeps_a_recovered_node_quarantined_and_says_why(fake, quar
         raw.hello("gpu-1", [fatal()])  # no handles_validation
         wait_for(lambda: P.TAINT_KEY in taints(fake, "gpu-1"), what="quarantined")
         raw.send(heartbeat=pb.Heartbeat(digest=[], digest_seq=0))
-        wait_for(lambda: cond(fake, "gpu-1")["reason"] == "ValidationUnavailable", what="condition")
+        wait_for(lambda: cond(fake, "gpu-1").get("reason") == "ValidationUnavailable", what="condition")
         # the annotation is a separate write after the condition's
         wait_for(lambda: record(fake, "gpu-1") is not None, what="the validation record")
         assert record(fake, "gpu-1")["result"] == "unavailable" and record(fake, "gpu-1")["trigger"] == "release"
