@@ -201,7 +201,7 @@ class Blast:
                     if pod_key(pod) in named[t]:
                         out[t].pods.append((pod_key(pod), owner_text(pod)))
                         out[t].via.add("PodResources")
-                    elif not named[t] and not out[t].refused:
+                    elif not named[t]:  # none named, or every name refused: unattributable, not healthy
                         unattributed[t] += 1
                 continue
             ns = _d(pod.get("metadata")).get("namespace") or ""

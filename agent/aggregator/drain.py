@@ -287,8 +287,9 @@ class Drain:
                     report.via[key] = DRA_CLAIM
                 elif key in named:
                     report.via[key] = POD_RESOURCES
-                elif named or report.refused:
+                elif named:
                     continue  # the agent named the sick GPU's pods, and not this one: a healthy GPU's
+                # (every name refused: the agent's word is no attribution, so this pod is unattributable)
                 else:
                     report.unattributed.append(key)
                     report.record(pod, policy, "kept", f"{UNATTRIBUTABLE} (no DRA device, no holder named by the "

@@ -123,6 +123,22 @@ def test_a_holder_that_is_no_gpu_pod_of_the_node_is_refused(setup):
     assert "Refused 3 pod name(s)" in events(fk, "VigilCordoned")[0]["message"]
 
 
+def test_when_every_holder_name_is_refused_the_other_gpu_pods_are_unattributable_not_healthy(setup):
+    """An agent whose every name is wrong has attributed nothing: the node's real GPU pods must not be read as
+    on a healthy GPU (that would hide them); they are kept and reported as unattributable, as with no names."""
+    fk, r, a = setup()
+    plugin_pods(fk)
+    a.batch([ev(1, holders=["ml/ghost", "ml/elsewhere"])])
+    wait_for(lambda: events(fk, "VigilDrainFinished"), 20, what="the end Event")
+    for name in ("train-3", "infer-7f9c-x3", "train-5"):
+        assert fk.get("pods", name, "ml") is not None and not evictions(fk, "ml", name)
+    end = events(fk, "VigilDrainFinished")[0]["message"]
+    assert "refused 2 pod name(s)" in end
+    assert "Kept, unattributable" in end and "ml/train-3 (PyTorchJob bert)" in end and "ml/train-5" in end
+    cordon = events(fk, "VigilCordoned")[0]["message"]
+    assert "Refused 2 pod name(s)" in cordon and "Pods affected (3)" in cordon  # node scope: every GPU pod
+
+
 def test_an_older_agent_without_holders_keeps_the_pods_and_says_unattributable(setup):
     fk, r, a = setup()
     plugin_pods(fk)
