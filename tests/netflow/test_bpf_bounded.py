@@ -37,7 +37,8 @@ def test_more_closes_than_the_record_map_holds(small):
         p.up(10)  # the last bytes, moved after the live read
         p.close()
     closed = Scrape(small, live.observation)
-    assert delta(closed, live, "vigil_netflow_map_overflows_total", map="records") == 48 - 8
+    # (>=, <=: the program sees every socket of the host, and another one closing now can take a record too)
+    assert delta(closed, live, "vigil_netflow_map_overflows_total", map="records") >= 48 - 8
     assert closed.total("vigil_netflow_map_fill_ratio", map="records") == 1.0
     f = closed.finding("netflow.maps", "test-node")
     assert (f.status, f.severity) == ("unhealthy", "warning")
@@ -46,7 +47,7 @@ def test_more_closes_than_the_record_map_holds(small):
     srv_sent, srv_received = flow(closed, start, "t5_cli")
     assert received == 2_400 and srv_sent == 2_400
     assert (sent - 24_000) % 10 == 0 and (srv_received - 24_000) % 10 == 0
-    assert (sent - 24_000) // 10 + (srv_received - 24_000) // 10 == 8
+    assert 0 < (sent - 24_000) // 10 + (srv_received - 24_000) // 10 <= 8
     after = Scrape(small, closed.observation)
     assert after.finding("netflow.maps", "test-node").status == "ok"  # judged per cycle
     assert flow(after, start, "t5_srv") == (sent, received)
@@ -100,3 +101,33 @@ def test_aggregate_slots_of_removed_cgroups_are_freed(bpf_host):
         for d in dirs:
             if d.exists():
                 d.rmdir()
+
+
+def test_more_open_sockets_than_the_live_list_holds(bpf_host):
+    """The list of open sockets (a slot array the kernel program fills and user space maps) is bounded too: a
+    socket that finds no free slot is not read while it is open, is counted as a `live` overflow, and its bytes
+    arrive whole at close, so the totals stay exact. (The program sees every socket of the host: other
+    connections may hold slots too, hence the inequalities.)"""
+    c = make_collector({"classes": {"t12_srv": ["127.77.15.1/32"], "t12_cli": ["127.77.15.2/32"]},
+                        "live_entries": 8})
+    srv = listener("127.77.15.1")
+    try:
+        start = Scrape(c)
+        pairs = [connect(srv, src="127.77.15.2") for _ in range(12)]  # 24 sockets for 8 slots
+        for p in pairs:
+            p.up(1_000)
+            p.down(100)
+        live = Scrape(c, start.observation)
+        assert delta(live, start, "vigil_netflow_map_overflows_total", map="live") >= 24 - 8
+        assert live.total("vigil_netflow_map_fill_ratio", map="live") >= 7 / 8
+        sent, received = flow(live, start, "t12_srv")
+        assert sent <= 8 * 1_000 and received <= 8 * 100  # at most the listed clients were read live
+        for p in pairs:
+            p.up(10)
+            p.close()
+        closed = Scrape(c, live.observation)
+        assert flow(closed, start, "t12_srv") == (12 * 1_010, 12 * 100)
+        assert flow(closed, start, "t12_cli") == (12 * 100, 12 * 1_010)
+    finally:
+        srv.close()
+        c.close()

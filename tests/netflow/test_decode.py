@@ -34,9 +34,9 @@ def test_record():
 
 
 def test_sk_state():
-    raw = struct.pack("<QIIBBBB4x", 77, 12, 555, 4, decode.DIR_ACTIVE, 1, 1)
+    raw = struct.pack("<QIIBBBB4xI4x", 77, 12, 555, 4, decode.DIR_ACTIVE, 1, 1, 4242)
     assert decode.sk_state(raw) == decode.SkState(77, 12, 4, decode.DIR_ACTIVE, True)
-    assert decode.SK_STATE_SIZE == 24
+    assert decode.SK_STATE_SIZE == 32  # struct sk_state in bpf/tcpflow.c, its u32 slot included
 
 
 @pytest.mark.parametrize("us,bucket", [(0, 0), (25, 0), (26, 1), (1000, 5), (1001, 6), (2_500_000, 15),

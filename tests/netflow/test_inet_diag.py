@@ -56,7 +56,7 @@ def test_request_layout():
 
 
 def test_decode_a_socket_with_info_cgroup_and_storage():
-    storage = struct.pack("<QIIBBBB4x", 4242, 3, 0, 2, 1, 1, 0)
+    storage = struct.pack("<QIIBBBB4xI4x", 4242, 3, 0, 2, 1, 1, 0, 9)  # struct sk_state (bpf/tcpflow.c)
     nested = nla(inet_diag.SK_DIAG_BPF_STORAGE | inet_diag.NLA_F_NESTED,
                  nla(2, struct.pack("=I", 17)) + nla(inet_diag.SK_DIAG_BPF_STORAGE_MAP_VALUE, storage))
     attrs = (nla(inet_diag.INET_DIAG_SHUTDOWN, b"\0") + nla(inet_diag.INET_DIAG_INFO, tcp_info())

@@ -28,9 +28,11 @@ _CLASS_STATS = struct.Struct(f"<7Q{RTT_BUCKETS}Q")
 _AGG_KEY = struct.Struct("<IIQ")
 _TOTALS = struct.Struct("<4Q")
 _RECORD = struct.Struct("<4QQIBBBB")
-_SK_STATE = struct.Struct("<QIIBBBBB3x")
+_SK_STATE = struct.Struct("<QIIBBBBB3xI4x")  # ... listed, then slot (u32) and the tail padding
 SK_STATE_SIZE = _SK_STATE.size
 _LIVE = struct.Struct("<QQBBBxHH16s16s")
+LIVE_SLOT = 8 + _LIVE.size  # struct live_slot: the cookie (0 free, LIVE_BUSY being written), then a live_sock
+LIVE_BUSY = 0xFFFFFFFFFFFFFFFF
 
 
 class Totals(NamedTuple):
@@ -127,7 +129,7 @@ def record(cookie: int, raw: bytes) -> Record:
 
 
 def sk_state(raw: bytes) -> SkState:
-    cgroup, gen_open, _fw2_rcv_nxt, cls, dir_, tracked, _fw2, listed = _SK_STATE.unpack_from(raw)
+    cgroup, gen_open, _fw2_rcv_nxt, cls, dir_, tracked, _fw2, listed, _slot = _SK_STATE.unpack_from(raw)
     return SkState(cgroup, gen_open, cls, dir_, bool(tracked), bool(listed))
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import json
+import mmap
 import os
 import signal
 import sys
@@ -91,6 +92,7 @@ class Probe:
         self.bpf: Any = None
         self.link_fd: int | None = None
         self.storage_fd: int | None = None
+        self.live_slots: mmap.mmap | None = None  # the kernel's `live` array, mapped read-only
         self.gen = 0
         self.epoch = f"{os.getpid()}-{time.time_ns()}"
         self.cgroup_root = config.get("cgroup_root") or cgroup2_mount()
@@ -156,9 +158,12 @@ class Probe:
             for i, b in enumerate(addr):
                 key.addr[i] = b
             cidrs[key] = ctypes.c_ubyte(cid)
-        port_map = bpf["policy_ports"]
+        words: dict[int, int] = {}  # bpf/tcpflow.c's port_class: class + 1 per port, eight ports a word
         for port, cid in ports:
-            port_map[port_map.Key(port)] = ctypes.c_ubyte(cid)
+            words[port >> 3] = words.get(port >> 3, 0) | (cid + 1) << (8 * (port & 7))
+        port_map = bpf["port_class"]
+        for w, v in words.items():
+            port_map[port_map.Key(w)] = ctypes.c_ulonglong(v)
 
     def _load_sock_ops(self, BPF: Any, cflags: list[str]) -> Any:
         """Compile, load and attach the sock_ops program; None (with a note) when this kernel refuses it."""
@@ -263,8 +268,8 @@ class Probe:
         by_ns: dict[int, list[decode.LiveKey]] = {}
         by_cookie: dict[int, decode.LiveKey] = {}
         listed = 0
-        for k, v in _entries(self.bpf["live"]):
-            key = decode.live_key(_u64(k), v)
+        for cookie, v in self._listed():
+            key = decode.live_key(cookie, v)
             by_ns.setdefault(key.netns, []).append(key)
             by_cookie[key.cookie] = key
             listed += 1
@@ -286,6 +291,28 @@ class Probe:
         for cookie in [c for c in self.untracked if c not in found]:
             del self.untracked[cookie]  # closed
         return out, listed
+
+    def _listed(self) -> list[tuple[int, bytes]]:
+        """(cookie, struct live_sock) of every occupied slot of `live`, read from the mapped array: the cookies
+        first, then each occupied slot's socket and its cookie again; a slot that changed in between (freed or
+        claimed again) is left for the next read, its bytes counted then or at close (a record)."""
+        m = self.live_slots
+        if m is None:
+            entries = int(self.config.get("live_entries", 65536))
+            m = self.live_slots = mmap.mmap(_map_fd(self.bpf, "live"), _page_round(entries * decode.LIVE_SLOT),
+                                            flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        words = decode.LIVE_SLOT // 8
+        with memoryview(m) as mv, mv.cast("Q") as q:
+            cookies = q[::words].tolist()[:int(self.config.get("live_entries", 65536))]
+        out = []
+        for i, cookie in enumerate(cookies):
+            if cookie == 0 or cookie == decode.LIVE_BUSY:
+                continue
+            off = i * decode.LIVE_SLOT
+            raw = m[off + 8:off + decode.LIVE_SLOT]
+            if int.from_bytes(m[off:off + 8], "little") == cookie:
+                out.append((cookie, raw))
+        return out
 
     def _socket_row(self, ns: int, s: inet_diag.LiveSocket, meta: Any) -> list | None:
         """[cookie, class, cgroup, dir, tracked, sent, received, retrans, segs_out, rtt_us, state, netns,
@@ -360,6 +387,9 @@ class Probe:
 
     def close(self) -> None:
         self.namespaces.close()
+        if self.live_slots is not None:
+            self.live_slots.close()
+            self.live_slots = None
         if self.link_fd is not None:
             os.close(self.link_fd)
             self.link_fd = None
@@ -378,6 +408,10 @@ def _map_fd(bpf: Any, name: str) -> int | None:
 
     fd = lib.bpf_table_fd(bpf.module, name.encode())
     return fd if fd >= 0 else None
+
+
+def _page_round(n: int) -> int:
+    return -(-n // mmap.PAGESIZE) * mmap.PAGESIZE
 
 
 def _u64(raw: bytes) -> int:
