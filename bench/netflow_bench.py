@@ -269,26 +269,85 @@ def bpf_run_time(pid: int) -> tuple[int, int]:
     return ns, cnt
 
 
-def bpf_cost(rate: float, seconds: float) -> dict:
+# The peer measured in the same run: the least a sock_ops flow probe can run, a program that only turns on the
+# state callback (as any probe that sees closes must) and returns. The kernel calls it as often as Vigil's.
+FLOOR_PROGRAM = r"""
+int floor_ops(struct bpf_sock_ops *skops) {
+    u32 op = skops->op;
+    if (op == BPF_SOCK_OPS_TCP_CONNECT_CB || op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
+        bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+    return 1;
+}
+"""
+
+
+class Floor:
+    """FLOOR_PROGRAM loaded by this process and linked to the cgroup v2 root, as the probe links its own."""
+
+    def __init__(self) -> None:
+        import ctypes
+        from bcc import BPF
+        from agent.sources.netflow.probe import BPF_CGROUP_SOCK_OPS, cgroup2_mount
+
+        self.bpf = BPF(text=FLOOR_PROGRAM)
+        fn = self.bpf.load_func("floor_ops", BPF.SOCK_OPS)
+        cg = os.open(cgroup2_mount(), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            self.link = ctypes.CDLL("libbpf.so.1", use_errno=True).bpf_link_create(fn.fd, cg, BPF_CGROUP_SOCK_OPS,
+                                                                                    None)
+        finally:
+            os.close(cg)
+        if self.link < 0:
+            raise RuntimeError(f"floor program: bpf_link_create: {self.link}")
+
+    def close(self) -> None:
+        os.close(self.link)
+        self.bpf.cleanup()
+
+
+def bpf_cost(rate: float, seconds: float, rounds: int = 4) -> dict:
     """Time spent inside the BPF programs per connection, from the kernel's own accounting (turned on for the
-    measurement and restored; it adds two clock reads per run, so this slightly overstates)."""
+    measurement and restored; it adds two clock reads per run, so this slightly overstates): Vigil's probe and
+    the floor program in alternating rounds under the same churn; medians, and Vigil's over the floor's."""
     knob = Path("/proc/sys/kernel/bpf_stats_enabled")
     old = knob.read_text().strip()
     knob.write_text("1")
-    probe = Probe(10.0)
+    rows: dict[str, list[dict]] = {"vigil": [], "floor": []}
     try:
-        pid = probe.collector.client.pid
-        ns0, cnt0 = bpf_run_time(pid)
-        achieved, _, made = churn(rate, seconds)
-        ns1, cnt1 = bpf_run_time(pid)
+        for r in range(rounds):
+            for mode in (("vigil", "floor") if r % 2 == 0 else ("floor", "vigil")):
+                probe = Probe(10.0) if mode == "vigil" else None
+                floor = Floor() if mode == "floor" else None
+                pid = probe.collector.client.pid if probe else os.getpid()
+                try:
+                    ns0, cnt0 = bpf_run_time(pid)
+                    achieved, _, made = churn(rate, seconds)
+                    ns1, cnt1 = bpf_run_time(pid)
+                finally:
+                    if probe:
+                        probe.stop()
+                    if floor:
+                        floor.close()
+                row = {"connections": made, "connections_per_s": round(achieved),
+                       "ns_per_connection": round((ns1 - ns0) / max(1, made)),
+                       "runs_per_connection": round((cnt1 - cnt0) / max(1, made), 1),
+                       "ns_per_run": round((ns1 - ns0) / max(1, cnt1 - cnt0)),
+                       "cpu_percent_of_core": round(100 * (ns1 - ns0) / 1e9 / seconds, 2)}
+                rows[mode].append(row)
+                print(f"  {mode:>5}: {row['ns_per_connection']} ns per connection ({row['runs_per_connection']} "
+                      f"runs, {row['ns_per_run']} ns each) at {row['connections_per_s']} conn/s", flush=True)
     finally:
-        probe.stop()
         knob.write_text(old)
-    return {"connections": made, "connections_per_s": round(achieved),
-            "bpf_ns_per_connection": round((ns1 - ns0) / max(1, made)),
-            "bpf_runs_per_connection": round((cnt1 - cnt0) / max(1, made), 1),
-            "bpf_ns_per_run": round((ns1 - ns0) / max(1, cnt1 - cnt0)),
-            "bpf_cpu_percent_of_core_at_rate": round(100 * (ns1 - ns0) / 1e9 / seconds, 2)}
+    med = {m: statistics.median(x["ns_per_connection"] for x in rows[m]) for m in rows}
+    v = rows["vigil"]
+    return {"rounds": rows, "bpf_ns_per_connection": round(med["vigil"]),
+            "floor_ns_per_connection": round(med["floor"]),
+            "ratio_vigil_floor": round(med["vigil"] / max(1, med["floor"]), 2),
+            "vigil_work_ns_per_connection": round(med["vigil"] - med["floor"]),
+            "bpf_runs_per_connection": statistics.median(x["runs_per_connection"] for x in v),
+            "bpf_ns_per_run": round(statistics.median(x["ns_per_run"] for x in v)),
+            "connections_per_s": round(statistics.median(x["connections_per_s"] for x in v)),
+            "bpf_cpu_percent_of_core_at_rate": statistics.median(x["cpu_percent_of_core"] for x in v)}
 
 
 def kernel_cost(rate: float, seconds: float, rounds: int) -> dict:
@@ -321,29 +380,39 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=10_000, help="new connections per second to aim for")
     ap.add_argument("--conn-seconds", type=float, default=30, help="churn window per probe CPU measurement")
     ap.add_argument("--skip-iperf", action="store_true")
+    ap.add_argument("--only", choices=("iperf", "probe", "bpf", "kernel"),
+                    help="run one part (bpf: the in-kernel cost per connection against the floor program)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("netflow_bench: needs root (BPF)", file=sys.stderr)
         return 1
-    if shutil.which("iperf3") is None and not args.skip_iperf:
+    results: dict = {"cpus": os.cpu_count(), "kernel": os.uname().release, "args": vars(args)}
+
+    def part(name: str) -> bool:
+        return args.only == name or (args.only is None and not (name == "iperf" and args.skip_iperf))
+
+    if shutil.which("iperf3") is None and part("iperf"):
         print("netflow_bench: iperf3 missing (apt-get install iperf3)", file=sys.stderr)
         return 1
-    results: dict = {"cpus": os.cpu_count(), "kernel": os.uname().release, "args": vars(args)}
-    if not args.skip_iperf:
+    if part("iperf"):
         print("throughput (iperf3, loopback):", flush=True)
         results["iperf3"] = throughput(args.rounds, args.seconds)
-    print("probe CPU under connection churn:", flush=True)
-    results["probe_cpu"] = [probe_cpu(args.rate, args.conn_seconds, interval) for interval in (10.0, 1.0)]
-    for row in results["probe_cpu"]:
-        print(f"  reads every {row['interval_s']:g}s: {row['connections_per_s']} conn/s, probe "
-              f"{row['probe_cpu_percent_of_core']}% of a core, agent {row['agent_cpu_ms_per_read']} ms CPU per read",
-              flush=True)
-    print("kernel-side cost per connection:", flush=True)
-    results["bpf"] = bpf_cost(args.rate, 10)
-    print(f"  inside the BPF programs: {results['bpf']['bpf_ns_per_connection']} ns per connection "
-          f"({results['bpf']['bpf_runs_per_connection']} runs), {results['bpf']['bpf_cpu_percent_of_core_at_rate']}% "
-          f"of a core at {results['bpf']['connections_per_s']} conn/s", flush=True)
-    results["kernel"] = kernel_cost(args.rate, min(args.conn_seconds, 10), args.rounds)
+    if part("probe"):
+        print("probe CPU under connection churn:", flush=True)
+        results["probe_cpu"] = [probe_cpu(args.rate, args.conn_seconds, interval) for interval in (10.0, 1.0)]
+        for row in results["probe_cpu"]:
+            print(f"  reads every {row['interval_s']:g}s: {row['connections_per_s']} conn/s, probe "
+                  f"{row['probe_cpu_percent_of_core']}% of a core, agent {row['agent_cpu_ms_per_read']} ms CPU per "
+                  "read", flush=True)
+    if part("bpf"):
+        print("kernel-side cost per connection (Vigil's probe and the floor program, alternating):", flush=True)
+        b = results["bpf"] = bpf_cost(args.rate, 10, max(2, min(args.rounds, 6)))
+        print(f"  inside the BPF programs: Vigil {b['bpf_ns_per_connection']} ns per connection "
+              f"({b['bpf_runs_per_connection']} runs), floor {b['floor_ns_per_connection']} ns: "
+              f"{b['ratio_vigil_floor']}x the floor, {b['vigil_work_ns_per_connection']} ns of Vigil's own work; "
+              f"{b['bpf_cpu_percent_of_core_at_rate']}% of a core at {b['connections_per_s']} conn/s", flush=True)
+    if part("kernel"):
+        results["kernel"] = kernel_cost(args.rate, min(args.conn_seconds, 10), args.rounds)
     out = ROOT / "bench" / "results" / "netflow.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
