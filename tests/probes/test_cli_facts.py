@@ -151,3 +151,15 @@ def test_a_snapshot_that_is_not_there_is_a_usage_error(tmp_path):
     cfg, _ = config(tmp_path)
     p = agent("validate", "-c", cfg, "--snapshot", str(tmp_path / "nope"))
     assert p.returncode == 64 and "--snapshot" in p.stderr
+
+
+def test_a_held_gpu_vigil_cannot_name_keeps_the_probe_off_every_gpu_and_says_so(tmp_path, node, kubelet):
+    # a device id that is neither a UUID nor a PCI address: which GPU the pod has is unknown
+    kubelet.set({("ml", "odd-0"): {"main": [("amd.com/gpu", ["card-7"])]}})
+    cfg, seen = config(tmp_path, socket=kubelet.socket)
+    p = agent("validate", "-c", cfg, "--snapshot", str(node), "--probe", "rvs", "--json")
+    assert p.returncode == 2 and not seen.exists(), p.stdout + p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["skipped"] == [{"probe": "rvs", "gpu": "all", "held_by": ["ml/odd-0"], "why": "GPUs held by ml/odd-0"}]
+    p = agent("validate", "-c", cfg, "--snapshot", str(node), "--probe", "rvs")
+    assert "skipped every GPU for rvs: held by ml/odd-0" in p.stdout
