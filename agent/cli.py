@@ -83,7 +83,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="with --once: one JSON object instead of a table")
     p.add_argument("--verbose", "-v", action="store_true", help="with --once: list passing checks too")
     p.add_argument("--snapshot", metavar="DIR",
-                   help="read the node from a snapshot directory (or a fixture name under fixtures/nodes)")
+                   help="read the node from a snapshot directory (or a fixture name under fixtures/nodes); "
+                        "validate: the GPU inventory from it (the probes still run on this machine)")
     p.add_argument("--sysfs", metavar="PATH", default=None, help="sysfs root (default /sys; /host/sys in a pod)")
     p.add_argument("--procfs", metavar="PATH", default=None, help="procfs root (default /proc)")
     p.add_argument("--listen", metavar="HOST:PORT", default=None, type=listen_flag,
@@ -329,16 +330,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     if args.path:
         raise UsageError(f"unexpected argument {args.path!r}")
-    config = load(args.config, collector_schemas())
     wanted = None
     if args.probe is not None:
         wanted = [n.strip() for n in args.probe.split(",") if n.strip()]
         if not wanted:
             raise UsageError(f"--probe: give probe names (of {', '.join(probe_names())})")
-    node = args.node_name or config.node_name
+    args.once = True  # one pass: the GPU source starts no watchers
+    config, ctx = setup(args)
+    inventory = gpu_inventory(config, ctx)
     try:
-        v = validate(config.section("probes"), wanted, args.level, force=args.force, node=node,
-                     sysfs=args.sysfs or "/sys", procfs=args.procfs or "/proc")
+        # Which pod holds which GPU is read by validate() itself, from the kubelet's PodResources (and
+        # containerd's specs), as the containers source reads them. This command cannot see whether Vigil
+        # quarantined the node (that is on the Node object, the aggregator's): never assumed, so without
+        # attribution it runs only with --force (the streamed validation knows, and says so).
+        v = validate(config.section("probes"), wanted, args.level, force=args.force, node=ctx.node,
+                     facts=ctx.facts, sysfs=str(ctx.roots.sysfs), procfs=str(ctx.roots.procfs),
+                     inventory=inventory)
     except ValueError as e:
         raise UsageError(f"--probe: {e}") from None
     left = tools.shutdown()
@@ -360,6 +367,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(report_table(v.node, v.findings, args.verbose))
         print(f"\nvalidation {args.level}; attribution: {v.holdings}")
+        if v.holdings.startswith("unknown") and not args.force:
+            print("  the GPU probes were not run: which pod holds which GPU cannot be read here, and this command "
+                  "cannot tell whether Vigil quarantined the node; drain it and rerun with --force, or ask the "
+                  f"aggregator (vigil-aggregator validate {v.node}), which runs it on a quarantined node")
+        print(f"GPUs: {gpu_summary(v.gpus)} ({v.inventory})")
+        for model, floors in v.floors.items():
+            print(f"  floors for {model}:" + ("" if floors else " none in the table (measured, not judged)"))
+            for m, f in floors.items():
+                print(f"    {m} {f['value']:g} {f['unit']}  ({f['source']})")
+        for s in v.skipped:
+            who = ", ".join(s["held_by"]) or "a pod"
+            print(f"  skipped {s['gpu'] if s['gpu'] != 'all' else 'every GPU'} for {s['probe']}: held by {who}"
+                  + (f" ({s['why']})" if s["gpu"] == "all" else ""))
         for r in v.results:
             if r.status != "unavailable":
                 took = f" in {r.duration:.1f}s" if r.duration is not None else ""
@@ -371,6 +391,36 @@ def cmd_validate(args: argparse.Namespace) -> int:
             for p in left:
                 print(f"  {p.describe()}")
     return v.exit_code()
+
+
+def gpu_inventory(config: Config, ctx: Context) -> str:
+    """The GPU source read once into ctx.facts.gpus (index, model, UUID, PCI address: the floors and the
+    PodResources join need them), as the running agent's facts have them; returns where they came from, or
+    "unknown: WHY" when GPUs are there but could not be read."""
+    collectors = build_collectors(config, ctx, ["gpu"])
+    if not collectors:
+        return "unknown: the GPU source is disabled (gpu.enabled)"
+    try:
+        readings = collectors[0].read()
+    except Exception as e:  # noqa: BLE001 - as a failed collector cycle: the models are unknown
+        return f"unknown: the GPU source failed ({error_text(e)})"
+    finally:
+        collectors[0].close()
+    where = ", ".join(dict.fromkeys(inv.backend for inv in readings.inventories))
+    if readings.unavailable:
+        return "unknown: " + "; ".join(f"{vendor}: {why}" for vendor, why in sorted(readings.unavailable.items()))
+    if not readings.gpus:
+        return "none found" + (f" by {where}" if where else " (no GPU on the PCI bus)")
+    return f"read by {where}" + (f" from the snapshot {ctx.roots.snapshot}" if ctx.roots.snapshot else "")
+
+
+def gpu_summary(gpus: list[dict]) -> str:
+    """ "8 x AMD Instinct MI300X (gpu0-gpu7)" per model; "none" when there are none."""
+    by: dict[str, list[str]] = {}
+    for g in gpus:
+        by.setdefault(g["model"] or "unknown model", []).append(g["gpu"])
+    return "; ".join(f"{len(e)} x {m} ({e[0]}-{e[-1]})" if len(e) > 1 else f"1 x {m} ({e[0]})"
+                     for m, e in by.items()) or "none"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -364,7 +364,8 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     from .drain import ANNOTATION as DRAIN_RECORD
     from .kube import STRATEGIC
     from .policy import CONDITION, LEDGER, observe, released
-    from .validation import ANNOTATION as VALIDATION_RECORD, REQUEST as VALIDATION_REQUEST
+    from .validation import ANNOTATION as VALIDATION_RECORD, PENDING as VALIDATION_PENDING
+    from .validation import REQUEST as VALIDATION_REQUEST
 
     kube = _kube(args)
     changed = 0
@@ -381,7 +382,8 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
             if not args.dry_run:
                 kube.update_node(name, _without_drain_record)
             did.append("drain record")
-        if VALIDATION_RECORD in ann or VALIDATION_REQUEST in ann:  # the startup taint is the kubelet's: it stays
+        # the startup taint is the kubelet's: it stays
+        if {VALIDATION_RECORD, VALIDATION_REQUEST, VALIDATION_PENDING} & set(ann):
             if not args.dry_run:
                 kube.update_node(name, _without_validation)
             did.append("validation record")
@@ -417,12 +419,12 @@ def _without_drain_record(node: dict) -> dict | None:
 
 
 def _without_validation(node: dict) -> dict | None:
-    from .validation import ANNOTATION, REQUEST
+    from .validation import ANNOTATION, PENDING, REQUEST
 
     ann = (node.get("metadata") or {}).get("annotations") or {}
-    if ANNOTATION not in ann and REQUEST not in ann:
+    if not {ANNOTATION, REQUEST, PENDING} & set(ann):
         return None
-    node["metadata"]["annotations"] = {k: v for k, v in ann.items() if k not in (ANNOTATION, REQUEST)}
+    node["metadata"]["annotations"] = {k: v for k, v in ann.items() if k not in (ANNOTATION, REQUEST, PENDING)}
     return node
 
 

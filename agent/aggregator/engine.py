@@ -346,7 +346,7 @@ class Engine:
             fresh = set(res.new)
             new_events = [e for e in got.events if e.seq in fresh]
             self.signatures.observe(node_name, new_events, now)
-            if node_name in self.validation.pending:  # a validation's findings and summary
+            if self.validation.wants(node_name):  # a validation's findings and summary (or a new leader's first)
                 self.validation.observe(node_name, new_events)
         if res.new:
             m.bump(m.events, "state", len(res.new) - res.info)

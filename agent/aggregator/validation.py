@@ -21,6 +21,14 @@ Every result is written to the annotation vigil.dev/v1.validation (time, result,
 counted (vigil_aggregator_validations_total{result,trigger}). A request that gets no summary within
 `timeout_seconds` is unknown. An unknown is asked again after `retry_seconds`; a fail is not (in this boot, or
 for this clearing: a reboot or a new fault and recovery asks again, and so does a person with `validate`).
+A new leader (a Lease change, a restart) recovers what the previous one wrote on each Node, once the node's agent
+said which boot it runs: the pending request (annotation vigil.dev/v1.validation-pending, written when a request is
+sent, removed with its result) is adopted, so its summary still counts and no second request hits an agent that
+is busy with the first; the latest result (vigil.dev/v1.validation, which names its boot) of the same boot is
+restored, so a fail keeps holding the node (it is not asked again) and an unknown waits out its retry delay.
+What is recovered may hold a node, never release one: a recorded pass releases nothing, and an adopted request
+answered pass lifts the startup taint (it ran in this boot) but not a quarantine (this leader cannot tell
+whether the fault cleared before it was asked), which is asked again.
 Dry-run: requests are still sent (the agent's safety rules apply, and `quarantined` reflects what the Node
 really shows); nothing is written, each write is logged as it would be.
 """
@@ -43,6 +51,7 @@ STARTUP_TAINT = "vigil.dev/unvalidated"
 STARTUP_EFFECT = "NoSchedule"
 ANNOTATION = "vigil.dev/v1.validation"  # the latest validation's result (cleanup removes it)
 REQUEST = "vigil.dev/validate"  # a person's request: {"id": ..., "probes": [...], "level": ...}
+PENDING = "vigil.dev/v1.validation-pending"  # the request sent and not yet answered, for the next leader
 SUMMARY = "probe.validation"
 ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 PROBE_NAMES = ("dcgm", "rvs", "nccl", "perftest", "builtin")  # what agents of this version know (agent/probes/validate.py)
@@ -88,6 +97,8 @@ class Request:
     sent_at: float  # engine clock
     deadline: float
     details: deque = field(default_factory=lambda: deque(maxlen=MAX_DETAILS))
+    adopted: bool = False  # sent by a previous leader (PENDING), adopted by this one
+    written: bool = False  # PENDING is on the Node (or dry-run, where nothing is)
 
 
 @dataclass
@@ -101,6 +112,7 @@ class Result:
     at: float  # engine clock
     probes: dict[str, str] = field(default_factory=dict)
     reported: bool = False  # annotation, Event and metric written
+    inherited: str = ""  # "record": restored from the Node; "adopted": a previous leader's request, answered here
 
 
 def startup_tainted(obj: dict[str, Any] | None) -> bool:
@@ -149,6 +161,10 @@ class Validator:
         self.retry: set[str] = set()  # nodes whose latest result is unknown (asked again after retry_seconds)
         self.due: dict[str, float] = {}  # nodes due a periodic validation (tick -> reconcile), since when
         self.counts: dict[tuple[str, str], int] = {}  # (result, trigger) -> n, for the metric
+        self.restored: set[str] = set()  # nodes whose records this leader has read (once per node and term)
+        # A summary that came with no request pending, before this leader read the node's records (the agent
+        # resends its spool right after its Hello, before the first reconcile): node -> (id, status, text, probes).
+        self.unclaimed: dict[str, tuple[str, str, str, dict[str, str]]] = {}
         engine.metrics.validations = self.counts
         engine.metrics.validations_running = lambda: len(self.pending)
 
@@ -159,12 +175,15 @@ class Validator:
         self.results.clear()
         self.retry.clear()
         self.due.clear()
+        self.restored.clear()
+        self.unclaimed.clear()
 
     # -- stream side (synchronous, on the loop) ---------------------------------------------------------------
     def hello(self, name: str, rebooted: bool) -> None:
         if rebooted:  # a result validates the boot it ran in
             self.pending.pop(name, None)
             self.results.pop(name, None)
+            self.unclaimed.pop(name, None)
 
     def connected(self, name: str, stream: "StreamHandle") -> None:
         """The stream's Welcome is written: requests may go on it now."""
@@ -179,10 +198,16 @@ class Validator:
         if self.streams.get(stream.node) is stream:
             del self.streams[stream.node]
 
+    def wants(self, name: str) -> bool:
+        """Whether observe() needs this node's new events."""
+        return name in self.pending or (self.cfg.enabled and name not in self.restored)
+
     def observe(self, name: str, events: list[Any]) -> None:
         """New events of the node's current boot: probe findings and the summary of the pending request."""
         q = self.pending.get(name)
         if q is None:
+            if name not in self.restored:
+                self._keep_unclaimed(name, events)
             return
         for ev in events:
             if not ev.check.startswith("probe."):
@@ -206,6 +231,55 @@ class Validator:
             self._finish(name, q, _status_of(ev.status), ev.message + (f" [{details}]" if details and
                                                                          ev.status != "ok" else ""), probes)
             return
+
+    def _keep_unclaimed(self, name: str, events: list[Any]) -> None:
+        for ev in events:
+            if ev.check != SUMMARY:
+                continue
+            try:
+                doc = json.loads(ev.value or "{}")
+            except ValueError:
+                continue
+            rid = doc.get("request") if isinstance(doc, dict) else None
+            if isinstance(rid, str) and ID_RE.fullmatch(rid):
+                probes = doc.get("probes") if isinstance(doc.get("probes"), dict) else {}
+                self.unclaimed[name] = (rid, _status_of(ev.status), ev.message[:MAX_TEXT],
+                                        {str(k)[:32]: str(v)[:16] for k, v in list(probes.items())[:16]})
+
+    def _restore(self, name: str, node: Any, obj: dict[str, Any]) -> None:
+        """The previous leader's pending request and latest result for this boot, from the Node (see the module
+        docstring: what is recovered may hold the node, never release it)."""
+        self.restored.add(name)
+        ann = ((obj.get("metadata") or {}).get("annotations") or {})
+        now, wall = self.e.clock(), self.e.wall()
+        done = _record(ann.get(ANNOTATION))
+        if done is not None and done.get("boot") == node.boot_id and name not in self.results \
+                and done.get("result") in (PASS, FAIL, UNKNOWN) and done.get("trigger") in TRIGGERS:
+            at = now - max(0.0, wall - _wall_of(done.get("time"), wall))
+            probes = done.get("probes") if isinstance(done.get("probes"), dict) else {}
+            self._store(name, Result(str(done["request"])[:64], done["trigger"], done["result"],
+                                     str(done.get("message") or "")[:MAX_TEXT], node.boot_id, now, at,
+                                     {str(k)[:32]: str(v)[:16] for k, v in list(probes.items())[:16]},
+                                     reported=True, inherited="record"))
+            log.info("node %s: validation %s (%s) %s restored from %s", name, done["request"], done["trigger"],
+                     done["result"], ANNOTATION)
+        sent = _record(ann.get(PENDING))
+        if (sent is None or sent.get("boot") != node.boot_id or name in self.pending
+                or (done is not None and done.get("request") == sent.get("request"))
+                or sent.get("trigger") not in TRIGGERS):
+            self.unclaimed.pop(name, None)
+            return
+        age = max(0.0, wall - _wall_of(sent.get("time"), wall))
+        probes = tuple(p for p in sent.get("probes") or () if p in PROBE_NAMES)
+        level = sent.get("level") if sent.get("level") in LEVELS else self.cfg.level
+        q = Request(str(sent["request"])[:64], sent["trigger"], probes, level, node.boot_id, now,
+                    now - age + self.cfg.timeout_seconds, adopted=True, written=True)
+        self.pending[name] = q
+        log.info("node %s: adopted validation %s (%s), sent %.0fs ago by the previous leader", name, q.id,
+                 q.trigger, age)
+        late = self.unclaimed.pop(name, None)
+        if late is not None and late[0] == q.id:  # answered before this leader read the Node
+            self._finish(name, q, late[1], late[2], late[3])
 
     def tick(self, now: float) -> None:
         """Each engine tick: requests past their deadline are unknown; periodic validations fall due."""
@@ -252,7 +326,7 @@ class Validator:
         if self.pending.get(name) is q:
             del self.pending[name]
         self._store(name, Result(q.id, q.trigger, status, message[:MAX_TEXT], q.boot, q.sent_at, self.e.clock(),
-                                     probes))
+                                 probes, inherited="adopted" if q.adopted else ""))
         log.info("node %s: validation %s (%s) %s: %s", name, q.id, q.trigger, status, message[:300])
         self.e._enqueue(name)
 
@@ -261,11 +335,11 @@ class Validator:
                         done: list[str], device_rules: bool) -> tuple[Any, bool]:
         """Returns the plan (its release held and condition set while a gate holds) and whether Vigil's device
         rules may be deleted."""
-        from .policy import HEALTHY, RECOVERING
-
         periodic = self.due.pop(name, None) is not None
         if obj is None:
             return p, True
+        if name not in self.restored and node.boot_id is not None and self.cfg.enabled:
+            self._restore(name, node, obj)
         startup = startup_tainted(obj)
         r = self.results.get(name)
         if r is not None and not r.reported:
@@ -275,6 +349,16 @@ class Validator:
             await self._manual(name, node, obj, obs, manual, done)
         if not self.cfg.enabled:
             return p, True
+        try:
+            return self._gates(name, node, verdict, obj, obs, p, periodic, device_rules)
+        finally:
+            await self._write_pending(name, obj)
+
+    def _gates(self, name: str, node: Any, verdict: Any, obj: dict[str, Any], obs: Any, p: Any, periodic: bool,
+               device_rules: bool) -> tuple[Any, bool]:
+        from .policy import HEALTHY, RECOVERING
+
+        startup = startup_tainted(obj)
         ok_kinds = (RECOVERING, HEALTHY)
         # (b) the release gate: what the plan would undo waits for a pass requested after the fault cleared
         gated = verdict.kind == HEALTHY and not p.skipped and (p.release or device_rules)
@@ -303,6 +387,8 @@ class Validator:
         r = self.results.get(name)
         if r is not None and (r.boot != node.boot_id or (since is not None and r.requested_at < since)):
             r = None  # an earlier boot's, or from before the fault cleared: it does not count
+        if r is not None and r.status == PASS and (r.inherited == "record" or (r.inherited and trigger != "startup")):
+            r = None  # a previous leader's pass releases nothing here: ask again (see the module docstring)
         if r is not None and r.status == PASS:
             return None
         q = self.pending.get(name)
@@ -353,9 +439,37 @@ class Validator:
             request_id=rid, probes=list(probes), level=level, quarantined=quarantined,
             timeout_seconds=int(min(self.cfg.timeout_seconds, 86400)))))
         self.pending[name] = q  # the latest result stays until this one's comes (the gate asks `pending` first)
+        q.written = bool(self.e.cfg.dry_run)  # else _write_pending records it on the Node for the next leader
         log.info("node %s: asked its agent to validate (%s, request %s, probes %s, level %s%s)", name, trigger, rid,
                  ",".join(probes) or "(the agent's)", level, ", quarantined" if quarantined else "")
         return None
+
+    async def _write_pending(self, name: str, obj: dict[str, Any]) -> None:
+        """The request just sent, on the Node (PENDING), so that a new leader adopts it rather than asking again
+        an agent that is still running it. A failed write costs only that (logged): this leader has it."""
+        from .kube import now_iso
+
+        q = self.pending.get(name)
+        if q is None or q.written:
+            return
+        q.written = True
+        value = json.dumps({"request": q.id, "trigger": q.trigger, "boot": q.boot, "probes": list(q.probes),
+                            "level": q.level, "time": now_iso(self.e.wall())}, sort_keys=True, separators=(",", ":"))
+
+        def change(n: dict[str, Any]) -> dict[str, Any] | None:
+            ann = (n.get("metadata") or {}).get("annotations") or {}
+            if ann.get(PENDING) == value:
+                return None
+            n = json.loads(json.dumps(n))
+            n.setdefault("metadata", {})["annotations"] = {**ann, PENDING: value}
+            return n
+
+        e = self.e
+        try:
+            e._check_leader()
+            await e._io(lambda: e.kube.update_node(name, change, current=obj))  # type: ignore[union-attr]
+        except Exception as ex:  # noqa: BLE001 - the request stands; only a next leader would ask it again
+            log.warning("node %s: recording validation %s in %s: %s", name, q.id, PENDING, ex)
 
     async def _manual(self, name: str, node: Any, obj: dict[str, Any], obs: Any,
                       manual: tuple[str, tuple[str, ...], str] | str, done: list[str]) -> None:
@@ -393,7 +507,7 @@ class Validator:
         e, m = self.e, self.e.metrics
         remove_taint = remove_taint and r.status == PASS
         record = json.dumps({"request": r.id, "result": r.status, "trigger": r.trigger, "time": now_iso(e.wall()),
-                             "probes": r.probes, "message": r.message[:MAX_TEXT]}, sort_keys=True,
+                             "probes": r.probes, "message": r.message[:MAX_TEXT], "boot": r.boot}, sort_keys=True,
                             separators=(",", ":"))
         if e.cfg.dry_run:
             log.info("dry-run: node %s: validation %s %s; would annotate %s%s", name, r.id, r.status, ANNOTATION,
@@ -409,6 +523,8 @@ class Validator:
             ann = dict(meta.get("annotations") or {})
             before = (dict(ann), list((n.get("spec") or {}).get("taints") or []))
             ann[ANNOTATION] = record
+            if _record(ann.get(PENDING)) is None or (_record(ann.get(PENDING)) or {}).get("request") == r.id:
+                ann.pop(PENDING, None)  # answered: nothing for a next leader to adopt
             req = read_request(n)
             if isinstance(req, str) or (req is not None and req[0] == r.id):
                 ann.pop(REQUEST, None)  # answered (or unreadable): the person's request is done
@@ -443,11 +559,35 @@ class Validator:
         self.counts[key] = self.counts.get(key, 0) + 1
 
 
+def _record(text: Any) -> dict[str, Any] | None:
+    """One of Vigil's JSON annotations, or None when absent or unreadable (then nothing is recovered from it)."""
+    if not isinstance(text, str) or len(text) > 16384:
+        return None
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("request"), str) or not ID_RE.fullmatch(doc["request"]):
+        return None
+    return doc
+
+
+def _wall_of(text: Any, default: float) -> float:
+    """Unix time of an annotation's "time" (now_iso's format); `default` when unreadable or in the future."""
+    from datetime import datetime
+
+    try:
+        t = datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return default
+    return min(t, default)
+
+
 def observe_tainted(obj: dict[str, Any] | None) -> bool:
     from .policy import observe
 
     return observe(obj).tainted
 
 
-__all__ = ["ANNOTATION", "REQUEST", "STARTUP_TAINT", "ValidationConfig", "Validator", "read_request",
+__all__ = ["ANNOTATION", "PENDING", "REQUEST", "STARTUP_TAINT", "ValidationConfig", "Validator", "read_request",
            "startup_tainted"]

@@ -31,6 +31,7 @@ MAX_ROWS = 10_000
 class Nccl(Probe):
     name = "nccl"
     tools = ("all_reduce_perf",)  # nccl-tests and rccl-tests both build this name
+    floor_metrics = ("allreduce_busbw_gbps",)
     gpu_subset = True  # on the free GPUs only, through the runtimes' visible-device variables
     what = "all_reduce_perf 1-8 GiB on every GPU: about 1 minute (quick), every GPU and NVLink/XGMI saturated"
 

@@ -80,6 +80,7 @@ class Probe:
     uses_rdma: ClassVar[bool] = False
     gpu_subset: ClassVar[bool] = False  # can be told to use only some GPUs
     what: ClassVar[str] = ""  # one line: what it tests and what it costs
+    floor_metrics: ClassVar[tuple[str, ...]] = ()  # floors.py metrics it is judged by, per GPU model
 
     def find(self, ctx: ProbeContext) -> str | None:
         configured = ctx.settings.adapter(self.name).path

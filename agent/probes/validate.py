@@ -212,6 +212,10 @@ class Validation:
     holdings: str = ""  # how attribution was decided, for the report
     started_at: float = field(default_factory=time.time)
     extra_findings: list[Finding] = field(default_factory=list)
+    gpus: list[dict] = field(default_factory=list)  # the GPU inventory the probes were run with
+    inventory: str = ""  # where that inventory came from, or why it is unknown
+    skipped: list[dict] = field(default_factory=list)  # GPUs (or whole probes) left out because a pod holds them
+    floors: dict[str, dict] = field(default_factory=dict)  # model -> metric -> the floor judged by
 
     @property
     def findings(self) -> list[Finding]:
@@ -231,7 +235,8 @@ class Validation:
 
     def to_json(self) -> dict:
         return {"node": self.node, "status": self.status, "level": self.level, "forced": self.forced,
-                "attribution": self.holdings, "probes": [r.to_json() for r in self.results],
+                "attribution": self.holdings, "inventory": self.inventory, "gpus": self.gpus,
+                "floors": self.floors, "skipped": self.skipped, "probes": [r.to_json() for r in self.results],
                 "findings": [f.to_json() for f in self.findings]}
 
     def metrics(self) -> MetricSet:
@@ -241,9 +246,12 @@ class Validation:
 
 def validate(settings: ProbeSettings, names: list[str] | None = None, level: str = "quick", force: bool = False,
              facts: Any = None, quarantined: bool = False, node: str = "", holdings: Holdings | None = None,
-             sysfs: str = "/sys", test_options: dict | None = None, procfs: str = "/proc") -> Validation:
+             sysfs: str = "/sys", test_options: dict | None = None, procfs: str = "/proc",
+             inventory: str = "") -> Validation:
     """Run the probes `names` (None: every enabled probe whose tool is installed) at `level`. Raises
-    ValueError for an unknown probe name or level (a usage error); everything else is in the findings."""
+    ValueError for an unknown probe name or level (a usage error); everything else is in the findings.
+    `inventory`: where facts.gpus came from, for the report; "unknown: WHY" when the GPU source could not
+    read the GPUs, which makes a GPU probe's result unknown (its floors need the model)."""
     if level not in LEVELS:
         raise ValueError(f"unknown level {level!r} (known: {', '.join(LEVELS)})")
     probes = registry()
@@ -262,6 +270,7 @@ def validate(settings: ProbeSettings, names: list[str] | None = None, level: str
                       and not getattr(g, "partition", "")}
     explicit = names is not None
     results: list[ProbeResult] = []
+    skipped: list[dict] = []
     if force:
         held, how = None, "not checked (--force)"
     else:
@@ -278,13 +287,16 @@ def validate(settings: ProbeSettings, names: list[str] | None = None, level: str
                         ctx_result = probe.run(base)  # not installed: say so rather than "refused"
                     else:
                         ctx_result = refused(probe.name, node, ctx)
+                        if held is not None and held.known and held.any_gpu and probe.uses_gpus:
+                            skipped.append({"probe": probe.name, "gpu": "all", "held_by": list(held.gpu_pods[:5]),
+                                            "why": ctx})
                 else:
                     try:
                         ctx_result = probe.run(ctx)
                     except Exception as e:  # noqa: BLE001 - an adapter's bug costs its probe (unknown), not the rest
                         ctx_result = refused(probe.name, node, f"internal error: {error_text(e)}")
                     if ctx.gpus is not None and ctx_result.status != "unavailable":
-                        ctx_result = _with_untested(ctx_result, ctx, held, gpus)
+                        ctx_result = _with_untested(ctx_result, ctx, held, gpus, skipped)
                 if ctx_result.status == "unavailable" and explicit:
                     ctx_result = ProbeResult(probe.name, "unknown", [unknown(
                         f"probe.{probe.name}.run", COMPONENT, node, f"not run: {ctx_result.absent}")],
@@ -292,7 +304,17 @@ def validate(settings: ProbeSettings, names: list[str] | None = None, level: str
                 results.append(ctx_result)
     except Busy as e:
         results = [refused(p.name, node, str(e)) for p in chosen]
-    v = Validation(node, level, results, forced=force, holdings=how)
+    v = Validation(node, level, results, forced=force, holdings=how, skipped=skipped,
+                   gpus=[{"gpu": f"gpu{g.index}", "model": getattr(g, "model", None),
+                          "pci_bus_id": getattr(g, "pci_bus_id", None)} for g in gpus
+                         if not getattr(g, "partition", "")],
+                   inventory=inventory or ("from the GPU source" if gpus else "none given"))
+    ran = [p for p, r in zip(chosen, results) if r.status != "unavailable"]
+    v.floors = floors_used(settings, ran, base.gpu_names)
+    if inventory.startswith("unknown") and any(p.uses_gpus for p in ran):
+        # No model, no floor: a GPU probe's measurement would be reported and never judged (DESIGN §0).
+        v.extra_findings.append(unknown("probe.inventory", COMPONENT, node, f"the GPUs' models are {inventory}: "
+                                        "no floor can be applied, so no GPU probe can pass"))
     if not any(f.check.endswith(".run") and f.status == "ok" for f in v.findings) and not any(
             r.status in ("unknown", "fail") for r in results):
         why = "; ".join(f"{n}: {a}" for n, a in v.absent.items()) or "no probe is enabled"
@@ -300,7 +322,23 @@ def validate(settings: ProbeSettings, names: list[str] | None = None, level: str
     return v
 
 
-def _with_untested(result: ProbeResult, ctx: ProbeContext, held: Holdings | None, gpus: list[Any]) -> ProbeResult:
+def floors_used(settings: ProbeSettings, probes: list[Probe], gpu_names: dict[int, str]) -> dict[str, dict]:
+    """model -> metric -> floor (value, unit, source) for the probes that ran; a model with no entry in the
+    table maps to {} (its measurements are reported, not judged). The built-in probe judges by the name torch
+    reports, which may differ from the GPU source's; its findings' thresholds are the figures used."""
+    from .floors import floor_for
+    metrics = list(dict.fromkeys(m for p in probes for m in p.floor_metrics))
+    if not metrics:
+        return {}
+    out: dict[str, dict] = {}
+    for model in sorted(set(gpu_names.values())):
+        found = {m: floor_for(m, model, settings.floors) for m in metrics}
+        out[model] = {m: f.to_json() for m, f in found.items() if f is not None}
+    return out
+
+
+def _with_untested(result: ProbeResult, ctx: ProbeContext, held: Holdings | None, gpus: list[Any],
+                   skipped: list[dict] | None = None) -> ProbeResult:
     """A probe run on the free GPUs only: each held GPU is unknown for it (not tested, never a pass)."""
     from agent.sources.containers.attribution import gpu_keys
     extra = []
@@ -308,6 +346,9 @@ def _with_untested(result: ProbeResult, ctx: ProbeContext, held: Holdings | None
         if getattr(g, "partition", "") or g.index in (ctx.gpus or []):
             continue
         who = held.holders_of(gpu_keys(g)) if held else []
+        if skipped is not None:
+            skipped.append({"probe": result.name, "gpu": f"gpu{g.index}", "held_by": who[:5],
+                            "why": "held by " + (", ".join(who[:3]) if who else "a pod")})
         extra.append(unknown(f"probe.{result.name}", COMPONENT, f"gpu{g.index}", "not tested: held by "
                              + (", ".join(who[:3]) if who else "a pod") + " (validate it once the GPU is free)"))
     if not extra:

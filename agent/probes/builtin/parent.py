@@ -29,6 +29,7 @@ class Builtin(Probe):
     name = "builtin"
     tools = ()
     gpu_subset = True
+    floor_metrics = ("matmul_tflops", "copy_tbps")  # judged by the model torch names
     what = ("PyTorch: bf16 8192^3 products and 1 GiB copies per GPU, plus an exact product checked for silent "
             "data corruption; about 10-30 s per GPU, each GPU fully busy while it runs")
 
