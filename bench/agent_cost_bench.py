@@ -32,6 +32,7 @@ import argparse
 import http.client
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -174,6 +175,7 @@ def live(args: argparse.Namespace) -> int:
     finally:
         kubelet.stop()
         daemon.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(row), flush=True)
     print(f"load average after: {os.getloadavg()}")
     print("| live, containers | cpu % | CPU ms/cycle | RSS MiB | children (RSS MiB) | /metrics bytes | series |")
