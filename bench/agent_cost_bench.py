@@ -125,12 +125,15 @@ def main() -> int:
         return live(args)
     rows = []
     tmp = Path(tempfile.mkdtemp(prefix="vigil-scale-fixtures-"))
-    for size in args.sizes.split(","):
-        gpus, ports, containers = ([int(x) for x in size.split("x")] + [0])[:3]
-        row = {"gpus": gpus, "rdma_ports": ports, "containers": containers,
-               **measure(build(tmp / size, gpus, ports, containers=containers), args)}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+    try:
+        for size in args.sizes.split(","):
+            gpus, ports, containers = ([int(x) for x in size.split("x")] + [0])[:3]
+            row = {"gpus": gpus, "rdma_ports": ports, "containers": containers,
+                   **measure(build(tmp / size, gpus, ports, containers=containers), args)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # 11 MB per large node
     print(f"load average after: {os.getloadavg()}")
     print("| GPUs | RDMA ports | containers | cpu % | CPU ms/cycle | RSS MiB | /metrics bytes | series | scrape p50 ms "
           "| p99 ms |")
