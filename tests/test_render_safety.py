@@ -75,3 +75,19 @@ def test_a_render_failure_costs_that_collector_only():
         assert "bad metrics could not be rendered: UnicodeEncodeError" in finding.message
     finally:
         agent.stop()
+
+
+def test_the_agent_keeps_findings_not_samples_once_rendered():
+    """Its /metrics is joined from parts rendered when each result came; the samples are not kept besides
+    (1.4 MB at 64 GPUs, 32 ports and 500 containers, issue 15), the findings are, and /metrics still has them."""
+    agent = Agent([Source("good", False)], "n1")
+    seen = []
+    agent.observers.append(seen.append)
+    agent.start()
+    try:
+        assert "vigil_test_fine 1.0" in agent.metrics().decode()
+        assert [f.check for f in agent.findings()] == ["good.check"]
+        assert all(not r.output.metrics.families for r in agent._latest.values())
+        assert seen and "vigil_test_fine" in seen[0].output.metrics.families  # observers get the whole result
+    finally:
+        agent.stop()

@@ -5,9 +5,11 @@ GPU node (no GPU, HCA or kubelet exists here)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
+import sys
 
 import pytest
 from google.protobuf import json_format
@@ -17,7 +19,7 @@ from agent.sources.gpu.amd_smi_cli import AmdSmiCliBackend
 from agent.sources.gpu.model import GpuReading
 from agent.sources.containers.attribution import gpu_pod_table, keys_for_id, gpu_pod_rows
 from agent.sources.containers.model import PodRef
-from tests.support import AGENT, FIXTURES
+from tests.support import AGENT, FIXTURES, ROOT
 
 from .helpers import dra, extract_rootfs
 
@@ -203,6 +205,18 @@ def test_snapshot_replays_pod_resources(make_collector, tmp_path):
     # In a one-shot run the GPU collector reads concurrently: the join happens after both, not in a metric.
     assert "vigil_gpu_pod_info" not in out.metrics.families
     assert "0000:38:00.0  ml/train-a (worker)" in gpu_pod_table(collector.ctx.facts)
+
+
+def test_replaying_pod_resources_never_loads_grpc(tmp_path):
+    """A snapshot replay parses the stored answer and opens no socket, so grpc (10 MB of the agent's RSS,
+    issue 15) stays unloaded; the live client (list_allocations) loads it when it dials the kubelet."""
+    snap = amd_snapshot(tmp_path, with_pods=True)
+    code = ("import sys; from agent.cli import main; rc = main(['--once', '--json', '--snapshot', sys.argv[1]]); "
+            "print('grpc loaded' if 'grpc' in sys.modules else 'no grpc', file=sys.stderr); sys.exit(rc)")
+    p = subprocess.run([sys.executable, "-c", code, str(snap)], capture_output=True, text=True, timeout=120,
+                       cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert json.loads(p.stdout)["gpu_pods"][6]["pod"] == "serve-c", p.stderr
+    assert p.stderr.strip().splitlines()[-1] == "no grpc", p.stderr
 
 
 def test_agent_once_lists_the_pod_on_each_gpu(tmp_path):

@@ -143,3 +143,20 @@ def test_absent_sources_are_no_data_and_nothing_starts(make_collector):
         collector.read()
     assert {t.ident for t in threading.enumerate()} <= before
     assert collector._watcher is None
+
+
+def test_a_listed_container_keeps_its_pod_identity_and_no_other_label():
+    """A CRI container carries a dozen labels and its sandbox every label of the pod; the table keeps only the
+    three that name the pod (memory that grew with the node's labels, issue 15), and the identity is intact."""
+    from agent._proto.containerd.services.containers.v1 import containers_pb2
+    from agent.sources.containers.runtime import to_container
+
+    labels = {**POD, "io.kubernetes.pod.uid": "0b6f3c8e", "io.cri-containerd.kind": "container",
+              "app.kubernetes.io/name": "trainer", "batch.kubernetes.io/job-name": "job-0"}
+    c = to_container("k8s.io", containers_pb2.Container(id="c1", labels=labels, image="busybox"))
+    assert c.labels == POD
+    assert (c.ref.namespace, c.ref.pod, c.ref.container) == ("ml", "train-0", "worker")
+    assert c.pod == ("ml", "train-0")
+    sandbox = to_container("k8s.io", containers_pb2.Container(id="sb", labels={
+        k: v for k, v in labels.items() if k != "io.kubernetes.container.name"}))
+    assert sandbox.ref is None and sandbox.pod == ("ml", "train-0")

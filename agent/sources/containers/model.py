@@ -4,10 +4,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-# CRI labels that carry a container's pod identity.
+# CRI labels that carry a container's pod identity: the only labels a Container keeps (a CRI container has a
+# dozen and a sandbox every label of its pod; kept whole they were most of the table's memory, issue 15).
 POD_NAME = "io.kubernetes.pod.name"
 POD_NAMESPACE = "io.kubernetes.pod.namespace"
 CONTAINER_NAME = "io.kubernetes.container.name"
+IDENTITY_LABELS = (POD_NAMESPACE, POD_NAME, CONTAINER_NAME)
+
+
+def identity_labels(labels) -> dict[str, str]:
+    """The pod-identity labels of a container's labels (a mapping), nothing else."""
+    return {k: labels[k] for k in IDENTITY_LABELS if k in labels}
 
 
 class PodRef(NamedTuple):
@@ -21,7 +28,7 @@ class PodRef(NamedTuple):
         return f"{self.namespace}/{self.pod}/{self.container}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SpecFacts:
     """What a container's OCI spec says about the devices it can open (the attribution fallback)."""
 
@@ -30,13 +37,13 @@ class SpecFacts:
     privileged: bool = False  # CAP_SYS_ADMIN in the bounding set: sees every device, attributes none
 
 
-@dataclass
+@dataclass(slots=True)  # one per container on the node, copied every cycle: no __dict__ each
 class Container:
     """One containerd container in a watched namespace, with its init task's state."""
 
     id: str
     namespace: str  # the containerd namespace (k8s.io), not the pod's namespace
-    labels: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)  # its identity_labels() (runtime.to_container)
     image: str = ""
     spec: SpecFacts = field(default_factory=SpecFacts)
     status: str = "none"  # none (no task) | created | running | paused | stopped | unknown
@@ -47,7 +54,7 @@ class Container:
     @property
     def ref(self) -> PodRef | None:
         """Pod identity of an application container; None for sandboxes and containers outside Kubernetes."""
-        ns, pod, name = (self.labels.get(k) for k in (POD_NAMESPACE, POD_NAME, CONTAINER_NAME))
+        ns, pod, name = (self.labels.get(k) for k in IDENTITY_LABELS)
         return PodRef(ns, pod, name) if ns and pod and name else None
 
     @property
@@ -85,7 +92,7 @@ class RawEvent:
         return self.process_id in ("", self.container_id)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ReportedEvent:
     """An OOM kill or a non-zero init exit, kept in the table's bounded recent list under a sequence number so
     that each one is reported exactly once (see ContainersCollector.evaluate)."""
@@ -100,7 +107,7 @@ class ReportedEvent:
     spec: SpecFacts = field(default_factory=SpecFacts)
 
 
-@dataclass
+@dataclass(slots=True)
 class PodStats:
     """Counters per pod identity, kept while the pod has any container in the table."""
 

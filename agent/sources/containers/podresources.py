@@ -8,10 +8,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-import grpc
 from google.protobuf import json_format
 
-from agent._proto.kubelet.podresources.v1 import api_pb2, api_pb2_grpc
+from agent._proto.kubelet.podresources.v1 import api_pb2
 from .model import PodRef
 
 
@@ -43,6 +42,11 @@ def flatten(resp: api_pb2.ListPodResourcesResponse) -> list[Allocation]:
 
 
 def list_allocations(socket: str, timeout: float) -> list[Allocation]:
+    # grpc only here: a snapshot replay (from_json) never loads it, which is 10 MB of the agent's RSS (issue 15)
+    import grpc
+
+    from agent._proto.kubelet.podresources.v1 import api_pb2_grpc
+
     channel = grpc.insecure_channel(f"unix://{socket}", options=[("grpc.max_receive_message_length", 16 << 20)])
     try:
         resp = api_pb2_grpc.PodResourcesListerStub(channel).List(api_pb2.ListPodResourcesRequest(), timeout=timeout)

@@ -27,7 +27,7 @@ from agent.base import backoff
 from agent.base.errors import error_text
 from . import events
 from .attribution import parse_spec
-from .model import Container, TaskState
+from .model import Container, TaskState, identity_labels
 from .table import ContainerTable, Listing
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def _md(namespace: str) -> tuple[tuple[str, str], ...]:
 
 
 def to_container(namespace: str, c) -> Container:
-    return Container(id=c.id, namespace=namespace, labels=dict(c.labels), image=c.image,
+    return Container(id=c.id, namespace=namespace, labels=identity_labels(c.labels), image=c.image,
                      spec=parse_spec(c.spec.value))
 
 
