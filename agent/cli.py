@@ -111,7 +111,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-ca", metavar="FILE", default=None,
                    help="with --aggregator: connect over TLS, trusting this CA bundle")
     p.add_argument("--probe", metavar="NAMES", default=None,
-                   help="validate: comma-separated probes (dcgm, rvs, nccl, perftest, builtin); default: "
+                   help="validate: comma-separated probes (dcgm, rvs, agfhc, nccl, perftest, builtin); default: "
                         "every installed one")
     p.add_argument("--level", choices=["quick", "full"], default="quick",
                    help="validate: quick (minutes) or full (up to an hour and more: see README)")

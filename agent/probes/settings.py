@@ -117,6 +117,30 @@ class RvsSettings(ToolProbeSettings):
 
 
 @dataclass
+class AgfhcSettings(ToolProbeSettings):
+    """AMD GPU Field Health Check (`agfhc`, found on PATH or at /opt/amd/agfhc/agfhc): a recipe per level.
+    all_lvl1 is the short all-subsystem recipe AMD's own harness runs (ROCm/cvs agfhc_cvs.py, 30 min
+    deadline); all_lvl5 the ~2 h one AMD's acceptance guide requires (system-validation.md, "Minimum Required
+    AGFHC Tests"; cvs csp_qual_agfhc.py gives it 3 h)."""
+
+    quick_recipe: str = "all_lvl1"
+    full_recipe: str = "all_lvl5"
+    quick_timeout_seconds: float = 1800.0
+    full_timeout_seconds: float = 10800.0
+
+    def recipe(self, level: str) -> str:
+        return self.full_recipe if level == "full" else self.quick_recipe
+
+    def check(self, prefix: str) -> None:
+        import re
+        for key in ("quick_recipe", "full_recipe"):
+            # a recipe name (hbm_lvl5), with AGFHC's options (hbm_lvl5:i=4), or a recipe file's path
+            if not re.fullmatch(r"[A-Za-z0-9_./][A-Za-z0-9_./:=,-]{0,199}", getattr(self, key)):
+                raise ConfigError(f"{prefix}.{key}: expected an AGFHC recipe such as all_lvl1 or hbm_lvl5:i=4, "
+                                  f"got {getattr(self, key)!r}")
+
+
+@dataclass
 class ProbeSettings:
     state_dir: str = "/var/lib/vigil"
     podresources_socket: str = "/var/lib/kubelet/pod-resources/kubelet.sock"
@@ -131,6 +155,7 @@ class ProbeSettings:
     perftest: PerftestSettings = field(default_factory=PerftestSettings)
     builtin: BuiltinSettings = field(default_factory=BuiltinSettings)
     rvs: RvsSettings = field(default_factory=RvsSettings)
+    agfhc: AgfhcSettings = field(default_factory=AgfhcSettings)
     floors: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def check(self, prefix: str) -> None:
