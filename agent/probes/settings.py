@@ -143,12 +143,14 @@ class AgfhcSettings(ToolProbeSettings):
 @dataclass
 class ProbeSettings:
     state_dir: str = "/var/lib/vigil"
+    # Where attribution is read; each of the next four, when not set here, is the containers source's own
+    # (containers.pod_resources_socket)
     podresources_socket: str = "/var/lib/kubelet/pod-resources/kubelet.sock"
-    podresources_timeout_seconds: float = 5.0  # also containerd's
+    podresources_timeout_seconds: float = 5.0  # also containerd's; unset: containers.rpc_timeout_seconds
     # Which containers hold a GPU when PodResources cannot say (or beside it): their OCI specs, from containerd
-    # ("" to not ask containerd)
+    # ("" to not ask containerd; unset: containers.socket)
     containerd_socket: str = "/run/containerd/containerd.sock"
-    containerd_namespaces: list[str] = field(default_factory=lambda: ["k8s.io"])
+    containerd_namespaces: list[str] = field(default_factory=lambda: ["k8s.io"])  # unset: containers.namespaces
     max_output_bytes: int = 16 * 1024 * 1024
     dcgm: DcgmSettings = field(default_factory=DcgmSettings)
     nccl: NcclSettings = field(default_factory=NcclSettings)
@@ -172,3 +174,29 @@ class ProbeSettings:
 
     def adapter(self, name: str) -> ToolProbeSettings:
         return getattr(self, name)
+
+
+# probes key -> the containers source's key it defaults to (agent/sources/containers/collector.py)
+FROM_CONTAINERS = {"podresources_socket": "pod_resources_socket", "containerd_socket": "socket",
+                   "containerd_namespaces": "namespaces", "podresources_timeout_seconds": "rpc_timeout_seconds"}
+
+
+def with_containers(probes: ProbeSettings, containers: object | None) -> ProbeSettings:
+    """`probes` with each attribution key the config file did not set taken from the containers source's
+    settings (a copy): an operator who moved the kubelet or containerd socket for that source moves it for
+    the probes' safety check too, rather than leaving validation unable to see who holds a GPU."""
+    import copy
+    from agent.base.config import given
+    out = copy.copy(probes)  # keeps which keys were given
+    if containers is None:
+        return out
+    mine = given(probes)
+    for key, theirs in FROM_CONTAINERS.items():
+        if key not in mine and hasattr(containers, theirs):
+            setattr(out, key, copy.deepcopy(getattr(containers, theirs)))
+    return out
+
+
+def from_config(config: object) -> ProbeSettings:
+    """The `probes` section of a loaded Config, attribution defaulted from its `containers` section."""
+    return with_containers(config.section("probes"), getattr(config, "sections", {}).get("containers"))
