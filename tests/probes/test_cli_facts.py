@@ -165,6 +165,32 @@ def test_a_held_gpu_vigil_cannot_name_keeps_the_probe_off_every_gpu_and_says_so(
     assert "skipped every GPU for rvs: held by ml/odd-0" in p.stdout
 
 
+def test_a_gpu_source_that_raises_leaves_the_inventory_unknown_and_exits_2(tmp_path, node, monkeypatch, capsys):
+    """The GPU source's read raising (a bug, a driver call that throws), as a failed collector cycle would:
+    `agent validate` run in this process (cli.main) with the GpuCollector's read replaced by one that raises,
+    the rest real. A passing rvs (fake binary, constructed output) cannot make it a pass: no model, no floor."""
+    from agent import cli
+    from agent.base import tools
+    from agent.sources import load
+
+    def broken(self):
+        raise RuntimeError("amdsmi_init: AMDSMI_STATUS_DRIVER_NOT_LOADED")
+
+    monkeypatch.setattr(load("gpu"), "read", broken)
+    cfg, seen = config(tmp_path)
+    try:
+        code = cli.main(["validate", "-c", cfg, "--snapshot", str(node), "--probe", "rvs", "--force", "--json"])
+    finally:
+        tools.shutdown(refuse_new=False)  # cli.main closes the tool runner, as the agent does before it exits
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 2 and seen.exists()  # rvs ran (forced) and its pass is not the node's
+    assert doc["inventory"].startswith("unknown: the GPU source failed (")
+    assert "AMDSMI_STATUS_DRIVER_NOT_LOADED" in doc["inventory"] and doc["gpus"] == []
+    inv = [f for f in doc["findings"] if f["check"] == "probe.inventory"]
+    assert inv and inv[0]["status"] == "unknown" and "no GPU probe can pass" in inv[0]["message"]
+    assert doc["status"] != "healthy"
+
+
 def test_validate_reads_holders_where_the_containers_source_does(tmp_path, node, kubelet):
     """An operator who moved only the containers source's sockets (containers.pod_resources_socket,
     containers.socket): validate reads PodResources there too, through the real config loader (a child
