@@ -79,7 +79,7 @@ class Agfhc(Probe):
     def parse(self, done: tools.Completed, ctx: ProbeContext) -> Parsed:
         out = output_dir(ctx)
         return parse(done.stdout, done.returncode, ctx.node, results_file(done.stdout, out),
-                     ctx.settings.agfhc.recipe(ctx.level))
+                     ctx.settings.agfhc.recipe(ctx.level), logs=out)
 
 
 def output_dir(ctx: ProbeContext) -> str:
@@ -128,8 +128,12 @@ def _check(test: str) -> str:
     return f"{CHECK}.{test.lower()}"
 
 
-def parse(text: str, returncode: int, node: str, results_path: str | None = None, recipe: str = "") -> Parsed:
-    """Findings from AGFHC's console output (and its results.json, when `results_path` names one). Never raises."""
+def parse(text: str, returncode: int, node: str, results_path: str | None = None, recipe: str = "",
+          logs: str = "") -> Parsed:
+    """Findings from AGFHC's console output (and its results.json, when `results_path` names one); `logs`: the
+    run's output directory, for the operator. Never raises."""
+    action = ("drain the node; read this run's AGFHC logs" + (f" ({logs}, kept until the next run)" if logs else "")
+              + " and report it to the system manufacturer")
     verdicts: dict[str, list[tuple[str, str]]] = {}  # test -> (PASS|FAIL, rest of the line)
     lines = 0
     success = False
@@ -168,8 +172,7 @@ def parse(text: str, returncode: int, node: str, results_path: str | None = None
             failed.append(test)
             findings.append(bad(_check(test), COMPONENT, node, f"AGFHC test {test} FAILED"
                                 + (f" ({rest})" if rest else "") + (f" in recipe {recipe}" if recipe else ""),
-                                action="drain the node; read the AGFHC logs of this run and report it to the "
-                                       "system manufacturer"))
+                                action=action))
         else:
             findings.append(ok(_check(test), COMPONENT, node, f"AGFHC test {test} passed"
                                + (f" ({len(seen)} runs)" if len(seen) > 1 else "")))
@@ -178,7 +181,7 @@ def parse(text: str, returncode: int, node: str, results_path: str | None = None
     if results_problem:
         problems.append(f"results.json: {results_problem}")
     elif doc is not None:
-        problems += _judge_results(doc, node, findings, failed, recipe)
+        problems += _judge_results(doc, node, findings, failed, recipe, action)
     if failed:
         # A failure stands whatever else is missing; the rest only says why nothing more can be said.
         return Parsed(findings, None if not problems else "; ".join(problems)[:1000],
@@ -202,7 +205,7 @@ def parse(text: str, returncode: int, node: str, results_path: str | None = None
     return Parsed(findings, problem, f"AGFHC {recipe or 'recipe'}: {len(verdicts)} tests passed")
 
 
-def _judge_results(doc: dict, node: str, findings: list, failed: list[str], recipe: str) -> list[str]:
+def _judge_results(doc: dict, node: str, findings: list, failed: list[str], recipe: str, action: str) -> list[str]:
     """results.json's say: failures added to `findings`/`failed`; what it leaves unproven returned."""
     problems = []
     total_failed = doc.get("total_failed")
@@ -228,8 +231,7 @@ def _judge_results(doc: dict, node: str, findings: list, failed: list[str], reci
             failed.append(name)
             findings.append(bad(_check(name), COMPONENT, node, f"AGFHC test {name} FAILED (results.json)"
                                 + (f" in recipe {recipe}" if recipe else ""),
-                                action="drain the node; read the AGFHC logs of this run and report it to the "
-                                       "system manufacturer"))
+                                action=action))
     if total_failed is not None:
         if not isinstance(total_failed, int) or isinstance(total_failed, bool) or total_failed < 0:
             problems.append(f"results.json: total_failed is {total_failed!r}")
@@ -237,14 +239,14 @@ def _judge_results(doc: dict, node: str, findings: list, failed: list[str], reci
             failed.append(f"{total_failed} test(s)")
             findings.append(bad(CHECK, COMPONENT, node, f"AGFHC results.json: total_failed {total_failed}"
                                 + (f" in recipe {recipe}" if recipe else "") + " (it names no failed test)",
-                                action="drain the node; read the AGFHC logs of this run"))
+                                action=action))
     if overall is not None:
         word = str(overall).upper()
         if word.startswith("FAIL"):
             if not failed:
                 failed.append("overall")
                 findings.append(bad(CHECK, COMPONENT, node, f"AGFHC results.json: overall_result {overall}",
-                                    action="drain the node; read the AGFHC logs of this run"))
+                                    action=action))
         elif word not in _PASSING:
             problems.append(f"results.json: overall_result {str(overall)[:40]!r}")
     return problems

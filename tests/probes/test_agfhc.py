@@ -178,7 +178,8 @@ def test_fake_agfhc_failing(tmp_path):
     path, _ = fake_agfhc(tmp_path, FAIL, code=1, results=RESULTS_FAIL)
     val = validate_agfhc(tmp_path, path)
     assert val.exit_code() == 1
-    assert checks(val.findings)["probe.agfhc.hbm_bw"].is_fatal
+    hbm = checks(val.findings)["probe.agfhc.hbm_bw"]
+    assert hbm.is_fatal and str(tmp_path / "state" / "agfhc-quick") in hbm.action  # where its logs are
 
 
 def test_a_results_json_left_by_an_earlier_run_is_never_read(tmp_path):
