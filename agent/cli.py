@@ -111,7 +111,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-ca", metavar="FILE", default=None,
                    help="with --aggregator: connect over TLS, trusting this CA bundle")
     p.add_argument("--probe", metavar="NAMES", default=None,
-                   help="validate: comma-separated probes (dcgm, rvs, nccl, perftest, builtin); default: "
+                   help="validate: comma-separated probes (dcgm, rvs, agfhc, nccl, perftest, builtin); default: "
                         "every installed one")
     p.add_argument("--level", choices=["quick", "full"], default="quick",
                    help="validate: quick (minutes) or full (up to an hour and more: see README)")
@@ -245,7 +245,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         # The aggregator may ask for a validation (startup taint, release gate, on demand): the same probes and
         # safety rules as `agent validate`, in a thread of their own.
-        stream.validation = StreamValidation(stream.info, config.section("probes"), ctx.node, ctx.facts)
+        from agent.probes.settings import from_config as probe_settings
+        stream.validation = StreamValidation(stream.info, probe_settings(config), ctx.node, ctx.facts)
     # Collector loops, the stream and the HTTP server are supervised: a dead thread restarts (DESIGN §0), and
     # the agent's own check reports it (agent.thread, agent.spool, agent.stream).
     supervisor = Supervisor()
@@ -345,7 +346,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         # containerd's specs), as the containers source reads them. This command cannot see whether Vigil
         # quarantined the node (that is on the Node object, the aggregator's): never assumed, so without
         # attribution it runs only with --force (the streamed validation knows, and says so).
-        v = validate(config.section("probes"), wanted, args.level, force=args.force, node=ctx.node,
+        from agent.probes.settings import from_config as probe_settings
+        v = validate(probe_settings(config), wanted, args.level, force=args.force, node=ctx.node,
                      facts=ctx.facts, sysfs=str(ctx.roots.sysfs), procfs=str(ctx.roots.procfs),
                      inventory=inventory)
     except ValueError as e:

@@ -117,20 +117,47 @@ class RvsSettings(ToolProbeSettings):
 
 
 @dataclass
+class AgfhcSettings(ToolProbeSettings):
+    """AMD GPU Field Health Check (`agfhc`, found on PATH or at /opt/amd/agfhc/agfhc): a recipe per level.
+    all_lvl1 is the short all-subsystem recipe AMD's own harness runs (ROCm/cvs agfhc_cvs.py, 30 min
+    deadline); all_lvl5 the ~2 h one AMD's acceptance guide requires (system-validation.md, "Minimum Required
+    AGFHC Tests"; cvs csp_qual_agfhc.py gives it 3 h)."""
+
+    quick_recipe: str = "all_lvl1"
+    full_recipe: str = "all_lvl5"
+    quick_timeout_seconds: float = 1800.0
+    full_timeout_seconds: float = 10800.0
+
+    def recipe(self, level: str) -> str:
+        return self.full_recipe if level == "full" else self.quick_recipe
+
+    def check(self, prefix: str) -> None:
+        import re
+        for key in ("quick_recipe", "full_recipe"):
+            # a recipe name (hbm_lvl5), with AGFHC's options (hbm_lvl5:i=4), or a recipe file's path
+            if not re.fullmatch(r"[A-Za-z0-9_./][A-Za-z0-9_./:=,-]{0,199}", getattr(self, key)):
+                raise ConfigError(f"{prefix}.{key}: expected an AGFHC recipe such as all_lvl1 or hbm_lvl5:i=4, "
+                                  f"got {getattr(self, key)!r}")
+
+
+@dataclass
 class ProbeSettings:
     state_dir: str = "/var/lib/vigil"
+    # Where attribution is read; each of the next four, when not set here, is the containers source's own
+    # (containers.pod_resources_socket)
     podresources_socket: str = "/var/lib/kubelet/pod-resources/kubelet.sock"
-    podresources_timeout_seconds: float = 5.0  # also containerd's
+    podresources_timeout_seconds: float = 5.0  # also containerd's; unset: containers.rpc_timeout_seconds
     # Which containers hold a GPU when PodResources cannot say (or beside it): their OCI specs, from containerd
-    # ("" to not ask containerd)
+    # ("" to not ask containerd; unset: containers.socket)
     containerd_socket: str = "/run/containerd/containerd.sock"
-    containerd_namespaces: list[str] = field(default_factory=lambda: ["k8s.io"])
+    containerd_namespaces: list[str] = field(default_factory=lambda: ["k8s.io"])  # unset: containers.namespaces
     max_output_bytes: int = 16 * 1024 * 1024
     dcgm: DcgmSettings = field(default_factory=DcgmSettings)
     nccl: NcclSettings = field(default_factory=NcclSettings)
     perftest: PerftestSettings = field(default_factory=PerftestSettings)
     builtin: BuiltinSettings = field(default_factory=BuiltinSettings)
     rvs: RvsSettings = field(default_factory=RvsSettings)
+    agfhc: AgfhcSettings = field(default_factory=AgfhcSettings)
     floors: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def check(self, prefix: str) -> None:
@@ -147,3 +174,29 @@ class ProbeSettings:
 
     def adapter(self, name: str) -> ToolProbeSettings:
         return getattr(self, name)
+
+
+# probes key -> the containers source's key it defaults to (agent/sources/containers/collector.py)
+FROM_CONTAINERS = {"podresources_socket": "pod_resources_socket", "containerd_socket": "socket",
+                   "containerd_namespaces": "namespaces", "podresources_timeout_seconds": "rpc_timeout_seconds"}
+
+
+def with_containers(probes: ProbeSettings, containers: object | None) -> ProbeSettings:
+    """`probes` with each attribution key the config file did not set taken from the containers source's
+    settings (a copy): an operator who moved the kubelet or containerd socket for that source moves it for
+    the probes' safety check too, rather than leaving validation unable to see who holds a GPU."""
+    import copy
+    from agent.base.config import given
+    out = copy.copy(probes)  # keeps which keys were given
+    if containers is None:
+        return out
+    mine = given(probes)
+    for key, theirs in FROM_CONTAINERS.items():
+        if key not in mine and hasattr(containers, theirs):
+            setattr(out, key, copy.deepcopy(getattr(containers, theirs)))
+    return out
+
+
+def from_config(config: object) -> ProbeSettings:
+    """The `probes` section of a loaded Config, attribution defaulted from its `containers` section."""
+    return with_containers(config.section("probes"), getattr(config, "sections", {}).get("containers"))

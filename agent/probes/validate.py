@@ -40,7 +40,8 @@ def registry() -> dict[str, Probe]:
     from .nccl import Nccl
     from .perftest import Perftest
     from .rvs import Rvs
-    probes: list[Probe] = [Dcgm(), Rvs(), Nccl(), Perftest(), Builtin()]
+    from .agfhc import Agfhc
+    probes: list[Probe] = [Dcgm(), Rvs(), Agfhc(), Nccl(), Perftest(), Builtin()]
     return {p.name: p for p in probes}
 
 

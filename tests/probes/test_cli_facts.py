@@ -163,3 +163,67 @@ def test_a_held_gpu_vigil_cannot_name_keeps_the_probe_off_every_gpu_and_says_so(
     assert doc["skipped"] == [{"probe": "rvs", "gpu": "all", "held_by": ["ml/odd-0"], "why": "GPUs held by ml/odd-0"}]
     p = agent("validate", "-c", cfg, "--snapshot", str(node), "--probe", "rvs")
     assert "skipped every GPU for rvs: held by ml/odd-0" in p.stdout
+
+
+def test_a_gpu_source_that_raises_leaves_the_inventory_unknown_and_exits_2(tmp_path, node, monkeypatch, capsys):
+    """The GPU source's read raising (a bug, a driver call that throws), as a failed collector cycle would:
+    `agent validate` run in this process (cli.main) with the GpuCollector's read replaced by one that raises,
+    the rest real. A passing rvs (fake binary, constructed output) cannot make it a pass: no model, no floor."""
+    from agent import cli
+    from agent.base import tools
+    from agent.sources import load
+
+    def broken(self):
+        raise RuntimeError("amdsmi_init: AMDSMI_STATUS_DRIVER_NOT_LOADED")
+
+    monkeypatch.setattr(load("gpu"), "read", broken)
+    cfg, seen = config(tmp_path)
+    try:
+        code = cli.main(["validate", "-c", cfg, "--snapshot", str(node), "--probe", "rvs", "--force", "--json"])
+    finally:
+        tools.shutdown(refuse_new=False)  # cli.main closes the tool runner, as the agent does before it exits
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 2 and seen.exists()  # rvs ran (forced) and its pass is not the node's
+    assert doc["inventory"].startswith("unknown: the GPU source failed (")
+    assert "AMDSMI_STATUS_DRIVER_NOT_LOADED" in doc["inventory"] and doc["gpus"] == []
+    inv = [f for f in doc["findings"] if f["check"] == "probe.inventory"]
+    assert inv and inv[0]["status"] == "unknown" and "no GPU probe can pass" in inv[0]["message"]
+    assert doc["status"] != "healthy"
+
+
+def test_validate_reads_holders_where_the_containers_source_does(tmp_path, node, kubelet):
+    """An operator who moved only the containers source's sockets (containers.pod_resources_socket,
+    containers.socket): validate reads PodResources there too, through the real config loader (a child
+    process), instead of reporting attribution unknown."""
+    kubelet.set({("ml", "train-0"): {"main": [("amd.com/gpu", [BUSES[1]])]}})
+    rvs = fake_tool(tmp_path / "bin", "rvs", f'cat "{PASS}"')
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"containers:\n  pod_resources_socket: {kubelet.socket}\n  socket: {tmp_path / 'no-ctrd.sock'}\n"
+                   f"probes:\n  state_dir: {tmp_path / 'state'}\n  rvs: {{path: {rvs}}}\n")
+    p = agent("validate", "-c", str(cfg), "--snapshot", str(node), "--probe", "rvs", "--json")
+    doc = json.loads(p.stdout)
+    assert kubelet.calls == 1, p.stdout + p.stderr
+    assert doc["attribution"].startswith("read from PodResources: GPUs held by ml/train-0")
+    assert {s["gpu"] for s in doc["skipped"]} == {"gpu1"}
+
+
+def test_the_probes_own_attribution_keys_win_and_the_rest_follow_the_containers_source(tmp_path):
+    """The real loader (agent.base.config.load with the agent's schemas)."""
+    from agent.base.config import load
+    from agent.probes.settings import ProbeSettings, from_config
+    from agent.run.loop import collector_schemas
+
+    cfg = load(None, collector_schemas(), text=(
+        "containers:\n  pod_resources_socket: /run/k/kubelet.sock\n  socket: /run/k3s/containerd.sock\n"
+        "  namespaces: [k8s.io, batch]\n  rpc_timeout_seconds: 2\n"
+        "probes:\n  podresources_socket: /probe/kubelet.sock\n"))
+    p = from_config(cfg)
+    assert p.podresources_socket == "/probe/kubelet.sock"  # set for the probes: theirs
+    assert p.containerd_socket == "/run/k3s/containerd.sock" and p.containerd_namespaces == ["k8s.io", "batch"]
+    assert p.podresources_timeout_seconds == 2
+    assert cfg.section("probes").containerd_socket == ProbeSettings().containerd_socket  # the section is not changed
+    plain = from_config(load(None, collector_schemas(), text="probes:\n  state_dir: /tmp/x\n"))
+    assert plain.podresources_socket == ProbeSettings().podresources_socket and plain.state_dir == "/tmp/x"
+    off = from_config(load(None, collector_schemas(), text="containers:\n  socket: /a/b.sock\n"
+                                                           "probes:\n  containerd_socket: ''\n"))
+    assert off.containerd_socket == ""  # "" (do not ask containerd) set for the probes stays
