@@ -202,8 +202,8 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     v.add_argument("--validation-timeout", type=number_flag(0, DAY, above=True), default=1800.0, metavar="SECONDS",
                    help="no result this long after the request: unknown, never a pass (default 1800)")
     v.add_argument("--validation-probes", type=probe_names, default=(), metavar="NAMES",
-                   help="comma-separated probes to ask for (dcgm, rvs, nccl, perftest, builtin); default: every probe the "
-                   "agent enables")
+                   help="comma-separated probes to ask for (dcgm, rvs, agfhc, nccl, perftest, builtin); default: "
+                   "every probe the agent enables")
     v.add_argument("--validation-level", choices=["quick", "full"], default="quick",
                    help="quick (minutes) or full (up to an hour and more); default quick")
     v.add_argument("--validation-retry", type=number_flag(0, WEEK, above=True), default=900.0, metavar="SECONDS",
@@ -244,7 +244,8 @@ def parser() -> argparse.ArgumentParser:
         elif name == "validate":
             c.add_argument("node", metavar="NODE", help="the node to validate")
             c.add_argument("--probe", type=probe_names, default=(), metavar="NAMES",
-                           help="comma-separated probes (dcgm, rvs, nccl, perftest, builtin); default: the agent's enabled")
+                           help="comma-separated probes (dcgm, rvs, agfhc, nccl, perftest, builtin); default: the "
+                           "agent's enabled")
             c.add_argument("--level", choices=["quick", "full"], default="quick", help="default quick")
             c.add_argument("--timeout", type=number_flag(0, DAY, above=True), default=3600.0, metavar="SECONDS",
                            help="wait this long for the result (default 3600)")

@@ -1,6 +1,6 @@
 """The aggregator's own /metrics, /healthz (the process is alive) and /readyz (this replica holds the Lease: the
 Service routes agents only to the Ready one). Counters are plain dicts bumped from the event loop; a scrape
-renders them with the agent's MetricSet (prometheus_client's exposition)."""
+renders them with the agent's MetricSet (the text exposition format, written by agent/base/metrics.py)."""
 from __future__ import annotations
 
 import bisect
