@@ -91,7 +91,7 @@ struct class_stats {
     u64 connect_failed;     // SYN_SENT -> CLOSE
     u64 closes[2];          // by direction (sockets sock_ops tracked)
     u64 rtt_sum_us;         // smoothed RTT of closed sockets
-    u64 rtt_count;
+    u64 rtt_count;          // unused: user space sums the buckets (decode.class_stats)
     u64 rtt_bucket[RTT_BUCKETS];
 };
 
@@ -310,8 +310,7 @@ static __always_inline void rtt_observe(struct class_stats *s, u32 us) {
     else if (us <= 1000000) b = 14;
     else if (us <= 2500000) b = 15;
     __sync_fetch_and_add(&s->rtt_bucket[b], 1);
-    __sync_fetch_and_add(&s->rtt_sum_us, us);
-    __sync_fetch_and_add(&s->rtt_count, 1);
+    __sync_fetch_and_add(&s->rtt_sum_us, us);  // (the count is the buckets' sum: one atomic fewer per close)
 }
 
 // A free slot of `live` for this socket, claimed with compare-and-swap: a softirq can interrupt a run on

@@ -111,7 +111,7 @@ def percpu_sum(raw: bytes, size: int) -> bytes:
 def class_stats(raw: bytes) -> ClassStats:
     """One class's stats; per-CPU copies are summed first (percpu_sum)."""
     v = _CLASS_STATS.unpack_from(percpu_sum(raw, _CLASS_STATS.size))
-    return ClassStats((v[0], v[1]), v[2], (v[3], v[4]), v[5], v[6], tuple(v[7:]))
+    return ClassStats((v[0], v[1]), v[2], (v[3], v[4]), v[5], sum(v[7:]), tuple(v[7:]))  # v[6]: unused
 
 
 def agg_key(raw: bytes) -> tuple[int, int]:
