@@ -350,6 +350,76 @@ def bpf_cost(rate: float, seconds: float, rounds: int = 4) -> dict:
             "bpf_cpu_percent_of_core_at_rate": statistics.median(x["cpu_percent_of_core"] for x in v)}
 
 
+# Where the program's time goes: copies of it attached together, each doing one group of callbacks' work and
+# returning at once on the others (so each also pays the trivial runs: compare with "other").
+SPLIT_GROUPS = {
+    "connect": "op == BPF_SOCK_OPS_TCP_CONNECT_CB || op == BPF_SOCK_OPS_TCP_LISTEN_CB",
+    "established": "op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB || op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB",
+    "close": "op == BPF_SOCK_OPS_STATE_CB && skops->args[1] == S_CLOSE",
+    "fin_wait2": "op == BPF_SOCK_OPS_STATE_CB && skops->args[1] == S_FIN_WAIT2",
+}
+
+
+def bpf_split(rate: float, seconds: float) -> dict:
+    import ctypes
+    from bcc import BPF
+    from agent.sources.netflow.probe import BPF_CGROUP_SOCK_OPS, BPF_SOURCE, cgroup2_mount, port_words
+
+    entry = "int tcpflow_ops(struct bpf_sock_ops *skops) {"
+    src = BPF_SOURCE.read_text().replace(entry, "static __always_inline " + entry)
+    groups = dict(SPLIT_GROUPS, other="!(" + " || ".join(f"({c})" for c in SPLIT_GROUPS.values()) + ")")
+    for name, cond in groups.items():
+        src += (f"\nint split_{name}(struct bpf_sock_ops *skops) {{ u32 op = skops->op; if (!({cond})) return 1; "
+                "return tcpflow_ops(skops); }\n")
+    bpf = BPF(text=src)
+    lpm, ports = NetflowSettings().policy([]).kernel_entries()  # the default peer classes, as the probe loads
+    cidrs = bpf["policy_cidrs"]
+    for prefixlen, addr, cid in lpm:
+        key = cidrs.Key()
+        key.prefixlen = prefixlen
+        for i, byte in enumerate(addr):
+            key.addr[i] = byte
+        cidrs[key] = ctypes.c_ubyte(cid)
+    table = bpf["port_class"]
+    for w, v in port_words(ports).items():
+        table[table.Key(w)] = ctypes.c_ulonglong(v)
+    libbpf = ctypes.CDLL("libbpf.so.1", use_errno=True)
+    fds, links = {}, []
+    for name in groups:
+        fn = bpf.load_func(f"split_{name}", BPF.SOCK_OPS)
+        cg = os.open(cgroup2_mount(), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            links.append(libbpf.bpf_link_create(fn.fd, cg, BPF_CGROUP_SOCK_OPS, None))
+        finally:
+            os.close(cg)
+        fds[name] = fn.fd
+
+    def stat(fd: int) -> tuple[int, int]:
+        f = dict(line.split(":\t", 1) for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines()
+                 if ":\t" in line)
+        return int(f["run_time_ns"]), int(f["run_cnt"])
+
+    knob = Path("/proc/sys/kernel/bpf_stats_enabled")
+    old = knob.read_text().strip()
+    knob.write_text("1")
+    try:
+        before = {n: stat(fd) for n, fd in fds.items()}
+        _, _, made = churn(rate, seconds)
+        after = {n: stat(fd) for n, fd in fds.items()}
+    finally:
+        knob.write_text(old)
+        for link in links:
+            if link >= 0:
+                os.close(link)
+        bpf.cleanup()
+    out = {n: round((after[n][0] - before[n][0]) / max(1, made)) for n in groups}
+    trivial = out["other"]
+    for n in groups:
+        extra = f" (about {out[n] - trivial} ns over the trivial runs)" if n != "other" else " (the trivial runs)"
+        print(f"  {n:>12}: {out[n]} ns per connection{extra}", flush=True)
+    return {"ns_per_connection": out, "connections": made}
+
+
 def kernel_cost(rate: float, seconds: float, rounds: int) -> dict:
     runs: dict[str, list[float]] = {"off": [], "on": []}
     rates: dict[str, list[float]] = {"off": [], "on": []}
@@ -380,8 +450,9 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=10_000, help="new connections per second to aim for")
     ap.add_argument("--conn-seconds", type=float, default=30, help="churn window per probe CPU measurement")
     ap.add_argument("--skip-iperf", action="store_true")
-    ap.add_argument("--only", choices=("iperf", "probe", "bpf", "kernel"),
-                    help="run one part (bpf: the in-kernel cost per connection against the floor program)")
+    ap.add_argument("--only", choices=("iperf", "probe", "bpf", "split", "kernel"),
+                    help="run one part (bpf: the in-kernel cost per connection against the floor program; split: "
+                    "that cost per group of callbacks, not run by default)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("netflow_bench: needs root (BPF)", file=sys.stderr)
@@ -411,6 +482,9 @@ def main() -> int:
               f"({b['bpf_runs_per_connection']} runs), floor {b['floor_ns_per_connection']} ns: "
               f"{b['ratio_vigil_floor']}x the floor, {b['vigil_work_ns_per_connection']} ns of Vigil's own work; "
               f"{b['bpf_cpu_percent_of_core_at_rate']}% of a core at {b['connections_per_s']} conn/s", flush=True)
+    if args.only == "split":
+        print("in-kernel cost per group of callbacks (copies of the program attached together):", flush=True)
+        results["split"] = bpf_split(args.rate, 10)
     if part("kernel"):
         results["kernel"] = kernel_cost(args.rate, min(args.conn_seconds, 10), args.rounds)
     out = ROOT / "bench" / "results" / "netflow.json"

@@ -76,3 +76,11 @@ def test_totals_arithmetic_never_goes_negative():
     assert Totals(5, 5, 1, 1).minus(Totals(7, 1, 0, 3)) == Totals(0, 4, 1, 0)
     assert Totals(1, 2, 3, 4).plus(Totals(1, 1, 1, 1)) == Totals(2, 3, 4, 5)
     assert Totals(1, 9, 3, 0).at_least(Totals(2, 1, 3, 1)) == Totals(2, 9, 3, 1)
+
+
+def test_port_words_pack_class_plus_one_eight_ports_a_word():
+    """bpf/tcpflow.c reads byte port % 8 of word port / 8, 0 meaning no class: class 0 must still be found."""
+    from agent.sources.netflow.probe import port_words
+
+    words = port_words([(80, 0), (81, 3), (4791, 31), (65535, 2)])
+    assert words == {10: 1 | 4 << 8, 598: 32 << 56, 8191: 3 << 56}

@@ -158,11 +158,8 @@ class Probe:
             for i, b in enumerate(addr):
                 key.addr[i] = b
             cidrs[key] = ctypes.c_ubyte(cid)
-        words: dict[int, int] = {}  # bpf/tcpflow.c's port_class: class + 1 per port, eight ports a word
-        for port, cid in ports:
-            words[port >> 3] = words.get(port >> 3, 0) | (cid + 1) << (8 * (port & 7))
         port_map = bpf["port_class"]
-        for w, v in words.items():
+        for w, v in port_words(ports).items():
             port_map[port_map.Key(w)] = ctypes.c_ulonglong(v)
 
     def _load_sock_ops(self, BPF: Any, cflags: list[str]) -> Any:
@@ -408,6 +405,14 @@ def _map_fd(bpf: Any, name: str) -> int | None:
 
     fd = lib.bpf_table_fd(bpf.module, name.encode())
     return fd if fd >= 0 else None
+
+
+def port_words(ports: list[tuple[int, int]]) -> dict[int, int]:
+    """bpf/tcpflow.c's `port_class` entries: class + 1 per port, eight ports a 64-bit word."""
+    words: dict[int, int] = {}
+    for port, cid in ports:
+        words[port >> 3] = words.get(port >> 3, 0) | (cid + 1) << (8 * (port & 7))
+    return words
 
 
 def _page_round(n: int) -> int:
