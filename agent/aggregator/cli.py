@@ -211,7 +211,11 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
                    "the node reboots, faults and recovers, or a person runs validate")
     v.add_argument("--validate-idle-every", type=number_flag(0, WEEK * 52, above=True), default=None,
                    metavar="SECONDS", help="also validate healthy, untainted nodes this often (off by default; a pod "
-                   "holding a GPU makes the agent refuse, unknown, which changes nothing); a failure is reported")
+                   "holding a GPU makes the agent refuse, unknown, which changes nothing)")
+    v.add_argument("--validate-idle-failure", choices=["quarantine", "report"], default="quarantine",
+                   help="what a failed periodic validation does: quarantine the node (taint and cordon through the "
+                   "cordon budget, until a validation passes or it reboots; default) or only report it (Event, "
+                   "annotation, metric)")
     v.add_argument("--validate-idle-max", type=count_or_percent, default=(1, None), metavar="N|P%",
                    help="at most N nodes (or P%% of the connected ones) validating at once (default 1)")
 
@@ -296,7 +300,7 @@ def validation_config(args: argparse.Namespace):  # noqa: ANN201
     return ValidationConfig(enabled=args.validation, timeout_seconds=args.validation_timeout,
                             probes=tuple(args.validation_probes), level=args.validation_level,
                             retry_seconds=args.validation_retry, periodic_seconds=args.validate_idle_every,
-                            max_nodes=nodes, max_percent=percent)
+                            max_nodes=nodes, max_percent=percent, periodic_failure=args.validate_idle_failure)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

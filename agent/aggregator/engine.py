@@ -29,13 +29,13 @@ from .drain import Drain, DrainConfig
 from .kube import ApiError, Kube, node_event, now_iso
 from .lease import NotLeader
 from .metrics import AggregatorMetrics
-from .policy import (ADMIT, ALREADY, HEALTHY, MAX_EPISODE, NONE, OPENED, RECORD_FULL, RECORD_MINIMAL, RECORD_NONE,
-                     TAINT_EFFECT, TAINT_KEY, UNHEALTHY, BudgetConfig, Ledger, PolicyConfig, Verdict, admit,
+from .policy import (ADMIT, ALREADY, HEALTHY, MAX_EPISODE, MAX_MESSAGE, NONE, OPENED, RECORD_FULL, RECORD_MINIMAL,
+                     RECORD_NONE, RECOVERING, TAINT_EFFECT, TAINT_KEY, UNHEALTHY, BudgetConfig, Ledger, PolicyConfig, Verdict, admit,
                      condition_patch, judge, observe, plan, quarantined, released, unhold)
 from .ratelimit import EVENT, QUARANTINE
 from .remedy import Remedy, Signatures
 from .signatures import SignatureConfig
-from .validation import ValidationConfig, Validator
+from .validation import SUMMARY, ValidationConfig, Validator
 
 log = logging.getLogger(__name__)
 
@@ -446,6 +446,11 @@ class Engine:
         now = self.clock()
         ignore = self.signatures.ignore(name, now)
         verdict = judge(node, self.cfg.policy, now, self.leader_since, ignore)
+        if verdict.kind in (HEALTHY, RECOVERING):  # a failed periodic validation quarantines (validation.py (d))
+            failed = self.validation.failed_periodic(name, node.boot_id)
+            if failed is not None:
+                verdict = Verdict(UNHEALTHY, SUMMARY, f"periodic validation {failed.id} failed: "
+                                  f"{failed.message}"[:MAX_MESSAGE])
         m = self.metrics
         m.bump(m.decisions, verdict.kind)
         since = self._since.pop(name, None)

@@ -15,7 +15,10 @@ never a pass, and the node's Event, annotation and condition say so):
 - (d) periodic (off by default): a healthy, schedulable, untainted node whose last validation is older than
   `periodic_seconds`, at most `max_nodes` (or `max_percent` of the connected nodes) validating at once. The agent's
   attribution gate refuses probes on GPUs a pod holds (unknown, nothing changes): "idle" is decided on the node,
-  where it is known. A periodic failure is reported (Event, annotation, metric); it quarantines nothing.
+  where it is known. A periodic failure quarantines the node (`periodic_failure` "quarantine", the default: the
+  taint and cordon through the cordon budget, condition reason probe.validation, as a fatal fault would), until
+  a validation of the same boot passes (a person's `validate`) or the node reboots (the release gate then asks
+  again); "report" only reports it (Event, annotation, metric). An unknown changes nothing.
 
 Every result is written to the annotation vigil.dev/v1.validation (time, result, trigger, probes, message) and
 counted (vigil_aggregator_validations_total{result,trigger}). A request that gets no summary within
@@ -77,6 +80,7 @@ class ValidationConfig:
     periodic_seconds: float | None = None  # (d): validate idle nodes this often; None: off
     max_nodes: int | None = None  # (d): at most this many validating at once (default 1)
     max_percent: float | None = None  # (d): or this share of the connected nodes (the smaller)
+    periodic_failure: str = "quarantine"  # (d): what a failed periodic validation does: quarantine | report
 
     def limit(self, total: int) -> int:
         limits = []
@@ -329,6 +333,15 @@ class Validator:
                                  probes, inherited="adopted" if q.adopted else ""))
         log.info("node %s: validation %s (%s) %s: %s", name, q.id, q.trigger, status, message[:300])
         self.e._enqueue(name)
+
+    def failed_periodic(self, name: str, boot: str | None) -> Result | None:
+        """The node's latest result when it is a failed periodic validation of this boot that quarantines (d): the
+        engine then judges the node unhealthy, as for a fatal fault, until a later result of this boot replaces it."""
+        r = self.results.get(name)
+        if (not self.cfg.enabled or self.cfg.periodic_failure != "quarantine" or r is None or r.trigger != "periodic"
+                or r.status != FAIL or r.boot != boot):
+            return None
+        return r
 
     # -- reconcile (with the Node just read) -------------------------------------------------------------------
     async def reconcile(self, name: str, node: Any, verdict: Any, obj: dict[str, Any] | None, obs: Any, p: Any,

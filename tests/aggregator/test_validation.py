@@ -393,14 +393,15 @@ def test_device_rules_are_deleted_only_after_a_validation_passes(tmp_path):
 
 
 # ---- (d) periodic validation of idle nodes ---------------------------------------------------------------------
-def test_periodic_validation_of_idle_nodes_at_most_n_at_once(fake, tmp_path):
+@pytest.mark.parametrize("on_failure", ["quarantine", "report"])
+def test_periodic_validation_of_idle_nodes_at_most_n_at_once(fake, tmp_path, on_failure):
     tokens = {}
     for n in ("gpu-1", "gpu-2", "gpu-3"):
         fake.add_node(n)
         tokens[n] = agent_pod(fake, n, tmp_path).read_text()
     fake.add_node("gpu-4", unschedulable=True)  # cordoned by a person: not idle, never asked
     tokens["gpu-4"] = agent_pod(fake, "gpu-4", tmp_path).read_text()
-    rep = stream_replica(fake, validation=enabled(periodic_seconds=3600, max_nodes=2),
+    rep = stream_replica(fake, validation=enabled(periodic_seconds=3600, max_nodes=2, periodic_failure=on_failure),
                          policy=PolicyConfig(healthy_delay=0.5, heartbeat_timeout=10))
     raws = {n: RawAgent(rep.port, t) for n, t in tokens.items()}
     try:
@@ -416,9 +417,15 @@ def test_periodic_validation_of_idle_nodes_at_most_n_at_once(fake, tmp_path):
         answer(raws[first], req, 1, status=pb.STATUS_UNHEALTHY, probe_status=pb.STATUS_UNHEALTHY, message="slow")
         wait_for(lambda: record(fake, first), what="the failure reported")
         assert record(fake, first)["result"] == "fail" and record(fake, first)["trigger"] == "periodic"
-        # reported, not acted on: a periodic failure quarantines nothing
-        assert not taints(fake, first) and not fake.get("nodes", first)["spec"].get("unschedulable")
         wait_for(lambda: any(e[0] == "VigilValidationFailed" for e in events(fake, first)), what="Event")
+        if on_failure == "quarantine":  # the default: the node leaves the schedule, as for a fatal fault
+            wait_for(lambda: P.TAINT_KEY in taints(fake, first), what="quarantined")
+            assert fake.get("nodes", first)["spec"].get("unschedulable")
+            c = cond(fake, first)
+            assert (c["status"], c["reason"]) == ("False", "probe.validation") and "slow" in c["message"]
+        else:  # reported, not acted on
+            time.sleep(0.5)
+            assert not taints(fake, first) and not fake.get("nodes", first)["spec"].get("unschedulable")
         # its slot went to the third idle node
         wait_for(lambda: len(rep.run(lambda: rep.replica.engine.validation.pending)) == 2
                  and first not in rep.run(lambda: rep.replica.engine.validation.pending), what="the next one asked")
@@ -426,6 +433,37 @@ def test_periodic_validation_of_idle_nodes_at_most_n_at_once(fake, tmp_path):
     finally:
         for raw in raws.values():
             raw.close()
+        rep.stop()
+
+
+def test_a_node_quarantined_by_a_periodic_failure_is_released_by_a_passing_validation(fake, tmp_path):
+    """After a periodic fail, nothing asks that boot again by itself (a fail is not retried); a person's
+    `validate` that passes releases the node (the release gate counts it: asked after the fault cleared)."""
+    fake.add_node("gpu-1")
+    token = agent_pod(fake, "gpu-1", tmp_path).read_text()
+    rep = stream_replica(fake, validation=enabled(periodic_seconds=3600),
+                         policy=PolicyConfig(healthy_delay=0.5, heartbeat_timeout=10))
+    raw = RawAgent(rep.port, token)
+    try:
+        raw.hello("gpu-1", validation=True)
+        req = read_validate(raw)
+        answer(raw, req, 1, status=pb.STATUS_UNHEALTHY, probe_status=pb.STATUS_UNHEALTHY, message="gpu2 SDC")
+        wait_for(lambda: P.TAINT_KEY in taints(fake, "gpu-1"), what="quarantined")
+        assert "gpu2 SDC" in cond(fake, "gpu-1")["message"]
+        from agent.aggregator.kube import Kube
+
+        def ask(n):  # what `vigil-aggregator validate gpu-1` writes
+            n["metadata"].setdefault("annotations", {})[REQUEST] = '{"id": "ops-1"}'
+            return n
+        Kube(fake.api_client()).update_node("gpu-1", ask)
+        again = read_validate(raw)
+        assert again.request_id == "ops-1"
+        answer(raw, again, 3)
+        wait_for(lambda: P.TAINT_KEY not in taints(fake, "gpu-1"), what="released")
+        assert not fake.get("nodes", "gpu-1")["spec"].get("unschedulable")
+        wait_for(lambda: cond(fake, "gpu-1").get("status") == "True", what="condition True")
+    finally:
+        raw.close()
         rep.stop()
 
 
