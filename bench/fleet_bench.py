@@ -57,6 +57,7 @@ CLK = os.sysconf("SC_CLK_TCK")
 
 # -- the fake API server, in its own process ---------------------------------------------------------------
 def fake_api(conn, nodes: int) -> None:
+    from agent.aggregator.policy import TAINT_KEY
     from agent.fakekube import server
 
     server._Handler.disable_nagle_algorithm = True  # as Go's net/http does (see bench/aggregator.md)
@@ -67,16 +68,24 @@ def fake_api(conn, nodes: int) -> None:
     conn.send((fk.url, fk.write_kubeconfig(os.path.join(tmp, "kubeconfig")), os.getpid()))
     while True:
         cmd, *arg = conn.recv()
-        if cmd == "puts":  # (node, first 200 PUT wall time) for every node PUT
+        if cmd == "puts":  # (node, first 200 PUT wall time) for every node PUT; nodes cordoned twice; PUTs
             out: dict[str, float] = {}
-            twice = 0
+            tainted: dict[str, bool] = {}
+            added: dict[str, int] = {}
+            puts = 0
             for r in fk.requests("PUT", r"^/api/v1/nodes/[^/]+$"):
                 if r.status == 200:
                     name = r.path.rsplit("/", 1)[1]
-                    if name in out:
-                        twice += 1
+                    puts += 1
                     out.setdefault(name, r.time)
-            conn.send((out, twice))
+                    # a double cordon: Vigil's taint added to the node twice (absent, then present, twice over);
+                    # the quarantine's second PUT (the blast-radius annotation) keeps it and is not one
+                    has = any(t.get("key") == TAINT_KEY for t in
+                              (json.loads(r.body or b"{}").get("spec") or {}).get("taints") or [])
+                    if has and not tainted.get(name, False):
+                        added[name] = added.get(name, 0) + 1
+                    tainted[name] = has
+            conn.send((out, sum(1 for n in added.values() if n > 1), puts))
         elif cmd == "count":  # requests by kind within [t0, t1]
             t0, t1 = arg
             kinds: dict[str, int] = {}
@@ -276,7 +285,7 @@ async def fleet(args: argparse.Namespace, n: int, grpc_port: int, metrics_url: s
     await asyncio.sleep(2)
     text = scrape(metrics_url)
     fake.send(("puts",))
-    first_put, twice = fake.recv()
+    first_put, twice, puts = fake.recv()
     fake.send(("count", wall0, wall1))
     kinds = fake.recv()
     lat = [(first_put[live[v].node] - live[v].fatal_at) * 1000 for v in victims
@@ -295,7 +304,7 @@ async def fleet(args: argparse.Namespace, n: int, grpc_port: int, metrics_url: s
         "rss_kib_per_node": round(1024 * (rss - rss_base) / n, 1),
         "hb_us_mean": round(hb_mean, 1), "hb_us_p99_le": hb_p99,
         "heartbeats_applied": int(metric(text, "vigil_aggregator_heartbeat_seconds_count") - hb0_n),
-        "fatal": len(victims), "cordoned": len(lat), "double_cordons": twice,
+        "fatal": len(victims), "cordoned": len(lat), "double_cordons": twice, "node_puts": puts,
         "p50_ms": round(pct(lat, 50), 1) if lat else None, "p99_ms": round(pct(lat, 99), 1) if lat else None,
         "max_ms": round(max(lat), 1) if lat else None,
         "api_req_per_s": round(sum(kinds.values()) / (wall1 - wall0), 1),

@@ -263,12 +263,13 @@ def test_a_real_agent_names_the_pod_on_its_bad_gpu_from_podresources(setup, tmp_
     tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
     (tmp_path / "sys").mkdir()
     cfg = tmp_path / "agent.yaml"
-    # raise_after 2: the fault is sent from the GPU source's second cycle, after the containers source's first
+    # raise_after 5: the fault is sent from the GPU source's fifth cycle (1 s apart), well after the containers
+    # source's first read (which pays the grpc import; with 2, a loaded machine sent the fault before it once)
     cfg.write_text(json.dumps({
         "gpu": {"backend": "nvidia-smi", "interval_seconds": 1},
         "containers": {"socket": str(tmp_path / "no-containerd.sock"),
                        "pod_resources_socket": str(tmp_path / "kubelet.sock"), "interval_seconds": 1},
-        "stream": {"raise_after": 2}}))
+        "stream": {"raise_after": 5}}))
     token = tmp_path / f"token-{NODE}"
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     log = open(tmp_path / "agent.log", "w")
