@@ -363,7 +363,7 @@ SPLIT_GROUPS = {
 def bpf_split(rate: float, seconds: float) -> dict:
     import ctypes
     from bcc import BPF
-    from agent.sources.netflow.probe import BPF_CGROUP_SOCK_OPS, BPF_SOURCE, cgroup2_mount, port_words
+    from agent.sources.netflow.probe import BPF_CGROUP_SOCK_OPS, BPF_SOURCE, cgroup2_mount, load_policy
 
     entry = "int tcpflow_ops(struct bpf_sock_ops *skops) {"
     src = BPF_SOURCE.read_text().replace(entry, "static __always_inline " + entry)
@@ -372,17 +372,7 @@ def bpf_split(rate: float, seconds: float) -> dict:
         src += (f"\nint split_{name}(struct bpf_sock_ops *skops) {{ u32 op = skops->op; if (!({cond})) return 1; "
                 "return tcpflow_ops(skops); }\n")
     bpf = BPF(text=src)
-    lpm, ports = NetflowSettings().policy([]).kernel_entries()  # the default peer classes, as the probe loads
-    cidrs = bpf["policy_cidrs"]
-    for prefixlen, addr, cid in lpm:
-        key = cidrs.Key()
-        key.prefixlen = prefixlen
-        for i, byte in enumerate(addr):
-            key.addr[i] = byte
-        cidrs[key] = ctypes.c_ubyte(cid)
-    table = bpf["port_class"]
-    for w, v in port_words(ports).items():
-        table[table.Key(w)] = ctypes.c_ulonglong(v)
+    load_policy(bpf, NetflowSettings().policy([]))  # the default peer classes, as the probe loads them
     libbpf = ctypes.CDLL("libbpf.so.1", use_errno=True)
     fds, links = {}, []
     for name in groups:

@@ -150,17 +150,7 @@ class Probe:
                 return
         self.bpf = bpf
         self.mode = "bpf" if self.link_fd is not None else "tracepoint"
-        lpm, ports = self.policy.kernel_entries()
-        cidrs = bpf["policy_cidrs"]
-        for prefixlen, addr, cid in lpm:
-            key = cidrs.Key()
-            key.prefixlen = prefixlen
-            for i, b in enumerate(addr):
-                key.addr[i] = b
-            cidrs[key] = ctypes.c_ubyte(cid)
-        port_map = bpf["port_class"]
-        for w, v in port_words(ports).items():
-            port_map[port_map.Key(w)] = ctypes.c_ulonglong(v)
+        load_policy(bpf, self.policy)
 
     def _load_sock_ops(self, BPF: Any, cflags: list[str]) -> Any:
         """Compile, load and attach the sock_ops program; None (with a note) when this kernel refuses it."""
@@ -405,6 +395,21 @@ def _map_fd(bpf: Any, name: str) -> int | None:
 
     fd = lib.bpf_table_fd(bpf.module, name.encode())
     return fd if fd >= 0 else None
+
+
+def load_policy(bpf: Any, policy: PeerPolicy) -> None:
+    """The peer classes into the loaded program's maps: CIDRs into `policy_cidrs`, ports into `port_class`."""
+    lpm, ports = policy.kernel_entries()
+    cidrs = bpf["policy_cidrs"]
+    for prefixlen, addr, cid in lpm:
+        key = cidrs.Key()
+        key.prefixlen = prefixlen
+        for i, b in enumerate(addr):
+            key.addr[i] = b
+        cidrs[key] = ctypes.c_ubyte(cid)
+    port_map = bpf["port_class"]
+    for w, v in port_words(ports).items():
+        port_map[port_map.Key(w)] = ctypes.c_ulonglong(v)
 
 
 def port_words(ports: list[tuple[int, int]]) -> dict[int, int]:
