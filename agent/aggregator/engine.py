@@ -30,8 +30,8 @@ from .kube import ApiError, Kube, node_event, now_iso
 from .lease import NotLeader
 from .metrics import AggregatorMetrics
 from .policy import (ADMIT, ALREADY, HEALTHY, MAX_EPISODE, MAX_MESSAGE, NONE, OPENED, RECORD_FULL, RECORD_MINIMAL,
-                     RECORD_NONE, RECOVERING, TAINT_EFFECT, TAINT_KEY, UNHEALTHY, BudgetConfig, Ledger, PolicyConfig, Verdict, admit,
-                     condition_patch, judge, observe, plan, quarantined, released, unhold)
+                     RECORD_NONE, RECOVERING, TAINT_EFFECT, TAINT_KEY, UNHEALTHY, BudgetConfig, Ledger, PolicyConfig,
+                     Verdict, admit, condition_patch, judge, observe, plan, quarantined, released, unhold)
 from .ratelimit import EVENT, QUARANTINE
 from .remedy import Remedy, Signatures
 from .signatures import SignatureConfig

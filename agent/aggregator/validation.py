@@ -57,7 +57,8 @@ REQUEST = "vigil.dev/validate"  # a person's request: {"id": ..., "probes": [...
 PENDING = "vigil.dev/v1.validation-pending"  # the request sent and not yet answered, for the next leader
 SUMMARY = "probe.validation"
 ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-PROBE_NAMES = ("dcgm", "rvs", "agfhc", "nccl", "perftest", "builtin")  # what agents of this version know (agent/probes/validate.py)
+# What agents of this version know (agent/probes/validate.py)
+PROBE_NAMES = ("dcgm", "rvs", "agfhc", "nccl", "perftest", "builtin")
 LEVELS = ("quick", "full")
 PASS, FAIL, UNKNOWN, UNAVAILABLE = "pass", "fail", "unknown", "unavailable"
 RESULTS = (PASS, FAIL, UNKNOWN, UNAVAILABLE)
@@ -229,8 +230,7 @@ class Validator:
                 log.info("node %s: validation summary for request %r, not the pending %s: ignored", name,
                          str(rid)[:64], q.id)
                 continue
-            probes = doc.get("probes") if isinstance(doc.get("probes"), dict) else {}
-            probes = {str(k)[:32]: str(v)[:16] for k, v in list(probes.items())[:16]}
+            probes = _probes_of(doc)
             details = "; ".join(q.details)
             self._finish(name, q, _status_of(ev.status), ev.message + (f" [{details}]" if details and
                                                                          ev.status != "ok" else ""), probes)
@@ -246,9 +246,7 @@ class Validator:
                 continue
             rid = doc.get("request") if isinstance(doc, dict) else None
             if isinstance(rid, str) and ID_RE.fullmatch(rid):
-                probes = doc.get("probes") if isinstance(doc.get("probes"), dict) else {}
-                self.unclaimed[name] = (rid, _status_of(ev.status), ev.message[:MAX_TEXT],
-                                        {str(k)[:32]: str(v)[:16] for k, v in list(probes.items())[:16]})
+                self.unclaimed[name] = (rid, _status_of(ev.status), ev.message[:MAX_TEXT], _probes_of(doc))
 
     def _restore(self, name: str, node: Any, obj: dict[str, Any]) -> None:
         """The previous leader's pending request and latest result for this boot, from the Node (see the module
@@ -260,11 +258,9 @@ class Validator:
         if done is not None and done.get("boot") == node.boot_id and name not in self.results \
                 and done.get("result") in (PASS, FAIL, UNKNOWN) and done.get("trigger") in TRIGGERS:
             at = now - max(0.0, wall - _wall_of(done.get("time"), wall))
-            probes = done.get("probes") if isinstance(done.get("probes"), dict) else {}
             self._store(name, Result(str(done["request"])[:64], done["trigger"], done["result"],
                                      str(done.get("message") or "")[:MAX_TEXT], node.boot_id, now, at,
-                                     {str(k)[:32]: str(v)[:16] for k, v in list(probes.items())[:16]},
-                                     reported=True, inherited="record"))
+                                     _probes_of(done), reported=True, inherited="record"))
             log.info("node %s: validation %s (%s) %s restored from %s", name, done["request"], done["trigger"],
                      done["result"], ANNOTATION)
         sent = _record(ann.get(PENDING))
@@ -570,6 +566,12 @@ class Validator:
         r.reported = True
         key = (r.status, r.trigger)
         self.counts[key] = self.counts.get(key, 0) + 1
+
+
+def _probes_of(doc: Any) -> dict[str, str]:
+    """A summary's or a record's per-probe results (name -> result), bounded: what the agent or the Node says."""
+    probes = doc.get("probes") if isinstance(doc, dict) and isinstance(doc.get("probes"), dict) else {}
+    return {str(k)[:32]: str(v)[:16] for k, v in list(probes.items())[:16]}
 
 
 def _record(text: Any) -> dict[str, Any] | None:

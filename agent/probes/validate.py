@@ -347,11 +347,11 @@ def _with_untested(result: ProbeResult, ctx: ProbeContext, held: Holdings | None
         if getattr(g, "partition", "") or g.index in (ctx.gpus or []):
             continue
         who = held.holders_of(gpu_keys(g)) if held else []
+        why = "held by " + (", ".join(who[:3]) if who else "a pod")
         if skipped is not None:
-            skipped.append({"probe": result.name, "gpu": f"gpu{g.index}", "held_by": who[:5],
-                            "why": "held by " + (", ".join(who[:3]) if who else "a pod")})
-        extra.append(unknown(f"probe.{result.name}", COMPONENT, f"gpu{g.index}", "not tested: held by "
-                             + (", ".join(who[:3]) if who else "a pod") + " (validate it once the GPU is free)"))
+            skipped.append({"probe": result.name, "gpu": f"gpu{g.index}", "held_by": who[:5], "why": why})
+        extra.append(unknown(f"probe.{result.name}", COMPONENT, f"gpu{g.index}",
+                             f"not tested: {why} (validate it once the GPU is free)"))
     if not extra:
         return result
     # A probe told to leave those GPUs alone says nothing about them; a result for one anyway is not trusted.
