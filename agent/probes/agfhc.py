@@ -134,6 +134,7 @@ def parse(text: str, returncode: int, node: str, results_path: str | None = None
     run's output directory, for the operator. Never raises."""
     action = ("drain the node; read this run's AGFHC logs" + (f" ({logs}, kept until the next run)" if logs else "")
               + " and report it to the system manufacturer")
+    where = f" in recipe {recipe}" if recipe else ""
     verdicts: dict[str, list[tuple[str, str]]] = {}  # test -> (PASS|FAIL, rest of the line)
     lines = 0
     success = False
@@ -171,8 +172,7 @@ def parse(text: str, returncode: int, node: str, results_path: str | None = None
             rest = next((r for w, r in seen if w == "FAIL" and r), "")
             failed.append(test)
             findings.append(bad(_check(test), COMPONENT, node, f"AGFHC test {test} FAILED"
-                                + (f" ({rest})" if rest else "") + (f" in recipe {recipe}" if recipe else ""),
-                                action=action))
+                                + (f" ({rest})" if rest else "") + where, action=action))
         else:
             findings.append(ok(_check(test), COMPONENT, node, f"AGFHC test {test} passed"
                                + (f" ({len(seen)} runs)" if len(seen) > 1 else "")))
@@ -181,7 +181,7 @@ def parse(text: str, returncode: int, node: str, results_path: str | None = None
     if results_problem:
         problems.append(f"results.json: {results_problem}")
     elif doc is not None:
-        problems += _judge_results(doc, node, findings, failed, recipe, action)
+        problems += _judge_results(doc, node, findings, failed, where, action)
     if failed:
         # A failure stands whatever else is missing; the rest only says why nothing more can be said.
         return Parsed(findings, None if not problems else "; ".join(problems)[:1000],
@@ -205,8 +205,9 @@ def parse(text: str, returncode: int, node: str, results_path: str | None = None
     return Parsed(findings, problem, f"AGFHC {recipe or 'recipe'}: {len(verdicts)} tests passed")
 
 
-def _judge_results(doc: dict, node: str, findings: list, failed: list[str], recipe: str, action: str) -> list[str]:
-    """results.json's say: failures added to `findings`/`failed`; what it leaves unproven returned."""
+def _judge_results(doc: dict, node: str, findings: list, failed: list[str], where: str, action: str) -> list[str]:
+    """results.json's say: failures added to `findings`/`failed` (a test it says failed loses the console's
+    passing finding: one verdict per test); what it leaves unproven returned. `where`: " in recipe R" or ""."""
     problems = []
     total_failed = doc.get("total_failed")
     overall = doc.get("overall_result")
@@ -229,17 +230,16 @@ def _judge_results(doc: dict, node: str, findings: list, failed: list[str], reci
     for name in named:
         if name not in failed:
             failed.append(name)
-            findings.append(bad(_check(name), COMPONENT, node, f"AGFHC test {name} FAILED (results.json)"
-                                + (f" in recipe {recipe}" if recipe else ""),
+            findings[:] = [f for f in findings if f.check != _check(name)]
+            findings.append(bad(_check(name), COMPONENT, node, f"AGFHC test {name} FAILED (results.json){where}",
                                 action=action))
     if total_failed is not None:
         if not isinstance(total_failed, int) or isinstance(total_failed, bool) or total_failed < 0:
             problems.append(f"results.json: total_failed is {total_failed!r}")
         elif total_failed > 0 and not named:
             failed.append(f"{total_failed} test(s)")
-            findings.append(bad(CHECK, COMPONENT, node, f"AGFHC results.json: total_failed {total_failed}"
-                                + (f" in recipe {recipe}" if recipe else "") + " (it names no failed test)",
-                                action=action))
+            findings.append(bad(CHECK, COMPONENT, node, f"AGFHC results.json: total_failed {total_failed}{where}"
+                                " (it names no failed test)", action=action))
     if overall is not None:
         word = str(overall).upper()
         if word.startswith("FAIL"):

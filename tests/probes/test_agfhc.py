@@ -114,6 +114,8 @@ def test_results_json_agreeing_passes_and_total_failed_fails(tmp_path):
     p = agfhc.parse(PASS.read_text(), 0, "n1", results_at(tmp_path, RESULTS_FAIL))
     f = checks(p.findings)
     assert f["probe.agfhc.hbm_bw"].is_fatal and "results.json" in f["probe.agfhc.hbm_bw"].message
+    # one verdict per test: the console's PASS for it is replaced, not left beside the failure
+    assert [x.status for x in p.findings if x.check == "probe.agfhc.hbm_bw"] == ["unhealthy"]
     p = agfhc.parse(PASS.read_text(), 0, "n1", results_at(tmp_path, '{"total_failed": 2}'))
     assert checks(p.findings)["probe.agfhc"].is_fatal and "total_failed 2" in checks(p.findings)["probe.agfhc"].message
 
