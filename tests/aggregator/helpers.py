@@ -249,6 +249,15 @@ def events_with_reason(fk, reason):
     return [e for e in fk.list("events", "default") if e["reason"] == reason]
 
 
+def stop_replicas(reps):
+    """Stop every replica a test started; one the test killed already raises, which is nothing to stop."""
+    for r in reps:
+        try:
+            r.stop()
+        except Exception:  # noqa: BLE001 - a killed replica
+            pass
+
+
 def close_setups(made):
     """Teardown of the (fake API, replica, raw agent) triples a setup fixture made."""
     for fk, r, a in made:

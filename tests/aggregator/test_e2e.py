@@ -11,7 +11,7 @@ from agent._proto.vigil.v1 import health_pb2 as pb
 from agent._proto.vigil.v1 import health_pb2_grpc as pbg
 from agent.aggregator import policy as P
 
-from .helpers import agent_pod, kill, leader_of, replica, start_agent, start_emitter, stop, wait_for
+from .helpers import agent_pod, kill, leader_of, replica, start_agent, start_emitter, stop, stop_replicas, wait_for
 
 NODES = {"node-a": "mi300x-rocm71-healthy", "node-b": "mi300x-rocm62-healthy", "node-f": "mi300x-faulty"}
 
@@ -34,11 +34,7 @@ def cluster(fake, tmp_path):
     yield fake, reps, tokens, procs
     for p in procs:
         stop(p)
-    for r in reps:
-        try:
-            r.stop()
-        except Exception:  # noqa: BLE001 - a killed replica
-            pass
+    stop_replicas(reps)
 
 
 def test_faulty_node_cordoned_others_untouched_and_it_survives_a_replica_kill(cluster, tmp_path):

@@ -14,7 +14,7 @@ from agent.aggregator import policy as P
 from agent.aggregator.engine import StreamHandle
 from agent.aggregator.validation import ANNOTATION, PENDING, STARTUP_TAINT, ValidationConfig
 
-from .helpers import Harness, RawAgent, agent_pod, fatal, leader_of, replica, wait_for
+from .helpers import Harness, RawAgent, agent_pod, fatal, leader_of, replica, stop_replicas, wait_for
 
 UNVALIDATED = {"key": STARTUP_TAINT, "value": "true", "effect": "NoSchedule"}
 
@@ -99,11 +99,17 @@ def pair(fake, tmp_path):
         lead = wait_for(lambda: leader_of(reps), what="a leader")
         return lead, next(r for r in reps if r is not lead), token
     yield make
-    for r in made:
-        try:
-            r.stop()
-        except Exception:  # noqa: BLE001 - a killed replica
-            pass
+    stop_replicas(made)
+
+
+def quarantined_then_cleared(fake, lead, token):
+    """An agent of gpu-1 on the leader reports a fatal fault, is quarantined, then reports it cleared: the
+    leader asks for the release validation. (the agent, that request)"""
+    a = Agent(lead.port, token)
+    a.hello([fatal()])
+    wait_for(lambda: P.TAINT_KEY in taints(fake, "gpu-1"), what="quarantined")
+    a.raw.send(heartbeat=pb.Heartbeat(digest=[], digest_seq=0))  # the fault cleared
+    return a, a.request()
 
 
 def fail_over(old, new):
@@ -139,11 +145,7 @@ def test_a_startup_validation_running_when_the_leader_dies_is_adopted_not_asked_
 
 def test_a_failed_release_validation_still_holds_the_node_under_the_new_leader(fake, pair):
     lead, standby, token = pair([])
-    a = Agent(lead.port, token)
-    a.hello([fatal()])
-    wait_for(lambda: P.TAINT_KEY in taints(fake, "gpu-1"), what="quarantined")
-    a.raw.send(heartbeat=pb.Heartbeat(digest=[], digest_seq=0))  # the fault cleared
-    req = a.request()
+    a, req = quarantined_then_cleared(fake, lead, token)
     a.answer(req.request_id, 1, pb.STATUS_UNHEALTHY)
     wait_for(lambda: cond(fake, "gpu-1").get("reason") == "ValidationFailed", what="the fail written")
     fail_over(lead, standby)
@@ -164,11 +166,7 @@ def test_a_failed_release_validation_still_holds_the_node_under_the_new_leader(f
 
 def test_a_release_validation_adopted_from_the_old_leader_releases_nothing_until_asked_again(fake, pair):
     lead, standby, token = pair([])
-    a = Agent(lead.port, token)
-    a.hello([fatal()])
-    wait_for(lambda: P.TAINT_KEY in taints(fake, "gpu-1"), what="quarantined")
-    a.raw.send(heartbeat=pb.Heartbeat(digest=[], digest_seq=0))
-    first = a.request()
+    a, first = quarantined_then_cleared(fake, lead, token)
     wait_for(lambda: (annotation(fake, "gpu-1", PENDING) or {}).get("request") == first.request_id,
              what="the pending request on the Node")
     fail_over(lead, standby)
