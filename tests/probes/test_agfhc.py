@@ -212,14 +212,6 @@ def test_fake_agfhc_exiting_non_zero_mid_run_is_unknown(tmp_path):
     assert "did not finish" in checks(val.findings)["probe.agfhc.run"].message
 
 
-def test_agfhc_not_installed_is_not_available_never_a_failure(tmp_path):
-    s = settings(tmp_path, agfhc={"path": str(tmp_path / "nope" / "agfhc")})
-    val = v.validate(s, None, node="n1", force=True)
-    assert "agfhc" in val.absent and val.exit_code() != 1
-    val = v.validate(s, ["agfhc"], node="n1", force=True)  # asked for by name: it could not run
-    assert val.exit_code() == 2 and "not found" in val.findings[0].message
-
-
 def test_agfhc_on_path_by_its_usual_name(tmp_path, monkeypatch):
     path, _ = fake_agfhc(tmp_path, PASS)
     monkeypatch.setenv("PATH", f"{path.parent}:/usr/bin:/bin")

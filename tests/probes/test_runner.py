@@ -106,6 +106,15 @@ def test_missing_tool_asked_for_by_name_is_unknown(tmp_path, monkeypatch):
     assert val.exit_code() == 2 and "not run: dcgmi not on PATH" in val.findings[0].message
 
 
+@pytest.mark.parametrize("name", ["dcgm", "rvs", "agfhc", "nccl", "perftest"])
+def test_a_configured_tool_that_is_not_there_is_not_available_never_a_failure(tmp_path, name):
+    s = settings(tmp_path, **{name: {"path": str(tmp_path / "nope" / name)}})
+    val = v.validate(s, None, node="n1", force=True)
+    assert name in val.absent and val.exit_code() != 1
+    val = v.validate(s, [name], node="n1", force=True)  # asked for by name: it could not run
+    assert val.exit_code() == 2 and "not found" in val.findings[0].message
+
+
 def test_found_on_path_by_its_usual_name(tmp_path, monkeypatch):
     args = tmp_path / "args"
     replay(tmp_path / "bin", "dcgmi", D / "dcgm-3.1-pass-8gpu.txt", args_log=args)

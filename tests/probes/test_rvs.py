@@ -243,14 +243,6 @@ def test_fake_rvs_exiting_non_zero_mid_run_is_unknown(tmp_path):
     assert "stopped before it finished" in by(val.findings, "probe.rvs.run")["n1"].message
 
 
-def test_rvs_not_installed_is_not_available_never_a_failure(tmp_path):
-    s = settings(tmp_path, rvs={"path": str(tmp_path / "nope" / "rvs")})
-    val = v.validate(s, None, node="n1", force=True)
-    assert "rvs" in val.absent and val.exit_code() != 1
-    val = v.validate(s, ["rvs"], node="n1", force=True)  # asked for by name: it could not run
-    assert val.exit_code() == 2 and "not found" in val.findings[0].message
-
-
 # -- free GPUs only ------------------------------------------------------------------------------------------
 def test_a_gpu_held_by_a_pod_is_left_out_of_the_conf_and_reported_untested(tmp_path):
     """The kubelet's PodResources on a real unix socket (the fake server of tests/containers): AMD's device
