@@ -283,14 +283,14 @@ class Probe:
         """(cookie, struct live_sock) of every occupied slot of `live`, read from the mapped array: the cookies
         first, then each occupied slot's socket and its cookie again; a slot that changed in between (freed or
         claimed again) is left for the next read, its bytes counted then or at close (a record)."""
+        entries = int(self.config.get("live_entries", 65536))
         m = self.live_slots
         if m is None:
-            entries = int(self.config.get("live_entries", 65536))
             m = self.live_slots = mmap.mmap(_map_fd(self.bpf, "live"), _page_round(entries * decode.LIVE_SLOT),
                                             flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
         words = decode.LIVE_SLOT // 8
         with memoryview(m) as mv, mv.cast("Q") as q:
-            cookies = q[::words].tolist()[:int(self.config.get("live_entries", 65536))]
+            cookies = q[:entries * words:words].tolist()  # the slots' first words (the page's tail is none)
         out = []
         for i, cookie in enumerate(cookies):
             if cookie == 0 or cookie == decode.LIVE_BUSY:
