@@ -254,18 +254,24 @@ def probe_cpu(rate: float, seconds: float, interval: float) -> dict:
         probe.stop()
 
 
+def fdinfo_run_time(text: str) -> tuple[int, int] | None:
+    """(run_time_ns, run_cnt) of a BPF program's fdinfo (kernel.bpf_stats_enabled); None: no program's."""
+    if "prog_type:" not in text:
+        return None
+    fields = dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+    return int(fields.get("run_time_ns", 0)), int(fields.get("run_cnt", 0))
+
+
 def bpf_run_time(pid: int) -> tuple[int, int]:
-    """(run_time_ns, run_cnt) summed over the BPF programs process `pid` holds (kernel.bpf_stats_enabled)."""
+    """(run_time_ns, run_cnt) summed over the BPF programs process `pid` holds."""
     ns = cnt = 0
     for fd in os.listdir(f"/proc/{pid}/fdinfo"):
         try:
-            text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+            got = fdinfo_run_time(Path(f"/proc/{pid}/fdinfo/{fd}").read_text())
         except OSError:
             continue
-        if "prog_type:" in text:
-            fields = dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
-            ns += int(fields.get("run_time_ns", 0))
-            cnt += int(fields.get("run_cnt", 0))
+        if got is not None:
+            ns, cnt = ns + got[0], cnt + got[1]
     return ns, cnt
 
 
@@ -285,20 +291,11 @@ class Floor:
     """FLOOR_PROGRAM loaded by this process and linked to the cgroup v2 root, as the probe links its own."""
 
     def __init__(self) -> None:
-        import ctypes
         from bcc import BPF
-        from agent.sources.netflow.probe import BPF_CGROUP_SOCK_OPS, cgroup2_mount
+        from agent.sources.netflow.probe import cgroup2_mount, link_sock_ops
 
         self.bpf = BPF(text=FLOOR_PROGRAM)
-        fn = self.bpf.load_func("floor_ops", BPF.SOCK_OPS)
-        cg = os.open(cgroup2_mount(), os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            self.link = ctypes.CDLL("libbpf.so.1", use_errno=True).bpf_link_create(fn.fd, cg, BPF_CGROUP_SOCK_OPS,
-                                                                                    None)
-        finally:
-            os.close(cg)
-        if self.link < 0:
-            raise RuntimeError(f"floor program: bpf_link_create: {self.link}")
+        self.link = link_sock_ops(self.bpf.load_func("floor_ops", BPF.SOCK_OPS).fd, cgroup2_mount())
 
     def close(self) -> None:
         os.close(self.link)
@@ -361,9 +358,8 @@ SPLIT_GROUPS = {
 
 
 def bpf_split(rate: float, seconds: float) -> dict:
-    import ctypes
     from bcc import BPF
-    from agent.sources.netflow.probe import BPF_CGROUP_SOCK_OPS, BPF_SOURCE, cgroup2_mount, load_policy
+    from agent.sources.netflow.probe import BPF_SOURCE, cgroup2_mount, link_sock_ops, load_policy
 
     entry = "int tcpflow_ops(struct bpf_sock_ops *skops) {"
     src = BPF_SOURCE.read_text().replace(entry, "static __always_inline " + entry)
@@ -373,21 +369,20 @@ def bpf_split(rate: float, seconds: float) -> dict:
                 "return tcpflow_ops(skops); }\n")
     bpf = BPF(text=src)
     load_policy(bpf, NetflowSettings().policy([]))  # the default peer classes, as the probe loads them
-    libbpf = ctypes.CDLL("libbpf.so.1", use_errno=True)
     fds, links = {}, []
-    for name in groups:
-        fn = bpf.load_func(f"split_{name}", BPF.SOCK_OPS)
-        cg = os.open(cgroup2_mount(), os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            links.append(libbpf.bpf_link_create(fn.fd, cg, BPF_CGROUP_SOCK_OPS, None))
-        finally:
-            os.close(cg)
-        fds[name] = fn.fd
+    try:
+        for name in groups:
+            fn = bpf.load_func(f"split_{name}", BPF.SOCK_OPS)
+            links.append(link_sock_ops(fn.fd, cgroup2_mount()))  # a refusal raises: no copy left unmeasured
+            fds[name] = fn.fd
+    except BaseException:
+        for link in links:
+            os.close(link)
+        bpf.cleanup()
+        raise
 
     def stat(fd: int) -> tuple[int, int]:
-        f = dict(line.split(":\t", 1) for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines()
-                 if ":\t" in line)
-        return int(f["run_time_ns"]), int(f["run_cnt"])
+        return fdinfo_run_time(Path(f"/proc/self/fdinfo/{fd}").read_text()) or (0, 0)
 
     knob = Path("/proc/sys/kernel/bpf_stats_enabled")
     old = knob.read_text().strip()
@@ -399,8 +394,7 @@ def bpf_split(rate: float, seconds: float) -> dict:
     finally:
         knob.write_text(old)
         for link in links:
-            if link >= 0:
-                os.close(link)
+            os.close(link)
         bpf.cleanup()
     out = {n: round((after[n][0] - before[n][0]) / max(1, made)) for n in groups}
     trivial = out["other"]

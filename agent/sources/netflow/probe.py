@@ -178,20 +178,10 @@ class Probe:
         return None
 
     def _link(self, prog_fd: int) -> str | None:
-        """Attach with a BPF link (kernel 5.7+): detached by the kernel when this process exits, so a probe
-        that is killed leaves nothing behind; links coexist with other programs on the cgroup."""
         try:
-            libbpf = ctypes.CDLL("libbpf.so.1", use_errno=True)
-        except OSError as e:
-            return f"libbpf.so.1: {e}"
-        cg = os.open(self.cgroup_root, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            fd = libbpf.bpf_link_create(prog_fd, cg, BPF_CGROUP_SOCK_OPS, None)
-        finally:
-            os.close(cg)
-        if fd < 0:
-            return os.strerror(-fd if fd != -1 else ctypes.get_errno())
-        self.link_fd = fd
+            self.link_fd = link_sock_ops(prog_fd, self.cgroup_root)
+        except LinkError as e:
+            return str(e)
         return None
 
     # -- read -----------------------------------------------------------------------------------------------
@@ -395,6 +385,28 @@ def _map_fd(bpf: Any, name: str) -> int | None:
 
     fd = lib.bpf_table_fd(bpf.module, name.encode())
     return fd if fd >= 0 else None
+
+
+class LinkError(Exception):
+    """A sock_ops program could not be linked to the cgroup (no libbpf, or the kernel refused): why."""
+
+
+def link_sock_ops(prog_fd: int, cgroup_root: str) -> int:
+    """Attach a sock_ops program to the cgroup with a BPF link (kernel 5.7+): detached by the kernel when this
+    process exits, so a probe that is killed leaves nothing behind; links coexist with other programs on the
+    cgroup. Returns the link's fd."""
+    try:
+        libbpf = ctypes.CDLL("libbpf.so.1", use_errno=True)
+    except OSError as e:
+        raise LinkError(f"libbpf.so.1: {e}") from None
+    cg = os.open(cgroup_root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = libbpf.bpf_link_create(prog_fd, cg, BPF_CGROUP_SOCK_OPS, None)
+    finally:
+        os.close(cg)
+    if fd < 0:
+        raise LinkError(os.strerror(-fd if fd != -1 else ctypes.get_errno()))
+    return fd
 
 
 def load_policy(bpf: Any, policy: PeerPolicy) -> None:
