@@ -33,6 +33,7 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -45,6 +46,7 @@ from benchlib import free_port  # noqa: E402 (bench/ is the script's own directo
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 from scale_fixtures import build  # noqa: E402
+from smaps import breakdown, table  # noqa: E402
 
 
 def scrape(conn: http.client.HTTPConnection, gzip: bool = True) -> bytes:
@@ -61,10 +63,14 @@ def measure(node_dir: Path | None, args: argparse.Namespace, config: Path | None
     """One agent: replaying `node_dir`, or live on this host (node_dir None) with `config`."""
     port = free_port()
     where = ["--snapshot", str(node_dir)] if node_dir is not None else ["--config", str(config)]
-    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", *where, "--listen",
-                             f"127.0.0.1:{port}", "--log-level", "warning"], cwd=ROOT,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    # Live: the agent's own view of its memory too (bench/agent_inside.py writes it on SIGUSR1).
+    inside = Path(tempfile.mkdtemp(prefix="vigil-inside-")) / "inside.json" if node_dir is None else None
+    run = ["-m", "agent.cli"] if inside is None else [str(ROOT / "bench" / "agent_inside.py"), str(inside)]
+    if inside is not None and args.tracemalloc:
+        env["PYTHONTRACEMALLOC"] = "1"
+    proc = subprocess.Popen([sys.executable, *run, *where, "--listen", f"127.0.0.1:{port}", "--log-level",
+                             "warning"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -79,8 +85,10 @@ def measure(node_dir: Path | None, args: argparse.Namespace, config: Path | None
         time.sleep(2)  # past start-up
         ps = psutil.Process(proc.pid)
         c0, w0 = sum(ps.cpu_times()[:2]), time.monotonic()
+        timeline = []  # (seconds since start, VmRSS MiB) at each scrape
         while time.monotonic() - w0 < args.seconds:
             scrape(conn)
+            timeline.append((round(time.monotonic() - w0), round(ps.memory_info().rss / 2**20, 1)))
             time.sleep(min(15.0, max(0.0, args.seconds - (time.monotonic() - w0))))
         wall = time.monotonic() - w0
         cpu = sum(ps.cpu_times()[:2]) - c0
@@ -99,12 +107,23 @@ def measure(node_dir: Path | None, args: argparse.Namespace, config: Path | None
         series = sum(1 for line in lines if line and not line.startswith("#"))
         failed = [line for line in lines if line.startswith("vigil_collector_success") and line.endswith(" 0.0")]
         extra = {"children_rss_mib": children, "collectors_failed": failed} if node_dir is None else {}
+        if inside is not None:
+            extra["rss_timeline"] = timeline
+            extra["smaps"] = breakdown(proc.pid)
+            proc.send_signal(signal.SIGUSR1)
+            for _ in range(50):
+                if inside.exists():
+                    extra["inside"] = json.loads(inside.read_text())
+                    break
+                time.sleep(0.1)
         return {**extra, "cpu_pct": round(100 * cpu / wall, 2), "ms_per_cycle": round(1000 * cpu / cycles, 1),
                 "rss_mib": round(rss / 2**20, 1), "metrics_bytes": len(body), "series": series,
                 "scrape_p50_ms": round(1000 * pct(times, 50), 2), "scrape_p99_ms": round(1000 * pct(times, 99), 2)}
     finally:
         proc.terminate()
         proc.wait(10)
+        if inside is not None:
+            shutil.rmtree(inside.parent, ignore_errors=True)
 
 
 def main() -> int:
@@ -119,7 +138,13 @@ def main() -> int:
                    help="instead: the agent live on this host, every collector on, with a private containerd holding "
                         "CONTAINERS containers (pods of a worker and a sidecar, CRI labels) and a kubelet PodResources "
                         "server answering for them (needs root, containerd, ctr; the tests' real daemon and server)")
+    p.add_argument("--tracemalloc", action="store_true",
+                   help="with --live: trace the agent's Python allocations (the largest sites are printed; the "
+                        "tracing costs memory of its own, so take the RSS figures from a run without it)")
+    p.add_argument("--live-fixture", metavar="DIR", help=argparse.SUPPRESS)  # live()'s child process
     args = p.parse_args()
+    if args.live_fixture:
+        return live_fixture(Path(args.live_fixture), args.live)
     print(f"machine: {os.cpu_count()} CPUs; load average before: {os.getloadavg()}", flush=True)
     if args.live is not None:
         return live(args)
@@ -151,36 +176,44 @@ def main() -> int:
 
 def live(args: argparse.Namespace) -> int:
     """The live agent (goal: under 40 MB, the eBPF child apart): containerd and the kubelet are real gRPC
-    servers here (tests/containers/helpers.py), the rest of the collectors read this host as they would a node."""
-    sys.path.insert(0, str(ROOT))
-    from google.protobuf import json_format
-    from scale_fixtures import pod_resources
-    from tests.containers.helpers import Containerd, PodResources, write_oci_image
+    servers here (tests/containers/helpers.py), the rest of the collectors read this host as they would a node.
+    They run in a child process (live_fixture) that loads its own copy of the grpc package: on a node the kubelet
+    and containerd are Go programs, and a Python kubelet in this process, loading the very cygrpc library the
+    agent loads, would share its pages with the agent's (which the kernel then never hands back, see
+    agent/base/memory.py) and make the agent's RSS depend on the bench."""
+    import importlib.util
 
     tmp = Path(tempfile.mkdtemp(prefix="vigil-live-", dir="/tmp"))  # short: unix socket paths
-    write_oci_image(tmp / "image.tar")
-    daemon = Containerd(tmp / "image.tar")
-    kubelet = PodResources(str(tmp / "kubelet.sock"))
     try:
-        image = daemon.ctr("image", "ls", "-q").stdout.split()[0]
-        for k in range(args.live):
-            pod, name = f"job-{k // 2:04d}", ("worker", "sidecar")[k % 2]
-            labels = {"io.kubernetes.pod.namespace": "ml", "io.kubernetes.pod.name": pod,
-                      "io.kubernetes.container.name": name, "io.kubernetes.pod.uid": f"uid-{k // 2:04d}",
-                      "io.cri-containerd.kind": "container", "app.kubernetes.io/name": "trainer",
-                      "batch.kubernetes.io/job-name": pod}
-            daemon.ctr("container", "create", *[x for kv in labels.items() for x in ("--label", "=".join(kv))],
-                       image, daemon.id(f"{pod}-{name}"), "sleep", "3600")
-        json_format.ParseDict(pod_resources(args.live, []), kubelet.response)
-        config = tmp / "vigil.yaml"
-        config.write_text(f"containers:\n  socket: {daemon.socket}\n  pod_resources_socket: {kubelet.socket}\n")
-        row = {"containers": args.live, **measure(None, args, config)}
+        grpc_dir = Path(importlib.util.find_spec("grpc").submodule_search_locations[0])  # found, not imported
+        shutil.copytree(grpc_dir, tmp / "site" / "grpc")
+        fixture = subprocess.Popen([sys.executable, __file__, "--live-fixture", str(tmp), "--live", str(args.live)],
+                                   cwd=ROOT, env=dict(os.environ, PYTHONPATH=f"{tmp / 'site'}:{ROOT}"),
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            config = fixture.stdout.readline().strip()  # the fixture's config, once containerd holds every container
+            if not config:
+                raise RuntimeError("the live fixture (containerd, kubelet) did not start")
+            row = {"containers": args.live, **measure(None, args, Path(config))}
+        finally:
+            fixture.stdin.close()  # the fixture stops the kubelet and containerd
+            fixture.wait(300)
     finally:
-        kubelet.stop()
-        daemon.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
+    smaps, inside = row.pop("smaps"), row.pop("inside", {})
     print(json.dumps(row), flush=True)
     print(f"load average after: {os.getloadavg()}")
+    print("VmRSS MiB at each scrape (s: MiB):", ", ".join(f"{t}: {m}" for t, m in row["rss_timeline"]))
+    print(f"where the agent's memory is after {args.seconds:g} s (bench/smaps.py):")
+    print(table(smaps))
+    if inside:
+        print(f"Python's allocated blocks: {inside['allocated_blocks']}; {len(inside['modules'])} modules; "
+              f"threads: {', '.join(inside['threads'])}")
+        if "traced_bytes" in inside:
+            print(f"tracemalloc: {inside['traced_bytes'] / 2**20:.1f} MiB traced; the largest sites:")
+            for s in inside["top_lines"][:15]:
+                print(f"  {s['bytes'] / 2**10:8.0f} KiB {s['blocks']:7d} blocks  {s['at']}")
+    row["smaps"], row["inside"] = smaps, inside
     print("| live, containers | cpu % | CPU ms/cycle | RSS MiB | children (RSS MiB) | /metrics bytes | series |")
     print("|---|---|---|---|---|---|---|")
     print(f"| {row['containers']} | {row['cpu_pct']} | {row['ms_per_cycle']} | {row['rss_mib']} | "
@@ -190,6 +223,38 @@ def live(args: argparse.Namespace) -> int:
     print("goal live (< 40 MB, the eBPF child apart):", "met" if row["rss_mib"] * 2**20 < 40e6 else "NOT met")
     if args.json:
         Path(args.json).write_text(json.dumps(row, indent=2) + "\n")
+    return 0
+
+
+def live_fixture(tmp: Path, containers: int) -> int:
+    """live()'s child: a private containerd holding `containers` containers and a kubelet PodResources server
+    answering for them; prints the agent's config file, serves until stdin closes, then removes both."""
+    sys.path.insert(0, str(ROOT))
+    from google.protobuf import json_format
+    from scale_fixtures import pod_resources
+    from tests.containers.helpers import Containerd, PodResources, write_oci_image
+
+    write_oci_image(tmp / "image.tar")
+    daemon = Containerd(tmp / "image.tar")
+    kubelet = PodResources(str(tmp / "kubelet.sock"))
+    try:
+        image = daemon.ctr("image", "ls", "-q").stdout.split()[0]
+        for k in range(containers):
+            pod, name = f"job-{k // 2:04d}", ("worker", "sidecar")[k % 2]
+            labels = {"io.kubernetes.pod.namespace": "ml", "io.kubernetes.pod.name": pod,
+                      "io.kubernetes.container.name": name, "io.kubernetes.pod.uid": f"uid-{k // 2:04d}",
+                      "io.cri-containerd.kind": "container", "app.kubernetes.io/name": "trainer",
+                      "batch.kubernetes.io/job-name": pod}
+            daemon.ctr("container", "create", *[x for kv in labels.items() for x in ("--label", "=".join(kv))],
+                       image, daemon.id(f"{pod}-{name}"), "sleep", "3600")
+        json_format.ParseDict(pod_resources(containers, []), kubelet.response)
+        config = tmp / "vigil.yaml"
+        config.write_text(f"containers:\n  socket: {daemon.socket}\n  pod_resources_socket: {kubelet.socket}\n")
+        print(config, flush=True)
+        sys.stdin.read()  # until live() closes it
+    finally:
+        kubelet.stop()
+        daemon.cleanup()
     return 0
 
 
