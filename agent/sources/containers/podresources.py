@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from google.protobuf import json_format
-
 from agent._proto.kubelet.podresources.v1 import api_pb2
 from .model import PodRef
 
@@ -68,6 +66,9 @@ def from_json(text: str) -> list[Allocation]:
         pods = []  # an empty answer: no pod holds anything
     if not isinstance(pods, list):
         raise ValueError("pod-resources JSON: no podResources list")
+    # Here only: json_format (and the text_format it loads) is 1.7 MB of a live agent's imports (issue 15).
+    from google.protobuf import json_format
+
     resp = api_pb2.ListPodResourcesResponse()
     for pod in pods:
         try:
