@@ -179,8 +179,8 @@ def live(args: argparse.Namespace) -> int:
     servers here (tests/containers/helpers.py), the rest of the collectors read this host as they would a node.
     They run in a child process (live_fixture) that loads its own copy of the grpc package: on a node the kubelet
     and containerd are Go programs, and a Python kubelet in this process, loading the very cygrpc library the
-    agent loads, would share its pages with the agent's (which the kernel then never hands back, see
-    agent/base/memory.py) and make the agent's RSS depend on the bench."""
+    agent loads, would put pages of it in the page cache that the kernel's fault-around then maps into the
+    agent too, making the agent's RSS depend on the bench."""
     import importlib.util
 
     tmp = Path(tempfile.mkdtemp(prefix="vigil-live-", dir="/tmp"))  # short: unix socket paths
